@@ -1,0 +1,34 @@
+"""vlm_jax: pretraining vision-language models with JAX on device meshes."""
+import setuptools
+
+CORE = [
+    "jax>=0.10.0,<0.11",
+    "flax>=0.12.0,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.0,<0.13",
+    "grain>=0.2.18,<0.3",
+    "array-record>=0.8.0,<0.9",
+    "ml-collections>=1.1.0,<2",
+    "absl-py>=2.1,<3",
+    "einops>=0.8,<0.9",
+    "msgpack>=1.0,<2",
+    "numpy>=1.26,<3",
+    "pillow>=10,<14",
+    "scikit-learn>=1.5,<2",  # ships the real handwritten digits used by the built-in dataset
+]
+
+setuptools.setup(
+    name="vlm_jax",
+    version="0.1.0",
+    description="Pretrain vision-language models (CLIP, SigLIP, multi-objective) with JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["vlm_jax", "vlm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={
+        "test": ["pytest>=8,<10"],
+        "cuda12": ["jax[cuda12]>=0.10.0,<0.11"],
+        "tpu": ["jax[tpu]>=0.10.0,<0.11"],
+    },
+)

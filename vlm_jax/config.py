@@ -1,0 +1,236 @@
+"""The config schema: every key the framework reads, its type, its default, and the checks.
+
+A recipe (`configs/*.py`) starts from `defaults()` and changes values; `validate` then rejects any
+key the schema lacks (naming the closest valid key), any value of the wrong type and any value
+outside its allowed choices, before anything is computed.
+
+Durations (`total`, `log_every`, `checkpoint_every`, `eval_every`, `optim.warmup`) are given in
+exactly one unit: `<name>_steps | _epochs | _examples | _percent` (percent of the total steps).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Iterable
+
+import ml_collections
+from ml_collections import config_dict
+
+UNITS = ("steps", "epochs", "examples", "percent")
+UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
+# name -> whether exactly one unit must be set (otherwise at most one).
+DURATIONS = {"total": True, "log_every": False, "checkpoint_every": False, "eval_every": False,
+             "optim.warmup": False}
+
+CHOICES = {
+    "loss.name": ("softmax", "sigmoid"),
+    "loss.negatives": ("local", "global"),
+    "loss.impl": ("gather",),
+    "model.image.pool": ("gap", "cls", "map"),
+    "model.image.posemb": ("learn", "sincos2d"),
+    "model.text.pool": ("last", "first", "mean"),
+    "model.dtype": ("float32", "bfloat16"),
+    "tokenizer.name": ("bytes",),
+}
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or out of range."""
+
+
+def _durations(c: ml_collections.ConfigDict, name: str, defaults: dict[str, object]) -> None:
+    for unit in UNITS:
+        value = defaults.get(unit)
+        c[f"{name}_{unit}"] = value if value is not None else config_dict.placeholder(UNIT_TYPES[unit])
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The full schema with its default values (a two-tower CLIP on the built-in digits)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 256              # global batch, split over the data-parallel mesh axes
+    c.data_dir = ""                 # "" -> $VLM_JAX_DATA_DIR or ~/.cache/vlm_jax
+    _durations(c, "total", {"steps": 1000})
+    _durations(c, "log_every", {"steps": 10})
+    _durations(c, "checkpoint_every", {"steps": 200})
+    _durations(c, "eval_every", {})  # unset: evaluate at the end only
+    c.keep_checkpoints = 2          # orbax max_to_keep
+    c.async_checkpointing = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                # -1: all remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    # Logical activation/param axis -> mesh axes. Axes of size 1 cost nothing.
+    c.mesh.rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("vocab", "tensor"),
+        ("kv", None),
+        ("seq", None),
+        ("layers", None),
+    )
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"          # a built-in dataset (vlm_jax.data.builtin.DATASETS)
+    c.data.image_size = 32
+    c.data.crop_padding = 2         # random crop: pad by this many pixels, crop back; 0 disables
+    c.data.flip = False             # random horizontal flip (off for digits: a mirrored 7 is no 7)
+    c.data.num_threads = 2          # grain read threads (per process)
+    c.data.prefetch = 4             # grain prefetch buffer, in records
+    c.data.num_workers = 0          # grain worker processes; 0 keeps decoding in-process
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.name = "bytes"
+    c.tokenizer.max_len = 32
+
+    c.model = ml_collections.ConfigDict()
+    c.model.embed_dim = 128
+    c.model.dtype = "float32"       # activation/matmul dtype; params stay float32
+    c.model.image = ml_collections.ConfigDict()
+    c.model.image.patch_size = 4
+    c.model.image.width = 128
+    c.model.image.depth = 4
+    c.model.image.heads = 4
+    c.model.image.mlp_dim = 512
+    c.model.image.pool = "gap"
+    c.model.image.posemb = "learn"
+    c.model.text = ml_collections.ConfigDict()
+    c.model.text.width = 128
+    c.model.text.depth = 4
+    c.model.text.heads = 4
+    c.model.text.mlp_dim = 512
+    c.model.text.causal = False
+    c.model.text.pool = "last"      # the true last token, found from the padding mask
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "softmax"
+    c.loss.negatives = "global"
+    c.loss.impl = "gather"
+    c.loss.softmax_scale_init = 1 / 0.07
+    c.loss.softmax_scale_max = 100.0
+    c.loss.sigmoid_t_init = 10.0
+    c.loss.sigmoid_bias_init = -10.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.end_lr_ratio = 0.0      # cosine decays to lr * end_lr_ratio at the last step
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.98
+    c.optim.eps = 1e-6
+    c.optim.weight_decay = 0.05
+    c.optim.clip_norm = 1.0         # global-norm clipping; 0 disables
+    _durations(c.optim, "warmup", {"steps": 50})
+    # (regex over '/'-joined param paths, value); first match wins; every param must match.
+    c.optim.wd_rules = ((".*/kernel$", 1.0), (".*", 0.0))
+    c.optim.lr_rules = ((".*", 1.0),)
+    c.optim.freeze_rules = ((".*", False),)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.zeroshot = ("digits",)
+    c.eval.retrieval = ("digits", "shapes")
+    c.eval.batch_size = 256
+    return c
+
+
+def _paths(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in c.items():
+        out.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            out.extend(_paths(value, f"{prefix}{key}."))
+    return out
+
+
+def _type_ok(expected: type, value) -> bool:
+    if value is None:
+        return True
+    if expected in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _walk(cfg, schema, prefix: str, all_paths: list[str]) -> None:
+    for key in cfg.keys():
+        path = prefix + key
+        if key not in schema:
+            close = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        value, expected = cfg[key], schema[key]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"config key '{path}' must be a section, got {value!r}")
+            _walk(value, expected, path + ".", all_paths)
+            continue
+        want = schema.get_type(key)
+        if not _type_ok(want, value):
+            raise ConfigError(f"config key '{path}' must be {want.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+        if path in CHOICES and value not in CHOICES[path]:
+            raise ConfigError(f"config key '{path}' is {value!r}; choose one of {CHOICES[path]}")
+
+
+def _section(cfg, name: str):
+    *parents, leaf = name.split(".")
+    for p in parents:
+        cfg = cfg[p]
+    return cfg, leaf
+
+
+def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None) -> None:
+    """Raises ConfigError naming the first bad key; returns None when the config is sound."""
+    schema = schema if schema is not None else defaults()
+    _walk(cfg, schema, "", _paths(schema))
+    for name, required in DURATIONS.items():
+        section, leaf = _section(cfg, name)
+        set_ = [f"{name}_{u}" for u in UNITS if section.get(f"{leaf}_{u}") is not None]
+        if len(set_) > 1:
+            raise ConfigError(f"duration '{name}' is given twice ({', '.join(set_)}); set one")
+        if required and not set_:
+            raise ConfigError(f"duration '{name}' is not set; set one of "
+                              f"{', '.join(f'{name}_{u}' for u in UNITS)}")
+    if cfg.total_percent is not None:
+        raise ConfigError("'total_percent' has no meaning; use total_steps|epochs|examples")
+    for key in ("batch_size", "tokenizer.max_len", "eval.batch_size"):
+        section, leaf = _section(cfg, key)
+        if section[leaf] <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {section[leaf]}")
+
+
+def apply_duration_overrides(cfg: ml_collections.ConfigDict, overridden: Iterable[str]) -> None:
+    """A duration set on the command line replaces the recipe's, whatever unit the recipe used."""
+    for key in overridden:
+        for name in DURATIONS:
+            if any(key == f"{name}_{u}" for u in UNITS):
+                section, leaf = _section(cfg, name)
+                for u in UNITS:
+                    if f"{name}_{u}" != key:
+                        section[f"{leaf}_{u}"] = None
+
+
+def steps(cfg: ml_collections.ConfigDict, name: str, *, steps_per_epoch: float,
+          total_steps: int | None = None) -> int | None:
+    """Resolves duration `name` to a number of steps (None when unset)."""
+    section, leaf = _section(cfg, name)
+    batch = cfg.batch_size
+    for unit in UNITS:
+        value = section.get(f"{leaf}_{unit}")
+        if value is None:
+            continue
+        if unit == "steps":
+            return int(value)
+        if unit == "epochs":
+            return max(1, int(math.ceil(value * steps_per_epoch)))
+        if unit == "examples":
+            return max(1, int(math.ceil(value / batch)))
+        if total_steps is None:
+            raise ConfigError(f"'{name}_percent' needs the total number of steps")
+        return max(1, int(round(value / 100 * total_steps)))
+    return None

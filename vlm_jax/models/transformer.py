@@ -1,0 +1,107 @@
+"""Pre-LayerNorm transformer pieces shared by the image and text towers.
+
+Every param carries logical axis names (`embed`, `mlp`, `heads`, `kv`, ...); the mesh rules in
+the config decide how they map onto devices, so these modules never see a mesh.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def logical(init, names):
+    return nn.with_logical_partitioning(init, names)
+
+
+def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        name=name, dtype=dtype, epsilon=1e-6,
+        scale_init=logical(nn.initializers.ones, ("embed",)),
+        bias_init=logical(nn.initializers.zeros, ("embed",)))
+
+
+def constrain(x, names):
+    return nn.with_logical_constraint(x, names)
+
+
+class Attention(nn.Module):
+    """Multi-head dot-product attention; `kv` defaults to the queries (self-attention)."""
+    heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, kv=None, mask=None):
+        kv = x if kv is None else kv
+        d = x.shape[-1]
+        if d % self.heads:
+            raise ValueError(f"width {d} is not divisible by heads {self.heads}")
+        hd = d // self.heads
+        init = nn.initializers.xavier_uniform()
+
+        def proj(name, y):
+            return nn.Einsum(
+                (d, self.heads, hd), "bsd,dhk->bshk", name=name, dtype=self.dtype,
+                kernel_init=logical(init, ("embed", "heads", "kv")),
+                bias_init=logical(nn.initializers.zeros, ("heads", "kv")))(y)
+
+        q, k, v = proj("q", x), proj("k", kv), proj("v", kv)
+        # mask: [B, 1|H, Q, K] booleans, True where a query may attend to a key.
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        y = constrain(y, ("batch", "seq", "heads", "kv"))
+        return nn.Einsum(
+            (self.heads, hd, d), "bshk,hkd->bsd", name="out", dtype=self.dtype,
+            kernel_init=logical(init, ("heads", "kv", "embed")),
+            bias_init=logical(nn.initializers.zeros, ("embed",)))(y)
+
+
+class Mlp(nn.Module):
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        init = nn.initializers.xavier_uniform()
+        bias = nn.initializers.normal(1e-6)
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1",
+                     kernel_init=logical(init, ("embed", "mlp")),
+                     bias_init=logical(bias, ("mlp",)))(x)
+        x = constrain(nn.gelu(x), ("batch", "seq", "mlp"))
+        return nn.Dense(d, dtype=self.dtype, name="fc2",
+                        kernel_init=logical(init, ("mlp", "embed")),
+                        bias_init=logical(bias, ("embed",)))(x)
+
+
+class Block(nn.Module):
+    heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        x = constrain(x, ("batch", "seq", "embed"))
+        x = x + Attention(self.heads, self.dtype, name="attn")(
+            layer_norm("ln1", self.dtype)(x), mask=mask)
+        x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("ln2", self.dtype)(x))
+        return constrain(x, ("batch", "seq", "embed"))
+
+
+class Encoder(nn.Module):
+    """`depth` blocks and a final LayerNorm; returns the tokens and each block's output."""
+    depth: int
+    heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        blocks = {}
+        for i in range(self.depth):
+            x = Block(self.heads, self.mlp_dim, self.dtype, name=f"block{i}")(x, mask)
+            blocks[f"block{i}"] = x
+        return layer_norm("ln_final", self.dtype)(x), blocks
