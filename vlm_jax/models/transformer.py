@@ -41,12 +41,14 @@ class Attention(nn.Module):
         if d % self.heads:
             raise ValueError(f"width {d} is not divisible by heads {self.heads}")
         hd = d // self.heads
-        init = nn.initializers.xavier_uniform()
+        # Fans over the true input/output axes: a d -> (heads, head_dim) map is a d x d matrix.
+        in_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+        out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
 
         def proj(name, y):
             return nn.Einsum(
                 (d, self.heads, hd), "bsd,dhk->bshk", name=name, dtype=self.dtype,
-                kernel_init=logical(init, ("embed", "heads", "kv")),
+                kernel_init=logical(in_init, ("embed", "heads", "kv")),
                 bias_init=logical(nn.initializers.zeros, ("heads", "kv")))(y)
 
         q, k, v = proj("q", x), proj("k", kv), proj("v", kv)
@@ -55,7 +57,7 @@ class Attention(nn.Module):
         y = constrain(y, ("batch", "seq", "heads", "kv"))
         return nn.Einsum(
             (self.heads, hd, d), "bshk,hkd->bsd", name="out", dtype=self.dtype,
-            kernel_init=logical(init, ("heads", "kv", "embed")),
+            kernel_init=logical(out_init, ("heads", "kv", "embed")),
             bias_init=logical(nn.initializers.zeros, ("embed",)))(y)
 
 

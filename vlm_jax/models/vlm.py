@@ -37,6 +37,8 @@ class TwoTower(nn.Module):
         self.txt_proj = Projection(self.embed_dim, self.dtype)
 
     def encode_image(self, images):
+        if jnp.issubdtype(images.dtype, jnp.integer):   # uint8 pixels straight from the pipeline
+            images = images.astype(jnp.float32) / 127.5 - 1.0
         out = self.img(images)
         return _embed("img", out, self.img_proj(out["pre_logits"]).astype(jnp.float32))
 

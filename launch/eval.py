@@ -1,0 +1,31 @@
+"""Evaluate the latest checkpoint of a training workdir.
+
+  python -m launch.eval --workdir DIR [--step N]
+
+The model and eval settings come from DIR/config.json; results are printed and appended to
+DIR/metrics.jsonl.
+"""
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from launch import flags as launch_flags  # noqa: F401  (defines --workdir)
+
+STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not launch_flags.WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    launch_flags.quiet_libraries()
+    from vlm_jax.train import evaluate
+    results = evaluate.evaluate_workdir(launch_flags.WORKDIR.value, STEP.value)
+    print(json.dumps(results, indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,43 @@
+"""Flags shared by the entry points."""
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from vlm_jax import config as config_lib
+
+CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe file, optionally with an argument: configs/quickstart.py[:arg]. "
+    "Override any key with --config.KEY=VALUE.", lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl and config.json.")
+
+
+def config():
+    """The recipe with command-line overrides applied and checked."""
+    cfg = CONFIG.value
+    overridden = config_flags.get_override_values(flags.FLAGS["config"])
+    cfg.unlock()
+    config_lib.apply_duration_overrides(cfg, _flatten(overridden))
+    cfg.lock()
+    config_lib.validate(cfg)
+    return cfg
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.extend(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k])
+    return out
+
+
+class _QuietLibraries:
+    """Drops INFO chatter from library internals (orbax logs every file it renames)."""
+    NOISY = ("/orbax/", "/jax/_src/xla_bridge.py")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_libraries() -> None:
+    from absl import logging
+    logging.get_absl_handler().addFilter(_QuietLibraries())

@@ -1,0 +1,36 @@
+"""Train a model from a recipe.
+
+  python -m launch.train --config configs/quickstart.py --workdir DIR [--config.KEY=VALUE ...]
+
+Re-running the same command resumes from the latest checkpoint in DIR.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, logging
+
+from launch import flags as launch_flags
+from vlm_jax import config as config_lib
+from vlm_jax.parallel import mesh as mesh_lib
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not launch_flags.WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    launch_flags.quiet_libraries()
+    try:
+        config = launch_flags.config()
+    except config_lib.ConfigError as e:
+        sys.exit(f"config error: {e}")
+    mesh_lib.maybe_initialize_distributed()
+    from vlm_jax.train import trainer
+    results = trainer.train(config, launch_flags.WORKDIR.value)
+    for key in sorted(k for k in results if k.startswith("eval/")):
+        logging.info("%s = %.4f", key, results[key])
+
+
+if __name__ == "__main__":
+    app.run(main)

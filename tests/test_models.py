@@ -1,0 +1,100 @@
+"""Model outputs by name, shapes, and the text padding mask."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from vlm_jax import models
+from vlm_jax.data.tokenizer import ByteTokenizer, tokenize
+from vlm_jax.models.vit import ViT
+
+
+def _model(**kw):
+    cfg = tiny_config("/unused", **kw)
+    return models.build(cfg, ByteTokenizer.vocab_size), cfg
+
+
+def _init(model, cfg, n=3):
+    s, L = cfg.data.image_size, cfg.tokenizer.max_len
+    img = jnp.asarray(np.random.default_rng(0).integers(0, 255, (n, s, s, 3)), jnp.uint8)
+    ids, mask = tokenize(ByteTokenizer(), ["a photo of a two.", "seven", "handwritten 3"][:n], L)
+    params = jax.jit(model.init)(jax.random.key(0), img, ids, mask)["params"]
+    return params, img, ids, mask
+
+
+def test_output_names_and_shapes():
+    model, cfg = _model()
+    params, img, ids, mask = _init(model, cfg)
+    out = jax.jit(model.apply)({"params": params}, img, ids, mask)
+    d = cfg.model.embed_dim
+    assert out["img/embed"].shape == (3, d) and out["txt/embed"].shape == (3, d)
+    assert out["img/tokens"].shape == (3, 4, 32)          # (16 / 8)^2 patches, width 32
+    assert out["txt/tokens"].shape == (3, cfg.tokenizer.max_len, 32)
+    assert "img/encoder/block0" in out and "txt/pre_logits" in out
+    np.testing.assert_allclose(np.linalg.norm(out["img/normed"], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out["scale"], 1 / 0.07, rtol=1e-5)
+
+
+def test_padding_does_not_change_text_embedding():
+    model, cfg = _model(**{"tokenizer.max_len": 40})
+    params, img, _, _ = _init(model, cfg)
+    texts = ["a photo of a two.", "seven", "handwritten 3"]
+    ids_short, mask_short = tokenize(ByteTokenizer(), texts, 20)
+    ids_long, mask_long = tokenize(ByteTokenizer(), texts, 40)
+    ids_long[~mask_long] = 77       # garbage in padded slots must not matter either
+    enc = jax.jit(lambda i, m: model.apply({"params": params}, i, m,
+                                           method=model.encode_text)["txt/embed"])
+    np.testing.assert_allclose(enc(ids_short, mask_short), enc(ids_long, mask_long), atol=1e-5)
+    # ... while the content of a real token does.
+    changed = ids_long.copy()
+    changed[1, 2] += 1
+    assert np.abs(enc(changed, mask_long)[1] - enc(ids_long, mask_long)[1]).max() > 1e-4
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pooling_reads_the_true_last_token(causal):
+    model, cfg = _model(**{"model.text.causal": causal})
+    params, *_ = _init(model, cfg)
+    ids, mask = tokenize(ByteTokenizer(), ["two", "two"], cfg.tokenizer.max_len)
+    mask[1, 5] = True      # declare one more token real: the pooled (last) token moves
+    ids[1, 5] = ids[1, 4]
+    out = jax.jit(lambda i, m: model.apply({"params": params}, i, m, method=model.encode_text))(
+        ids, mask)
+    assert np.abs(out["txt/embed"][0] - out["txt/embed"][1]).max() > 1e-4
+
+
+@pytest.mark.parametrize("pool,posemb", [("gap", "learn"), ("cls", "sincos2d"), ("map", "learn")])
+def test_vit_variants(pool, posemb):
+    vit = ViT(patch_size=4, width=32, depth=1, heads=2, mlp_dim=64, pool=pool, posemb=posemb)
+    x = jnp.zeros((2, 16, 16, 3))
+    out, _ = jax.jit(vit.init_with_output)(jax.random.key(0), x)
+    assert out["pre_logits"].shape == (2, 32)
+    assert out["tokens"].shape == (2, 16 + (pool == "cls"), 32)
+
+
+def test_every_param_has_logical_axes():
+    import flax.linen as nn
+    model, cfg = _model()
+    s, L = cfg.data.image_size, cfg.tokenizer.max_len
+    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3), jnp.uint8),
+                           jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), bool))["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+    for x in leaves:
+        assert len(x.names) == len(x.value.shape)
+
+
+def test_attention_init_uses_the_true_fans():
+    from vlm_jax.models.transformer import Attention
+    d, h = 128, 4
+    params = Attention(h).init(jax.random.key(0), jnp.zeros((1, 2, d)))["params"]
+    params = nn_unbox(params)
+    want = np.sqrt(2 / (d + d))     # xavier for the d x d map that q and out really are
+    for name in ("q", "out"):
+        assert abs(np.std(params[name]["kernel"]) / want - 1) < 0.05, name
+
+
+def nn_unbox(tree):
+    import flax.linen as nn
+    return nn.unbox(tree)

@@ -1,0 +1,107 @@
+"""Stopping a run and re-running the same command resumes at the saved step and data position,
+and the resumed run reproduces the losses of a run that was never stopped."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+TOTAL, EVERY = 40, 10
+
+
+def _args(data_dir, workdir):
+    overrides = {"data_dir": data_dir, "batch_size": 16, "data.image_size": 16,
+                 "data.num_threads": 1, "tokenizer.max_len": 24, "model.embed_dim": 16,
+                 "model.image.patch_size": 8, "total_steps": TOTAL, "log_every_steps": 1,
+                 "checkpoint_every_steps": EVERY, "optim.warmup_steps": 2,
+                 "eval.batch_size": 64, "eval.retrieval": "()"}
+    for tower in ("image", "text"):
+        overrides.update({f"model.{tower}.width": 32, f"model.{tower}.depth": 1,
+                          f"model.{tower}.heads": 2, f"model.{tower}.mlp_dim": 64})
+    return [sys.executable, "-m", "launch.train", "--config", "configs/quickstart.py",
+            "--workdir", workdir, *[f"--config.{k}={v}" for k, v in overrides.items()]]
+
+
+def _losses(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train = [r for r in rows if "loss" in r]
+    steps = [r["step"] for r in train]
+    assert steps == sorted(set(steps)), "a step was logged twice"
+    return {r["step"]: r["loss"] for r in train}, rows
+
+
+# Two devices: a sharded run that compiles quickly (the suite's 8 would be inherited otherwise).
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def _run(args, **kw):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, **kw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _start_and_stop(args, workdir, sig):
+    """Starts a run and sends `sig` between checkpoints, once one is complete on disk."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = _saved(workdir)
+        if done and os.path.exists(path):
+            steps = [json.loads(l).get("step", 0) for l in open(path) if l.strip()]
+            if steps and max(steps) > done[-1]:
+                break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _saved(workdir):
+    """Complete checkpoints (an unfinished save is a '<step>.orbax-checkpoint-tmp' folder)."""
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    _run(_args(data_dir, workdir))
+    return workdir, _losses(workdir)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_stop_and_rerun_resumes(data_dir, tmp_path, uninterrupted, sig):
+    workdir = str(tmp_path)
+    args = _args(data_dir, workdir)
+    rc, err = _start_and_stop(args, workdir, sig)
+    saved = _saved(workdir)
+    if sig == signal.SIGTERM:
+        assert rc == 0, err[-2000:]                  # a clean exit after saving
+        assert "Stopped at step" in err
+        assert saved[-1] % EVERY != 0 or saved[-1] > EVERY   # saved at the step it was stopped
+    else:
+        assert rc == -signal.SIGKILL
+    assert saved and saved[-1] < TOTAL
+    r = _run(args)
+    assert f"Resumed from step {saved[-1]} " in r.stderr
+    losses, rows = _losses(workdir)
+    assert sorted(losses) == list(range(1, TOTAL + 1))
+    for step, loss in uninterrupted[1].items():
+        assert loss == pytest.approx(losses[step], rel=1e-5, abs=1e-6), f"step {step}"
+    assert "eval/digits/zeroshot_top1" in rows[-1]
+
+
+def test_eval_cli_reproduces_the_final_eval(uninterrupted):
+    workdir, _ = uninterrupted
+    final = [r for r in _losses(workdir)[1] if "eval/digits/zeroshot_top1" in r][-1]
+    r = _run([sys.executable, "-m", "launch.eval", "--workdir", workdir])
+    got = json.loads(r.stdout)
+    assert got["step"] == TOTAL
+    assert got["eval/digits/zeroshot_top1"] == pytest.approx(final["eval/digits/zeroshot_top1"])

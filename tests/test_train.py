@@ -1,0 +1,134 @@
+"""The train step, the optimizer rules and checkpoints."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_mesh, tiny_config
+
+from vlm_jax import objectives, rules
+from vlm_jax.data import pipeline
+from vlm_jax.train import checkpoint, optim
+from vlm_jax.train.trainer import Setup
+
+
+def _batch(setup, n=1):
+    it = iter(setup.dataset)
+    return it, [next(it) for _ in range(n)]
+
+
+def _grads(setup, params, batch, objs):
+    def loss_fn(p):
+        out = setup.model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
+        return objectives.total_loss(objs, out, batch)[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_sharded_step_matches_single_device_reference(data_dir, kind):
+    cfg = tiny_config(data_dir, **{"loss.name": kind, "loss.negatives": "global"})
+    ref_setup = Setup(cfg, mesh=make_mesh(1))
+    params = jax.device_get(ref_setup.init_state().params)
+    _, (host_batch,) = _batch(ref_setup)
+    # The reference: the whole batch on one device, no mesh, no shard_map, no jit.
+    want_loss, want_g = jax.jit(lambda p, b: _grads(ref_setup, p, b, objectives.build(cfg, None)))(
+        params, host_batch)
+    for n in (1, 2, 4, 8):
+        s = Setup(cfg, mesh=make_mesh(n))
+        batch = pipeline.to_global(host_batch, s.batch_sh)
+        with s.context():
+            loss, g = jax.jit(lambda p, b: _grads(s, p, b, s.objectives))(
+                jax.device_put(params, s.state_sh.params), batch)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=f"{n} devices")
+        for path, a, b in zip(rules.tree_paths(g), jax.tree.leaves(g), jax.tree.leaves(want_g)):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=f"{path} on {n} devices")
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch(data_dir):
+    cfg = tiny_config(data_dir, **{"optim.lr": 3e-3})
+    s = Setup(cfg, mesh=make_mesh(4))
+    state = s.init_state()
+    _, (b,) = _batch(s)
+    batch = pipeline.to_global(b, s.batch_sh)
+    step = s.train_step()
+    with s.context():
+        losses = []
+        for _ in range(4):
+            state, m = step(state, batch, s.step_rng)
+            losses.append(float(m["loss"]))
+    assert losses[1] < losses[0], losses       # a single step already helps
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert int(state.step) == 4
+    for key in ("contrastive/scale", "contrastive/i2t_acc", "contrastive/pos_logit", "grad_norm",
+                "lr", "contrastive/img_norm"):
+        assert np.isfinite(float(m[key])), key
+
+
+def test_freeze_wd_and_lr_rules(data_dir):
+    cfg = tiny_config(data_dir, **{
+        "optim.freeze_rules": (("img/.*", True), (".*", False)),
+        "optim.lr_rules": (("txt_proj/.*", 0.0), (".*", 1.0)),
+        "optim.weight_decay": 0.5})
+    s = Setup(cfg, mesh=make_mesh(2))
+    state = s.init_state()
+    before = jax.device_get(state.params)
+    _, (b,) = _batch(s)
+    with s.context():
+        state, _ = s.train_step()(state, pipeline.to_global(b, s.batch_sh), s.step_rng)
+    after = jax.device_get(state.params)
+    changed = {p: not np.array_equal(x, y) for p, x, y in
+               zip(rules.tree_paths(before), jax.tree.leaves(before), jax.tree.leaves(after))}
+    assert not any(v for p, v in changed.items() if p.startswith("img/"))        # frozen (LiT)
+    assert not any(v for p, v in changed.items() if p.startswith("txt_proj/"))   # lr x 0
+    assert changed["txt/encoder/block0/mlp/fc1/kernel"] and changed["img_proj/dense/kernel"]
+    # Frozen params carry no Adam moments.
+    mu = optax.tree_utils.tree_get(state.opt_state, "mu")
+    assert isinstance(mu["img"]["embedding"]["kernel"], optax.MaskedNode)
+
+
+def test_weight_decay_only_where_the_rules_say():
+    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "t": jnp.ones(())}
+    cfg = tiny_config("/unused", **{"optim.weight_decay": 0.1})
+    tx, _ = optim.build(cfg, params, total_steps=10, warmup_steps=0)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert float(jnp.abs(updates["dense"]["kernel"]).max()) > 0
+    assert float(jnp.abs(updates["dense"]["bias"]).max()) == 0 and float(updates["t"]) == 0
+
+
+def test_rules_must_cover_every_param():
+    params = {"img": {"w": jnp.ones(2)}, "txt": {"w": jnp.ones(2)}}
+    with pytest.raises(ValueError, match="no freeze rule matches param 'txt/w'"):
+        rules.tree_map_rules((("img/.*", True),), params, "freeze")
+    with pytest.raises(ValueError, match="bad regex"):
+        rules.tree_map_rules((("img/(", True),), params, "freeze")
+
+
+def test_checkpoint_round_trip_with_data_iterator(data_dir, tmp_path):
+    cfg = tiny_config(data_dir)
+    s = Setup(cfg, mesh=make_mesh(4))
+    state = s.init_state()
+    it, _ = _batch(s, 3)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2, async_save=True)
+    ckpt.save(3, state, it)
+    ckpt.wait()
+    want = next(it)
+    ckpt.close()
+
+    s2 = Setup(cfg, mesh=make_mesh(8))       # restore onto a different mesh
+    ckpt2 = checkpoint.Checkpointer(str(tmp_path))
+    assert ckpt2.latest_step() == 3
+    fresh = iter(s2.dataset)
+    restored = ckpt2.restore(3, s2.abstract_state(), fresh)
+    ckpt2.close()
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    leaf = restored.params["img"]["embedding"]["kernel"]
+    assert leaf.sharding.mesh.devices.size == 8
+    got = next(fresh)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 7"):
+        checkpoint.Checkpointer(str(tmp_path)).restore(7, s2.abstract_state())

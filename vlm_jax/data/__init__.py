@@ -1,0 +1,1 @@
+"""Input pipelines: record files, tokenizers, built-in datasets and Grain pipelines."""

@@ -1,0 +1,72 @@
+"""The train state, born sharded: shapes from `jax.eval_shape`, then a jitted init whose
+`out_shardings` place every param and optimizer slot directly on its devices."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from vlm_jax.parallel import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def dummy_inputs(config, batch: int = 1):
+    s, L = config.data.image_size, config.tokenizer.max_len
+    return (jnp.zeros((batch, s, s, 3), jnp.uint8), jnp.zeros((batch, L), jnp.int32),
+            jnp.ones((batch, L), bool))
+
+
+def abstract_params(model: nn.Module, config, rng):
+    """Boxed (logically annotated) param shapes, without computing anything."""
+    return jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config)), rng)["params"]
+
+
+def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
+    """NamedShardings for every leaf of the TrainState."""
+    param_sh = sharding.param_shardings(boxed_params, mesh, rules)
+    repl = sharding.replicated(mesh)
+    abs_opt = jax.eval_shape(tx.init, nn.unbox(boxed_params))
+    # Slots shaped like the params (Adam's moments) follow the params; the rest is replicated.
+    # Frozen params (optax.partition) hold a MaskedNode placeholder instead of a slot.
+    opt_sh = optax.tree_map_params(
+        tx, lambda x, s: x if isinstance(x, optax.MaskedNode) else s, abs_opt, param_sh,
+        transform_non_params=lambda _: repl,
+        is_leaf=lambda x: isinstance(x, (jax.sharding.Sharding, optax.MaskedNode)))
+    return TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+
+
+def _init_fn(model: nn.Module, tx, config):
+    def init(rng) -> TrainState:
+        params = nn.unbox(model.init(rng, *dummy_inputs(config))["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return init
+
+
+def create(model: nn.Module, tx, config, mesh: Mesh, rules, rng) -> tuple[TrainState, TrainState]:
+    """(initial state, its shardings)."""
+    state_sh = shardings(abstract_params(model, config, rng), tx, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = jax.jit(_init_fn(model, tx, config), out_shardings=state_sh)(rng)
+    return state, state_sh
+
+
+def abstract(state_sh: TrainState, model: nn.Module, tx, config, rng) -> TrainState:
+    """ShapeDtypeStructs with target shardings: what a checkpoint restores onto."""
+    shapes = jax.eval_shape(_init_fn(model, tx, config), rng)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, state_sh)
+
+
+def num_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,40 @@
+"""The train step: a pure `(state, batch, rng) -> (state, metrics)`, jitted with explicit
+shardings and the state donated."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import optax
+
+from vlm_jax import objectives as objectives_lib
+from vlm_jax.train.state import TrainState
+
+
+def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched):
+    def step(state: TrainState, batch: dict, base_rng):
+        # fold_in(step): the same randomness at a step whether or not the run was resumed.
+        rng = jax.random.fold_in(base_rng, state.step)
+
+        def loss_fn(params):
+            out = model.apply({"params": params}, batch["image"], batch["tokens"], batch["mask"],
+                              rngs={"dropout": rng})
+            return objectives_lib.total_loss(objectives, out, batch)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics,
+                   "grad_norm": optax.tree.norm(grads),
+                   "param_norm": optax.tree.norm(params),
+                   "update_norm": optax.tree.norm(updates),
+                   "lr": sched(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def jit(step_fn, state_sh: TrainState, batch_sh, mesh):
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl),
+                   out_shardings=(state_sh, repl), donate_argnums=(0,))
+

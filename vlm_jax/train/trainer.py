@@ -1,0 +1,224 @@
+"""The trainer loop: the one place with effects (data, checkpoints, logs, evals, signals).
+
+Re-running the same command resumes from the latest complete checkpoint in the workdir, with the
+data iterator at the saved position. SIGTERM or Ctrl-C saves a checkpoint at the current step and
+exits cleanly (a second Ctrl-C aborts at once). A non-finite loss stops the run before anything
+is saved, so the last good checkpoint stays the latest.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+
+from vlm_jax import config as config_lib
+from vlm_jax import evals, models, objectives
+from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
+from vlm_jax.parallel import mesh as mesh_lib, sharding
+from vlm_jax.train import checkpoint, metrics as metrics_lib, optim, state as state_lib, step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class _StopRequest:
+    """Turns SIGTERM and the first SIGINT into a request to save and stop."""
+
+    def __init__(self):
+        self.requested = None
+        self._previous = {}
+
+    def __enter__(self):
+        if jax.process_count() > 1 or not _main_thread():
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        logging.warning("%s received: saving a checkpoint, then stopping "
+                        "(Ctrl-C again aborts without saving)", self.requested)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _save_config(config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=1, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() != text:
+                logging.warning("config differs from the one this workdir was started with; "
+                                "the old one is kept as config.json.prev")
+                os.replace(path, path + ".prev")
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def load_config(workdir: str):
+    """The config a workdir was trained with."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
+    with open(path) as f:
+        raw = json.load(f)
+    cfg = config_lib.defaults()
+    _update(cfg, raw)
+    config_lib.validate(cfg)
+    return cfg
+
+
+def _update(cfg, raw: dict, prefix: str = "") -> None:
+    import ml_collections
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), ml_collections.ConfigDict):
+            _update(cfg[key], value, f"{prefix}{key}.")
+        else:
+            if isinstance(value, list):
+                value = _tuples(value)
+            if key not in cfg:
+                raise config_lib.ConfigError(f"unknown config key '{prefix}{key}' in config.json")
+            cfg[key] = value
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+class Setup:
+    """Everything a run derives from its config: mesh, data, model, optimizer, step, evals."""
+
+    def __init__(self, config, mesh=None):
+        config_lib.validate(config)
+        self.config = config
+        self.mesh = mesh_lib.from_config(config) if mesh is None else mesh
+        self.rules = sharding.logical_rules(config)
+        self.tokenizer = tokenizer_lib.build(config)
+        self.dataset, self.num_train = pipeline.train_dataset(config, self.tokenizer)
+        steps_per_epoch = self.num_train / config.batch_size
+        self.total_steps = config_lib.steps(config, "total", steps_per_epoch=steps_per_epoch)
+        dur = lambda name: config_lib.steps(config, name, steps_per_epoch=steps_per_epoch,
+                                            total_steps=self.total_steps)
+        self.warmup_steps = dur("optim.warmup") or 0
+        self.log_every = dur("log_every") or self.total_steps
+        self.checkpoint_every = dur("checkpoint_every") or self.total_steps
+        self.eval_every = dur("eval_every")
+        self.model = models.build(config, self.tokenizer.vocab_size)
+        self.rng = jax.random.key(config.seed)
+        init_rng, self.step_rng = jax.random.split(self.rng)
+        self.init_rng = init_rng
+        boxed = state_lib.abstract_params(self.model, config, init_rng)
+        self.tx, self.schedule = optim.build(config, nn.unbox(boxed), self.total_steps,
+                                             self.warmup_steps)
+        self.state_sh = state_lib.shardings(boxed, self.tx, self.mesh, self.rules)
+        self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
+        self.objectives = objectives.build(config, self.mesh)
+        self.evaluator = evals.Evaluator(config, self.model, self.mesh, self.rules, self.tokenizer)
+
+    def context(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(self.rules))
+        return stack
+
+    def init_state(self):
+        state, _ = state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
+                                    self.init_rng)
+        return state
+
+    def abstract_state(self):
+        return state_lib.abstract(self.state_sh, self.model, self.tx, self.config, self.init_rng)
+
+    def train_step(self):
+        fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule)
+        batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask")}
+        return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
+
+
+def _due(step: int, every: int | None, total: int) -> bool:
+    return step == total or (every is not None and every > 0 and step % every == 0)
+
+
+def train(config, workdir: str) -> dict:
+    """Trains (or resumes) in `workdir`; returns the last logged train and eval metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    t_start = time.perf_counter()
+    s = Setup(config)
+    if jax.process_index() == 0:
+        _save_config(config, workdir)
+    ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpointing)
+    data_iter = iter(s.dataset)
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(start, s.abstract_state(), data_iter)
+        logging.info("Resumed from step %d (checkpoint and data position) in %s", start, workdir)
+    else:
+        start = 0
+        state = s.init_state()
+        logging.info("Initialised %d params (%s); %d train examples, %d steps of %d",
+                     state_lib.num_params(state.params), config.model.dtype, s.num_train,
+                     s.total_steps, config.batch_size)
+        for line in optim.describe(config, state.params):
+            logging.log_first_n(logging.INFO, line, 10_000)
+    writer = metrics_lib.JsonlWriter(workdir, resume_step=start)
+    step_fn = s.train_step()
+    progress = metrics_lib.Progress(start, s.total_steps, config.batch_size)
+    last, window, step = {}, [], start
+    try:
+        with s.context(), _StopRequest() as stop:
+            while step < s.total_steps:
+                batch = pipeline.to_global(next(data_iter), s.batch_sh)
+                state, m = step_fn(state, batch, s.step_rng)
+                window.append(m)
+                step += 1
+                stopping = stop.requested is not None
+                if _due(step, s.log_every, s.total_steps) or stopping or _due(
+                        step, s.checkpoint_every, s.total_steps):
+                    losses = [w["loss"] for w in jax.device_get(window)]
+                    if not np.all(np.isfinite(losses)):
+                        bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
+                        raise NonFiniteLossError(
+                            f"non-finite loss at step {bad}; stopped without saving. The last "
+                            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+                    if _due(step, s.log_every, s.total_steps) or stopping:
+                        mean = metrics_lib.mean_window(window)
+                        line, ex_s = progress.line(step, mean["loss"])
+                        logging.info(line)
+                        last = {**mean, "examples_per_sec": ex_s, "epoch": step * config.batch_size / s.num_train}
+                        writer.write(step, last)
+                    window = []
+                if _due(step, s.checkpoint_every, s.total_steps) or stopping:
+                    ckpt.save(step, state, data_iter)
+                if stopping:
+                    logging.warning("Stopped at step %d after %s; re-run the same command to "
+                                    "resume", step, stop.requested)
+                    break
+                if _due(step, s.eval_every, s.total_steps):
+                    results = s.evaluator.run(state.params)
+                    writer.write(step, results)
+                    last.update(results)
+            if start == s.total_steps:   # resumed a finished run: report its evaluation again
+                last = s.evaluator.run(state.params)
+                writer.write(step, last)
+    finally:
+        ckpt.close()
+    logging.info("Done at step %d in %.0fs", step, time.perf_counter() - t_start)
+    return last
