@@ -22,6 +22,7 @@ def main(argv):
     if not launch_flags.WORKDIR.value:
         raise app.UsageError("--workdir is required")
     launch_flags.quiet_libraries()
+    launch_flags.enable_compilation_cache()
     from vlm_jax.train import evaluate
     results = evaluate.evaluate_workdir(launch_flags.WORKDIR.value, STEP.value)
     print(json.dumps(results, indent=1, sort_keys=True))

@@ -41,3 +41,17 @@ class _QuietLibraries:
 def quiet_libraries() -> None:
     from absl import logging
     logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def enable_compilation_cache() -> None:
+    """Persists compiled programs, so a resumed or repeated run skips most compilation.
+
+    Uses $JAX_COMPILATION_CACHE_DIR when set, else ~/.cache/vlm_jax/xla (next to the datasets).
+    """
+    import os
+
+    import jax
+
+    from vlm_jax.data.builtin import default_data_dir
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", os.path.join(default_data_dir(), "xla"))

@@ -21,6 +21,7 @@ def main(argv):
     if not launch_flags.WORKDIR.value:
         raise app.UsageError("--workdir is required")
     launch_flags.quiet_libraries()
+    launch_flags.enable_compilation_cache()
     try:
         config = launch_flags.config()
     except config_lib.ConfigError as e:

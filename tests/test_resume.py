@@ -33,20 +33,25 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in train}, rows
 
 
-# Two devices: a sharded run that compiles quickly (the suite's 8 would be inherited otherwise).
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Two devices (the suite's 8 would be inherited otherwise) and a compilation cache shared
+    by this module's runs: each run compiles the same programs."""
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
-def _run(args, **kw):
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, **kw)
+def _run(args, env):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
-def _start_and_stop(args, workdir, sig):
+def _start_and_stop(args, workdir, sig, env):
     """Starts a run and sends `sig` between checkpoints, once one is complete on disk."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=env)
     path = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -69,18 +74,18 @@ def _saved(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory):
+def uninterrupted(data_dir, tmp_path_factory, env):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    _run(_args(data_dir, workdir))
+    _run(_args(data_dir, workdir), env)
     return workdir, _losses(workdir)[0]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_stop_and_rerun_resumes(data_dir, tmp_path, uninterrupted, sig):
+def test_stop_and_rerun_resumes(data_dir, tmp_path, uninterrupted, sig, env):
     workdir = str(tmp_path)
     args = _args(data_dir, workdir)
-    rc, err = _start_and_stop(args, workdir, sig)
+    rc, err = _start_and_stop(args, workdir, sig, env)
     saved = _saved(workdir)
     if sig == signal.SIGTERM:
         assert rc == 0, err[-2000:]                  # a clean exit after saving
@@ -89,7 +94,7 @@ def test_stop_and_rerun_resumes(data_dir, tmp_path, uninterrupted, sig):
     else:
         assert rc == -signal.SIGKILL
     assert saved and saved[-1] < TOTAL
-    r = _run(args)
+    r = _run(args, env)
     assert f"Resumed from step {saved[-1]} " in r.stderr
     losses, rows = _losses(workdir)
     assert sorted(losses) == list(range(1, TOTAL + 1))
@@ -98,10 +103,10 @@ def test_stop_and_rerun_resumes(data_dir, tmp_path, uninterrupted, sig):
     assert "eval/digits/zeroshot_top1" in rows[-1]
 
 
-def test_eval_cli_reproduces_the_final_eval(uninterrupted):
+def test_eval_cli_reproduces_the_final_eval(uninterrupted, env):
     workdir, _ = uninterrupted
     final = [r for r in _losses(workdir)[1] if "eval/digits/zeroshot_top1" in r][-1]
-    r = _run([sys.executable, "-m", "launch.eval", "--workdir", workdir])
+    r = _run([sys.executable, "-m", "launch.eval", "--workdir", workdir], env)
     got = json.loads(r.stdout)
     assert got["step"] == TOTAL
     assert got["eval/digits/zeroshot_top1"] == pytest.approx(final["eval/digits/zeroshot_top1"])
