@@ -21,7 +21,7 @@ class Projection(nn.Module):
 
 
 class ContrastiveScale(nn.Module):
-    """The learnable logit scale (and, for sigmoid, bias) of DESIGN.md's losses.
+    """The learnable logit scale (and, for sigmoid, bias) of the contrastive losses.
 
     softmax: s = exp(t), t init log(scale_init), clamped so s <= scale_max.
     sigmoid: s = exp(t), t init log(t_init); bias b init bias_init.
