@@ -25,7 +25,7 @@ DURATIONS = {"total": True, "log_every": False, "checkpoint_every": False, "eval
 CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.negatives": ("local", "global"),
-    "loss.impl": ("gather",),
+    "loss.impl": ("gather", "ring"),
     "model.image.pool": ("gap", "cls", "map"),
     "model.image.posemb": ("learn", "sincos2d"),
     "model.text.pool": ("last", "first", "mean"),
@@ -108,7 +108,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "softmax"
     c.loss.negatives = "global"
-    c.loss.impl = "gather"
+    c.loss.impl = "gather"          # global negatives: gather (all-gather) | ring (ppermute)
     c.loss.softmax_scale_init = 1 / 0.07
     c.loss.softmax_scale_max = 100.0
     c.loss.sigmoid_t_init = 10.0

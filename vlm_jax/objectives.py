@@ -20,6 +20,7 @@ from vlm_jax.parallel import sharding
 class Contrastive:
     kind: str                       # softmax | sigmoid
     negatives: str                  # local | global
+    impl: str = "gather"            # gather | ring (global negatives)
     mesh: Mesh | None = None
     batch_axes: Sequence[str] = ("data",)
     name: str = "contrastive"
@@ -27,7 +28,7 @@ class Contrastive:
     def __call__(self, out: dict, batch: dict):
         loss, metrics = contrastive_loss(
             self.kind, out["img/normed"], out["txt/normed"], out["scale"], out["bias"],
-            negatives=self.negatives, mesh=self.mesh, batch_axes=self.batch_axes)
+            negatives=self.negatives, impl=self.impl, mesh=self.mesh, batch_axes=self.batch_axes)
         metrics = {**metrics, "img_norm": jnp.mean(out["img/norm"]),
                    "txt_norm": jnp.mean(out["txt/norm"])}
         return loss, metrics
@@ -35,7 +36,8 @@ class Contrastive:
 
 def build(config, mesh: Mesh | None) -> list[tuple[object, float]]:
     axes = sharding.batch_axes(sharding.logical_rules(config)) if mesh is not None else ()
-    return [(Contrastive(config.loss.name, config.loss.negatives, mesh, axes), 1.0)]
+    loss = config.loss
+    return [(Contrastive(loss.name, loss.negatives, loss.impl, mesh, axes), 1.0)]
 
 
 def total_loss(objectives, out: dict, batch: dict):
