@@ -17,14 +17,9 @@ STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not launch_flags.WORKDIR.value:
-        raise app.UsageError("--workdir is required")
-    launch_flags.quiet_libraries()
-    launch_flags.enable_compilation_cache()
+    workdir = launch_flags.start(argv)
     from vlm_jax.train import evaluate
-    results = evaluate.evaluate_workdir(launch_flags.WORKDIR.value, STEP.value)
+    results = evaluate.evaluate_workdir(workdir, STEP.value)
     print(json.dumps(results, indent=1, sort_keys=True))
 
 

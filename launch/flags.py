@@ -55,3 +55,16 @@ def enable_compilation_cache() -> None:
     from vlm_jax.data.builtin import default_data_dir
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", os.path.join(default_data_dir(), "xla"))
+
+
+def start(argv) -> str:
+    """The common start of an entry point: argument checks, quiet logs, compilation cache.
+    Returns the workdir."""
+    from absl import app
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    quiet_libraries()
+    enable_compilation_cache()
+    return WORKDIR.value

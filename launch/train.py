@@ -16,19 +16,14 @@ from vlm_jax.parallel import mesh as mesh_lib
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not launch_flags.WORKDIR.value:
-        raise app.UsageError("--workdir is required")
-    launch_flags.quiet_libraries()
-    launch_flags.enable_compilation_cache()
+    workdir = launch_flags.start(argv)
     try:
         config = launch_flags.config()
     except config_lib.ConfigError as e:
         sys.exit(f"config error: {e}")
     mesh_lib.maybe_initialize_distributed()
     from vlm_jax.train import trainer
-    results = trainer.train(config, launch_flags.WORKDIR.value)
+    results = trainer.train(config, workdir)
     for key in sorted(k for k in results if k.startswith("eval/")):
         logging.info("%s = %.4f", key, results[key])
 

@@ -1,0 +1,19 @@
+"""The loss-memory benchmark runs, prints its documented JSON, and shows the ring's point:
+per-device memory that does not grow with the number of devices."""
+import json
+import subprocess
+import sys
+
+
+def test_loss_memory_benchmark_json_and_scaling():
+    r = subprocess.run([sys.executable, "benchmarks/loss_memory.py", "--devices", "4,16",
+                        "--batch", "256", "--dim", "128", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)
+    assert {tuple(sorted(x)) for x in rows} == {
+        ("dim", "impl", "loss", "n_devices", "per_device_batch", "temp_bytes")}
+    mem = {(x["loss"], x["impl"], x["n_devices"]): x["temp_bytes"] for x in rows}
+    for loss in ("softmax", "sigmoid"):
+        assert abs(mem[loss, "ring", 16] / mem[loss, "ring", 4] - 1) < 0.10
+        assert mem[loss, "gather", 16] > 3 * mem[loss, "gather", 4]
