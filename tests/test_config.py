@@ -71,3 +71,14 @@ def test_cli_rejects_misspelt_key_and_bad_type_before_compute():
     assert r.returncode != 0 and "loss.name" in r.stderr and "softmax" in r.stderr
     r = _cli("--config.batch_size=abc")
     assert r.returncode != 0 and "batch_size" in r.stderr
+
+
+def test_json_round_trip():
+    c = config_lib.defaults()
+    c.loss.name = "sigmoid"
+    c.optim.freeze_rules = (("img/.*", True), (".*", False))
+    back = config_lib.from_json(c.to_json_best_effort())
+    assert back.loss.name == "sigmoid" and back.optim.freeze_rules == c.optim.freeze_rules
+    assert back.mesh.rules == c.mesh.rules
+    with pytest.raises(ConfigError, match="unknown config key 'loss.nme' in run/config.json"):
+        config_lib.from_json('{"loss": {"nme": "softmax"}}', where="run/config.json")

@@ -10,6 +10,7 @@ exactly one unit: `<name>_steps | _epochs | _examples | _percent` (percent of th
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from typing import Iterable
 
@@ -234,3 +235,25 @@ def steps(cfg: ml_collections.ConfigDict, name: str, *, steps_per_epoch: float,
             raise ConfigError(f"'{name}_percent' needs the total number of steps")
         return max(1, int(round(value / 100 * total_steps)))
     return None
+
+
+def from_json(text: str, where: str = "config.json") -> ml_collections.ConfigDict:
+    """A config saved with `to_json_best_effort`, read back onto the schema and validated."""
+    cfg = defaults()
+    _update(cfg, json.loads(text), "", where)
+    validate(cfg)
+    return cfg
+
+
+def _update(cfg, raw: dict, prefix: str, where: str) -> None:
+    for key, value in raw.items():
+        if key not in cfg:
+            raise ConfigError(f"unknown config key '{prefix}{key}' in {where}")
+        if isinstance(value, dict) and isinstance(cfg[key], ml_collections.ConfigDict):
+            _update(cfg[key], value, f"{prefix}{key}.", where)
+        else:
+            cfg[key] = _tuples(value)       # JSON has no tuples; the schema's sequences are
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x

@@ -8,9 +8,9 @@ is saved, so the last good checkpoint stays the latest.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
+import threading
 import time
 
 import flax.linen as nn
@@ -56,7 +56,6 @@ class _StopRequest:
 
 
 def _main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -79,28 +78,7 @@ def load_config(workdir: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
     with open(path) as f:
-        raw = json.load(f)
-    cfg = config_lib.defaults()
-    _update(cfg, raw)
-    config_lib.validate(cfg)
-    return cfg
-
-
-def _update(cfg, raw: dict, prefix: str = "") -> None:
-    import ml_collections
-    for key, value in raw.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), ml_collections.ConfigDict):
-            _update(cfg[key], value, f"{prefix}{key}.")
-        else:
-            if isinstance(value, list):
-                value = _tuples(value)
-            if key not in cfg:
-                raise config_lib.ConfigError(f"unknown config key '{prefix}{key}' in config.json")
-            cfg[key] = value
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+        return config_lib.from_json(f.read(), where=path)
 
 
 class Setup:
@@ -122,10 +100,8 @@ class Setup:
         self.checkpoint_every = dur("checkpoint_every") or self.total_steps
         self.eval_every = dur("eval_every")
         self.model = models.build(config, self.tokenizer.vocab_size)
-        self.rng = jax.random.key(config.seed)
-        init_rng, self.step_rng = jax.random.split(self.rng)
-        self.init_rng = init_rng
-        boxed = state_lib.abstract_params(self.model, config, init_rng)
+        self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
+        boxed = state_lib.abstract_params(self.model, config, self.init_rng)
         self.tx, self.schedule = optim.build(config, nn.unbox(boxed), self.total_steps,
                                              self.warmup_steps)
         self.state_sh = state_lib.shardings(boxed, self.tx, self.mesh, self.rules)
