@@ -101,6 +101,8 @@ def test_stop_and_rerun_resumes(data_dir, tmp_path, uninterrupted, sig, env):
     for step, loss in uninterrupted[1].items():
         assert loss == pytest.approx(losses[step], rel=1e-5, abs=1e-6), f"step {step}"
     assert "eval/digits/zeroshot_top1" in rows[-1]
+    waits = [r["data_wait_fraction"] for r in rows if "loss" in r]
+    assert waits and all(0.0 <= w <= 1.0 for w in waits)
 
 
 def test_eval_cli_reproduces_the_final_eval(uninterrupted, env):

@@ -160,8 +160,11 @@ def train(config, workdir: str) -> dict:
     last, window, step = {}, [], start
     try:
         with s.context(), _StopRequest() as stop:
+            data_wait, window_start = 0.0, time.perf_counter()
             while step < s.total_steps:
+                t0 = time.perf_counter()
                 batch = pipeline.to_global(next(data_iter), s.batch_sh)
+                data_wait += time.perf_counter() - t0   # the step runs async: this is pure wait
                 state, m = step_fn(state, batch, s.step_rng)
                 window.append(m)
                 step += 1
@@ -177,8 +180,12 @@ def train(config, workdir: str) -> dict:
                     if _due(step, s.log_every, s.total_steps) or stopping:
                         mean = metrics_lib.mean_window(window)
                         line, ex_s = progress.line(step, mean["loss"])
-                        logging.info(line)
-                        last = {**mean, "examples_per_sec": ex_s, "epoch": step * config.batch_size / s.num_train}
+                        now = time.perf_counter()
+                        wait = data_wait / max(now - window_start, 1e-9)
+                        data_wait, window_start = 0.0, now
+                        logging.info("%s | data wait %.0f%%", line, 100 * wait)
+                        last = {**mean, "examples_per_sec": ex_s, "data_wait_fraction": wait,
+                                "epoch": step * config.batch_size / s.num_train}
                         writer.write(step, last)
                     window = []
                 if _due(step, s.checkpoint_every, s.total_steps) or stopping:
