@@ -161,3 +161,14 @@ def test_checkpoint_round_trip_with_data_iterator(data_dir, tmp_path):
         np.testing.assert_array_equal(got[k], want[k])
     with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 7"):
         checkpoint.Checkpointer(str(tmp_path)).restore(7, s2.abstract_state())
+
+
+def test_non_finite_loss_stops_the_run_without_saving(data_dir, tmp_path):
+    from vlm_jax.train import trainer
+    # A sigmoid scale of 1e38 overflows the loss to inf at the first step.
+    cfg = tiny_config(data_dir, **{"loss.name": "sigmoid", "loss.sigmoid_t_init": 1e38,
+                                   "checkpoint_every_steps": 1, "log_every_steps": 4})
+    with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss at step 1; stopped "
+                       "without saving. No checkpoint had been saved yet"):
+        trainer.train(cfg, str(tmp_path))
+    assert checkpoint.Checkpointer(str(tmp_path)).latest_step() is None

@@ -174,9 +174,11 @@ def train(config, workdir: str) -> dict:
                     losses = [w["loss"] for w in jax.device_get(window)]
                     if not np.all(np.isfinite(losses)):
                         bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
+                        good = ckpt.latest_step()
                         raise NonFiniteLossError(
-                            f"non-finite loss at step {bad}; stopped without saving. The last "
-                            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+                            f"non-finite loss at step {bad}; stopped without saving. " + (
+                                f"The last good checkpoint is step {good} in {ckpt.directory}"
+                                if good is not None else "No checkpoint had been saved yet."))
                     if _due(step, s.log_every, s.total_steps) or stopping:
                         mean = metrics_lib.mean_window(window)
                         line, ex_s = progress.line(step, mean["loss"])
