@@ -43,33 +43,31 @@ def _compile(rules: Rules, what: str) -> list[tuple[re.Pattern, Any]]:
     return out
 
 
-def match(rules: Rules, path: str, what: str = "param") -> tuple[int, Any]:
-    """(index of the first rule fully matching `path`, its value); ValueError if none does."""
-    for i, (regex, value) in enumerate(_compile(rules, what)):
+def _first(compiled, rules: Rules, path: str, what: str) -> tuple[int, Any]:
+    for i, (regex, value) in enumerate(compiled):
         if regex.fullmatch(path):
             return i, value
     raise ValueError(f"no {what} rule matches param '{path}'; rules: {[r[0] for r in rules]}")
 
 
+def match(rules: Rules, path: str, what: str = "param") -> tuple[int, Any]:
+    """(index of the first rule fully matching `path`, its value); ValueError if none does."""
+    return _first(_compile(rules, what), rules, path, what)
+
+
 def tree_map_rules(rules: Rules, tree, what: str = "param"):
     """A tree like `tree` holding, at each leaf, the value of the rule matching its path."""
     compiled = _compile(rules, what)
-
-    def value(path, _):
-        p = path_str(path)
-        for regex, v in compiled:
-            if regex.fullmatch(p):
-                return v
-        raise ValueError(f"no {what} rule matches param '{p}'; rules: {[r[0] for r in rules]}")
-
-    return jax.tree_util.tree_map_with_path(value, tree)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _first(compiled, rules, path_str(path), what)[1], tree)
 
 
 def describe(rules: Rules, tree, what: str) -> list[str]:
     """One line per param: which rule matched it (logged once at start)."""
+    compiled = _compile(rules, what)
     lines = []
     for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
         p = path_str(path)
-        i, v = match(rules, p, what)
+        i, v = _first(compiled, rules, p, what)
         lines.append(f"{what}: {p} <- rule #{i} {rules[i][0]!r} = {v!r}")
     return lines

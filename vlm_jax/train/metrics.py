@@ -11,9 +11,8 @@ import numpy as np
 
 
 def mean_window(window: list[dict]) -> dict:
-    """Host floats: the mean of each metric over the steps since the last log."""
-    host = jax.device_get(window)
-    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    """Host floats: the mean of each metric over the steps since the last log (host values)."""
+    return {k: float(np.mean([m[k] for m in window])) for k in window[0]}
 
 
 class JsonlWriter:

@@ -53,12 +53,10 @@ def _init_fn(model: nn.Module, tx, config):
     return init
 
 
-def create(model: nn.Module, tx, config, mesh: Mesh, rules, rng) -> tuple[TrainState, TrainState]:
-    """(initial state, its shardings)."""
-    state_sh = shardings(abstract_params(model, config, rng), tx, mesh, rules)
+def create(model: nn.Module, tx, config, mesh: Mesh, rules, rng, state_sh: TrainState) -> TrainState:
+    """The initial state, computed directly onto `state_sh` (see `shardings`)."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state = jax.jit(_init_fn(model, tx, config), out_shardings=state_sh)(rng)
-    return state, state_sh
+        return jax.jit(_init_fn(model, tx, config), out_shardings=state_sh)(rng)
 
 
 def abstract(state_sh: TrainState, model: nn.Module, tx, config, rng) -> TrainState:

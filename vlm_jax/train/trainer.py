@@ -116,9 +116,8 @@ class Setup:
         return stack
 
     def init_state(self):
-        state, _ = state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
-                                    self.init_rng)
-        return state
+        return state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
+                                self.init_rng, self.state_sh)
 
     def abstract_state(self):
         return state_lib.abstract(self.state_sh, self.model, self.tx, self.config, self.init_rng)
@@ -171,7 +170,8 @@ def train(config, workdir: str) -> dict:
                 stopping = stop.requested is not None
                 if _due(step, s.log_every, s.total_steps) or stopping or _due(
                         step, s.checkpoint_every, s.total_steps):
-                    losses = [w["loss"] for w in jax.device_get(window)]
+                    host = jax.device_get(window)
+                    losses = [w["loss"] for w in host]
                     if not np.all(np.isfinite(losses)):
                         bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
                         good = ckpt.latest_step()
@@ -180,7 +180,7 @@ def train(config, workdir: str) -> dict:
                                 f"The last good checkpoint is step {good} in {ckpt.directory}"
                                 if good is not None else "No checkpoint had been saved yet."))
                     if _due(step, s.log_every, s.total_steps) or stopping:
-                        mean = metrics_lib.mean_window(window)
+                        mean = metrics_lib.mean_window(host)
                         line, ex_s = progress.line(step, mean["loss"])
                         now = time.perf_counter()
                         wait = data_wait / max(now - window_start, 1e-9)
