@@ -15,6 +15,12 @@ CORE = [
     "numpy>=1.26,<3",
     "pillow>=10,<14",
     "scikit-learn>=1.5,<2",  # ships the real handwritten digits used by the built-in dataset
+    "sentencepiece>=0.2,<0.3",
+    "tokenizers>=0.20,<1",
+    "tensorflow-datasets>=4.9.9,<5",  # data sources only (array_record); TensorFlow is not needed
+    "importlib-resources>=6",  # tensorflow-datasets imports it without declaring it
+    "pyarrow>=15",  # parquet caption tables
+    "tqdm>=4.66,<5",
 ]
 
 setuptools.setup(

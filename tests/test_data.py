@@ -38,14 +38,6 @@ def test_prepare_is_deterministic_and_atomic(tmp_path, data_dir):
         builtin.ensure("mnist", str(tmp_path))
 
 
-def test_tokenizer_round_trip_and_truncation():
-    tok = ByteTokenizer()
-    assert tok.decode(tok.encode("héllo 7")) == "héllo 7"
-    ids, mask = tokenize(tok, ["abc", "x" * 50], 8)
-    assert mask.sum(1).tolist() == [5, 8]
-    assert ids[1, -1] == tok.eos_id and ids[0, 4] == tok.eos_id and ids[0, 5] == tok.pad_id
-
-
 def _batches(cfg, n, **kw):
     it = iter(pipeline.train_dataset(cfg, ByteTokenizer(), **kw)[0])
     return it, [next(it) for _ in range(n)]

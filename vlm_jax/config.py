@@ -31,7 +31,7 @@ CHOICES = {
     "model.image.posemb": ("learn", "sincos2d"),
     "model.text.pool": ("last", "first", "mean"),
     "model.dtype": ("float32", "bfloat16"),
-    "tokenizer.name": ("bytes",),
+    "tokenizer.name": ("bytes", "sentencepiece", "hf"),
 }
 
 
@@ -84,8 +84,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.num_workers = 0          # grain worker processes; 0 keeps decoding in-process
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.name = "bytes"
-    c.tokenizer.max_len = 32
+    c.tokenizer.name = "bytes"      # bytes | sentencepiece (.model file) | hf (tokenizer.json)
+    c.tokenizer.path = ""           # the local file, for sentencepiece and hf
+    c.tokenizer.max_len = 32        # ids per caption, BOS/EOS included; longer texts keep EOS
+    c.tokenizer.bos = True          # prepend the vocab's BOS token
+    c.tokenizer.eos = True          # append the vocab's EOS token
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 128

@@ -1,10 +1,18 @@
-"""Tokenizers. Byte-level by default: no vocabulary file, nothing to download.
+"""Tokenizers: byte-level (no file, the default), SentencePiece `.model` and Hugging Face
+`tokenizers` JSON, each loaded from a local path.
 
-Any object with `vocab_size`, `pad_id`, `encode(str) -> list[int]` and `decode(ids) -> str` plugs
-in (a SentencePiece or HF `tokenizers` file wraps in a few lines).
+Every tokenizer's `encode` returns the text's ids only; `tokenize` adds the specials and does the
+fixed-length layout, the same for every kind:
+
+  [BOS] text ids [EOS] PAD PAD ...      (BOS/EOS each when the config asks and the vocab has one)
+
+A text too long for `max_len` loses ids from its end but keeps its EOS, so the token a text tower
+pools (the last real one) is the same kind of token for every caption. Padding uses the
+tokenizer's pad id (0 when it has none); the mask, not the id, is what marks padding.
 """
 from __future__ import annotations
 
+import os
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -13,6 +21,10 @@ import numpy as np
 class Tokenizer(Protocol):
     vocab_size: int
     pad_id: int
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool
+    add_eos: bool
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -25,29 +37,105 @@ class ByteTokenizer:
     offset = 4
     vocab_size = 256 + offset
 
+    def __init__(self, add_bos: bool = True, add_eos: bool = True):
+        self.add_bos, self.add_eos = add_bos, add_eos
+
     def encode(self, text: str) -> list[int]:
-        return [self.bos_id, *(b + self.offset for b in text.encode("utf-8")), self.eos_id]
+        return [b + self.offset for b in text.encode("utf-8")]
 
     def decode(self, ids: Sequence[int]) -> str:
         data = bytes(int(i) - self.offset for i in ids if int(i) >= self.offset)
         return data.decode("utf-8", errors="replace")
 
 
+class SentencePieceTokenizer:
+    """A SentencePiece `.model` file; its own bos/eos/pad ids (absent ones are -1 there)."""
+
+    def __init__(self, path: str, add_bos: bool = True, add_eos: bool = True):
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_file=path)
+        self.vocab_size = self.sp.get_piece_size()
+        self.bos_id = _id_or_none(self.sp.bos_id())
+        self.eos_id = _id_or_none(self.sp.eos_id())
+        self.pad_id = _id_or_none(self.sp.pad_id()) or 0
+        self.add_bos, self.add_eos = add_bos, add_eos
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.sp.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+
+# Special tokens are found by the names the common tokenizer files use.
+_HF_SPECIALS = {
+    "bos": ("<s>", "<|startoftext|>", "<bos>", "[CLS]", "<BOS>"),
+    "eos": ("</s>", "<|endoftext|>", "<eos>", "[SEP]", "<EOS>"),
+    "pad": ("<pad>", "[PAD]", "<PAD>"),
+}
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers` JSON file (tokenizer.json). Its own post-processor is not
+    used: specials are added by `tokenize`, like every other kind."""
+
+    def __init__(self, path: str, add_bos: bool = True, add_eos: bool = True):
+        import tokenizers
+        self.tok = tokenizers.Tokenizer.from_file(path)
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        find = lambda kind: next((i for name in _HF_SPECIALS[kind]
+                                  if (i := self.tok.token_to_id(name)) is not None), None)
+        self.bos_id, self.eos_id = find("bos"), find("eos")
+        self.pad_id = find("pad") or 0
+        self.add_bos, self.add_eos = add_bos, add_eos
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def _id_or_none(i: int) -> int | None:
+    return None if i < 0 else int(i)
+
+
 def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """[N, max_len] int32 ids and bool mask (True on real tokens). Long texts keep their last
-    token (EOS), so the pooled token is the same kind of token for every caption."""
+    """[N, max_len] int32 ids and bool mask (True on real tokens), laid out as the module says."""
+    head = [tokenizer.bos_id] if tokenizer.add_bos else []
+    tail = [tokenizer.eos_id] if tokenizer.add_eos else []
+    room = max_len - len(head) - len(tail)
+    if room <= 0:
+        raise ValueError(f"tokenizer.max_len={max_len} leaves no room for text after BOS/EOS")
     ids = np.full((len(texts), max_len), tokenizer.pad_id, np.int32)
     mask = np.zeros((len(texts), max_len), bool)
     for i, text in enumerate(texts):
-        t = tokenizer.encode(text)
-        if len(t) > max_len:
-            t = t[: max_len - 1] + t[-1:]
+        t = head + tokenizer.encode(text)[:room] + tail
+        if not t:
+            raise ValueError(f"text #{i} {text!r} has no tokens and no BOS/EOS is added")
         ids[i, : len(t)] = t
         mask[i, : len(t)] = True
     return ids, mask
 
 
+KINDS = {"bytes": ByteTokenizer, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer}
+
+
 def build(config) -> Tokenizer:
-    if config.tokenizer.name == "bytes":
-        return ByteTokenizer()
-    raise ValueError(f"unknown tokenizer {config.tokenizer.name!r}")
+    """The tokenizer the config names; files are checked before anything else reads them."""
+    t = config.tokenizer
+    if t.name not in KINDS:
+        raise ValueError(f"unknown tokenizer {t.name!r}; choose one of {sorted(KINDS)}")
+    if t.name == "bytes":
+        tok = ByteTokenizer(t.bos, t.eos)
+    else:
+        if not t.path:
+            raise ValueError(f"tokenizer.name={t.name!r} needs tokenizer.path (a local file)")
+        if not os.path.isfile(t.path):
+            raise FileNotFoundError(f"tokenizer.path {t.path!r} does not exist")
+        tok = KINDS[t.name](t.path, t.bos, t.eos)
+    for kind in ("bos", "eos"):
+        if getattr(tok, f"add_{kind}") and getattr(tok, f"{kind}_id") is None:
+            raise ValueError(f"tokenizer.{kind}=True but {t.path or t.name!r} has no {kind.upper()} "
+                             f"token; set tokenizer.{kind}=False")
+    return tok
