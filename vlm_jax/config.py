@@ -27,6 +27,9 @@ CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.negatives": ("local", "global"),
     "loss.impl": ("gather", "ring"),
+    "data.crop": ("resize", "center", "random_resized"),
+    "source.kind": ("builtin", "array_record", "tfds"),
+    "source.crop": ("resize", "center", "random_resized"),
     "model.image.pool": ("gap", "cls", "map"),
     "model.image.posemb": ("learn", "sincos2d"),
     "model.text.pool": ("last", "first", "mean"),
@@ -75,10 +78,15 @@ def defaults() -> ml_collections.ConfigDict:
     )
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"          # a built-in dataset (vlm_jax.data.builtin.DATASETS)
+    c.data.name = "digits"          # a built-in dataset, trained on when data.sources is empty
+    c.data.sources = ml_collections.ConfigDict()  # name -> source(...); several form a mixture
     c.data.image_size = 32
-    c.data.crop_padding = 2         # random crop: pad by this many pixels, crop back; 0 disables
+    # Transforms; each source may override crop, crop_scale_min, crop_padding and flip.
+    c.data.crop = "resize"          # resize (whole image) | center | random_resized
+    c.data.crop_scale_min = 0.4     # random_resized: smallest area fraction kept
+    c.data.crop_padding = 2         # jitter: pad by this many pixels, crop back; 0 disables
     c.data.flip = False             # random horizontal flip (off for digits: a mirrored 7 is no 7)
+    c.data.strict = False           # a bad record raises (file, index) instead of being skipped
     c.data.num_threads = 2          # grain read threads (per process)
     c.data.prefetch = 4             # grain prefetch buffer, in records
     c.data.num_workers = 0          # grain worker processes; 0 keeps decoding in-process
@@ -139,6 +147,31 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+def source(**values) -> ml_collections.ConfigDict:
+    """One entry of `data.sources`: where the records are and how to read and transform them."""
+    s = ml_collections.ConfigDict()
+    s.kind = "array_record"         # builtin | array_record | tfds
+    # builtin: the dataset name; array_record: files, globs allowed, comma-separated;
+    # tfds: a prepared dataset's folder (.../name/version), or its name under data_dir.
+    s.path = ""
+    s.split = "train"               # builtin and tfds
+    s.weight = 1.0                  # mixture weight (normalised over sources)
+    s.image_key = "image"           # tfds feature names
+    s.caption_key = "captions"      # a string or a sequence of strings per example
+    # None: take data.<same name>.
+    s.crop = config_dict.placeholder(str)
+    s.crop_scale_min = config_dict.placeholder(float)
+    s.crop_padding = config_dict.placeholder(int)
+    s.flip = config_dict.placeholder(bool)
+    for key, value in values.items():
+        if key not in s:
+            close = difflib.get_close_matches(key, list(s.keys()), n=1)
+            raise ConfigError(f"unknown source key '{key}'" + (f"; did you mean '{close[0]}'?"
+                                                              if close else ""))
+        s[key] = value
+    return s
+
+
 def _paths(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     out = []
     for key, value in c.items():
@@ -168,6 +201,22 @@ def _walk(cfg, schema, prefix: str, all_paths: list[str]) -> None:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{path}'{hint}")
         value, expected = cfg[key], schema[key]
+        if path == "data.sources":
+            for name, src in value.items():
+                if not isinstance(src, ml_collections.ConfigDict):
+                    raise ConfigError(f"'data.sources.{name}' must be a source(...) section")
+                _walk(src, source(), f"data.sources.{name}.", _paths(source(), f"{path}.{name}."))
+                if src.kind not in CHOICES["source.kind"]:
+                    raise ConfigError(f"'data.sources.{name}.kind' is {src.kind!r}; "
+                                      f"choose one of {CHOICES['source.kind']}")
+                if src.crop is not None and src.crop not in CHOICES["source.crop"]:
+                    raise ConfigError(f"'data.sources.{name}.crop' is {src.crop!r}; "
+                                      f"choose one of {CHOICES['source.crop']}")
+                if not src.path:
+                    raise ConfigError(f"'data.sources.{name}.path' is empty")
+                if src.weight <= 0:
+                    raise ConfigError(f"'data.sources.{name}.weight' must be positive")
+            continue
         if isinstance(expected, ml_collections.ConfigDict):
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ConfigError(f"config key '{path}' must be a section, got {value!r}")
@@ -250,6 +299,11 @@ def from_json(text: str, where: str = "config.json") -> ml_collections.ConfigDic
 
 def _update(cfg, raw: dict, prefix: str, where: str) -> None:
     for key, value in raw.items():
+        if prefix == "data." and key == "sources":
+            for name, entry in value.items():
+                cfg.sources[name] = source()
+                _update(cfg.sources[name], entry, f"data.sources.{name}.", where)
+            continue
         if key not in cfg:
             raise ConfigError(f"unknown config key '{prefix}{key}' in {where}")
         if isinstance(value, dict) and isinstance(cfg[key], ml_collections.ConfigDict):

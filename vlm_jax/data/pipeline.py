@@ -1,103 +1,179 @@
-"""Grain pipelines: records -> decoded, augmented, tokenized batches -> global arrays on a mesh.
+"""Grain pipelines: sources -> parsed, augmented, tokenized batches -> global arrays on a mesh.
 
-Training: decode (named errors) -> seeded global shuffle, reshuffled every epoch -> repeat ->
-this process's slice -> random crop/flip + caption sampling + tokenization -> batch. Every random
-choice is seeded by the example's position in the stream, and the iterator's state is a position,
-so a restored iterator continues with exactly the batches an uninterrupted run would have seen.
+Training, per source: parse (named errors or skip markers) -> seeded global shuffle, reshuffled
+every epoch -> repeat -> crop/flip/caption/tokenize with the source's transforms. Several sources
+are mixed by weight (a fixed interleave, exact in the long run); then this process takes its
+slice, and batches are filled skipping bad examples, counting them by reason. Every random choice
+is seeded by the example's position in the stream and the iterator's state is a position, so a
+restored iterator (workers or not) continues with exactly the batches an uninterrupted run sees.
 Images stay uint8 until they reach the device (4x less to transfer); the model rescales them.
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 
 import grain
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding
 
-from vlm_jax.data import builtin, records
-from vlm_jax.data.tokenizer import Tokenizer, tokenize
+from vlm_jax import config as config_lib
+from vlm_jax.data import images, sources
+from vlm_jax.data.sources import SKIP_REASONS, BadRecordError
+from vlm_jax.data.tokenizer import Tokenizer
+from vlm_jax.data.transforms import Augment, EvalView
+
+SKIP_KEYS = tuple(f"skipped_{r}" for r in SKIP_REASONS)
+SKIP_METRICS = tuple(f"data/{k}" for k in SKIP_KEYS)   # per log window, this process's
+# Consecutive skipped examples that mean the data, not a few records, is broken.
+MAX_CONSECUTIVE_SKIPS = 1000
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeExample:
-    """Record bytes -> {'image' uint8 [S, S, 3], 'captions', 'label'}; errors name the record."""
-    where: str
-    image_size: int
-
-    def __call__(self, index: int, record: bytes) -> dict:
-        where = f"#{index} of {self.where}"
-        ex = records.unpack(record, where)
-        try:
-            image = records.decode_image(ex["image"], self.image_size)
-            captions = [str(c) for c in ex["captions"]]
-        except Exception as e:
-            raise ValueError(f"corrupt record {where}: {type(e).__name__}: {e}") from None
-        if not captions:
-            raise ValueError(f"record {where} has no captions")
-        return {"image": image, "captions": captions, "label": int(ex.get("label", -1))}
+def source_configs(config) -> dict:
+    """data.sources, or the built-in data.name as the only source."""
+    if len(config.data.sources):
+        return dict(config.data.sources.items())
+    return {config.data.name: config_lib.source(kind="builtin", path=config.data.name)}
 
 
-@dataclasses.dataclass(frozen=True)
-class Augment:
-    """Random crop (pad, then crop back) and flip; samples one caption and tokenizes it."""
-    tokenizer: Tokenizer
-    max_len: int
-    crop_padding: int = 0
-    flip: bool = False
-
-    def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
-        image = ex["image"]
-        if self.crop_padding:
-            p = self.crop_padding
-            h, w = image.shape[:2]
-            padded = np.pad(image, ((p, p), (p, p), (0, 0)), mode="edge")
-            dy, dx = rng.integers(0, 2 * p + 1, size=2)
-            image = padded[dy:dy + h, dx:dx + w]
-        if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        caption = ex["captions"][int(rng.integers(len(ex["captions"])))]
-        ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
-        return {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0]}
+def parsed(src, data_dir: str | None, strict: bool = False, split: str | None = None):
+    """(MapDataset of parsed examples / skip markers, description)."""
+    ds, parse, where = sources.open_source(src, data_dir, strict, split)
+    return grain.MapDataset.source(ds).map_with_index(parse), where
 
 
-def source(name: str, split: str, data_dir: str | None, image_size: int) -> grain.MapDataset:
-    """A built-in split as a MapDataset of decoded examples (prepared on first use)."""
-    path = builtin.split_path(name, split, data_dir)
-    src = grain.sources.ArrayRecordDataSource([path])
-    return grain.MapDataset.source(src).map_with_index(DecodeExample(path, image_size))
+def _transform(config, src, tokenizer: Tokenizer) -> Augment:
+    d = config.data
+    pick = lambda key: d[key] if src.get(key) is None else src[key]
+    return Augment(tokenizer, config.tokenizer.max_len, d.image_size, pick("crop"),
+                   pick("crop_scale_min"), pick("crop_padding"), pick("flip"), d.strict)
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,
                   process_count: int | None = None) -> tuple[grain.IterDataset, int]:
-    """(an endless IterDataset of this process's batches, number of train examples)."""
+    """(an endless IterDataset of this process's batches, number of train records)."""
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if config.batch_size % pc:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {pc} processes")
-    d = config.data
-    ds = source(d.name, "train", config.data_dir or None, d.image_size)
-    n = len(ds)
-    ds = (ds.seed(config.seed).shuffle().repeat()[pi::pc]
-          .random_map(Augment(tokenizer, config.tokenizer.max_len, d.crop_padding, d.flip))
-          .batch(config.batch_size // pc, drop_remainder=True))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads,
-                                              prefetch_buffer_size=d.prefetch))
-    if d.num_workers:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
+    data_dir = config.data_dir or None
+    mixed, weights, total = [], [], 0
+    for k, (name, src) in enumerate(sorted(source_configs(config).items())):
+        ds, where = parsed(src, data_dir, config.data.strict)
+        if not len(ds):
+            raise ValueError(f"source {name!r} ({where}) has no records")
+        total += len(ds)
+        mixed.append(ds.seed(config.seed + k).shuffle().repeat()
+                     .random_map(_transform(config, src, tokenizer)))
+        weights.append(src.weight)
+        logging.info("data source %r: %d records from %s, weight %g", name, len(ds), where,
+                     src.weight)
+    ds = mixed[0] if len(mixed) == 1 else grain.MapDataset.mix(mixed, weights)
+    it = ds[pi::pc].to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
+                                                      prefetch_buffer_size=config.data.prefetch))
+    it = SkipBatch(it, config.batch_size // pc)
+    if config.data.num_workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    return it, total
+
+
+class SkipBatch(grain.IterDataset):
+    """Batches examples, leaving out skip markers and counting them per reason in the batch
+    (`skipped_<reason>`, int32 scalars). The state is the parent's: counts are per batch."""
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int):
+        super().__init__(parent)
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        return _SkipBatchIterator(self._parent.__iter__(), self.batch_size)
+
+
+class _SkipBatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int):
+        super().__init__(parent)
+        self.batch_size = batch_size
+
+    def __next__(self) -> dict:
+        rows, skipped, run = [], dict.fromkeys(SKIP_REASONS, 0), 0
+        while len(rows) < self.batch_size:
+            ex = next(self._parent)
+            if "skipped" not in ex:
+                rows.append(ex)
+                run = 0
+                continue
+            skipped[ex["skipped"]] += 1
+            run += 1
+            if skipped[ex["skipped"]] == 1:
+                logging.log_every_n_seconds(logging.WARNING, "skipping: %s", 60, ex["why"])
+            if run >= MAX_CONSECUTIVE_SKIPS:
+                raise BadRecordError(f"{run} consecutive records skipped, the last: {ex['why']}")
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        batch.update({f"skipped_{r}": np.int32(n) for r, n in skipped.items()})
+        return batch
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(state)
+
+
+def split_skips(batch: dict) -> tuple[dict, dict]:
+    """(the model's arrays, {'data/skipped_<reason>': count})."""
+    counts = {f"data/{k}": int(batch[k]) for k in SKIP_KEYS if k in batch}
+    return {k: v for k, v in batch.items() if k not in SKIP_KEYS}, counts
+
+
+def eval_batches(src, data_dir: str | None, image_size: int, batch_size: int, *,
+                 crop: str = "resize", process_index: int | None = None,
+                 process_count: int | None = None, num_threads: int = 2):
+    """(IterDataset of this process's eval batches, number of examples).
+
+    The index space is padded up to a multiple of `batch_size` (the global batch) and split
+    over processes by stride, so every example appears exactly once over all processes and
+    batches; rows carry `index` (position in the source) and `valid` (False on padding and on
+    unreadable examples)."""
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    if batch_size % pc:
+        raise ValueError(f"eval batch {batch_size} is not divisible by {pc} processes")
+    examples, _ = parsed(src, data_dir)
+    n = len(examples)
+    padded = math.ceil(n / batch_size) * batch_size
+    ds = grain.MapDataset.range(padded)[pi::pc].map(EvalView(examples, n, image_size, crop))
+    it = ds.batch(batch_size // pc).to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
     return it, n
 
 
+def read_texts(src, data_dir: str | None) -> tuple[list[list[str]], np.ndarray]:
+    """Every example's captions and label, without decoding an image (skipped ones empty)."""
+    examples, _ = parsed(src, data_dir)
+    caps, labels = [], []
+    for i in range(len(examples)):
+        ex = examples[i]
+        caps.append(ex.get("captions", []))
+        labels.append(ex.get("label", -1))
+    return caps, np.array(labels, np.int32)
+
+
 def to_global(batch: dict, sharding: NamedSharding) -> dict:
-    """This process's rows -> global jax.Arrays split over the mesh's batch axes."""
+    """This process's rows -> global jax.Arrays split over the mesh's batch axes (skip counts,
+    which are host-side bookkeeping, are left out)."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in batch.items()}
+            for k, v in batch.items() if k not in SKIP_KEYS}
+
+
+def builtin_source(name: str, split: str = "test"):
+    return config_lib.source(kind="builtin", path=name, split=split)
 
 
 def load_split(name: str, split: str, data_dir: str | None, image_size: int) -> dict:
-    """A whole (small) split in host memory: images uint8 [N, S, S, 3], captions, labels."""
-    ds = source(name, split, data_dir, image_size)
-    exs = [ds[i] for i in range(len(ds))]
-    return {"image": np.stack([e["image"] for e in exs]),
+    """A whole (small) built-in split in host memory: images uint8 [N, S, S, 3], captions, labels."""
+    examples, _ = parsed(builtin_source(name, split), data_dir)
+    exs = [examples[i] for i in range(len(examples))]
+    return {"image": np.stack([images.render(e["image"], image_size) for e in exs]),
             "captions": [e["captions"] for e in exs],
             "label": np.array([e["label"] for e in exs], np.int32)}

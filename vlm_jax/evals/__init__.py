@@ -20,9 +20,15 @@ class Evaluator:
                                  config.eval.batch_size)
 
     @functools.lru_cache(maxsize=None)
-    def _split(self, name: str) -> dict:
-        return pipeline.load_split(name, "test", self.config.data_dir or None,
-                                   self.config.data.image_size)
+    def _texts(self, name: str):
+        return pipeline.read_texts(pipeline.builtin_source(name), self.config.data_dir or None)
+
+    def _images(self, params, name: str):
+        batches, n = pipeline.eval_batches(
+            pipeline.builtin_source(name), self.config.data_dir or None,
+            self.config.data.image_size, self.embedder.batch,
+            num_threads=self.config.data.num_threads)
+        return self.embedder.images_from(params, batches, n)
 
     def run(self, params) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -30,15 +36,15 @@ class Evaluator:
         out = {}
         texts = functools.partial(self.embedder.texts, params)
         for name in dict.fromkeys(tuple(e.zeroshot) + tuple(e.retrieval)):
-            data = self._split(name)
-            img = self.embedder.images(params, data["image"])
+            captions, labels = self._texts(name)
+            img = self._images(params, name)
             if name in e.zeroshot:
                 meta = builtin.info(name, self.config.data_dir or None)
                 classes = zeroshot.class_embeddings(texts, meta["classes"], meta["templates"])
-                out[f"eval/{name}/zeroshot_top1"] = zeroshot.top1(img, data["label"], classes)
+                out[f"eval/{name}/zeroshot_top1"] = zeroshot.top1(img, labels, classes)
             if name in e.retrieval:
                 out.update({f"eval/{name}/{k}": v
-                            for k, v in retrieval.recall(img, data["captions"], texts).items()})
+                            for k, v in retrieval.recall(img, captions, texts).items()})
         logging.info("eval took %.1fs: %s", time.perf_counter() - t0,
                      " ".join(f"{k}={v:.3f}" for k, v in out.items()))
         return out

@@ -46,6 +46,21 @@ class Embedder:
             out.append(_host(y)[: self.batch - pad])
         return np.concatenate(out)
 
+    def images_from(self, params, batches, n: int) -> np.ndarray:
+        """Eval-pipeline batches (this process's rows, with `index` and `valid`) -> [n, D] in
+        source order on every process; rows never seen (unreadable examples) are zero."""
+        out = None
+        for b in batches:
+            g = {k: jax.make_array_from_process_local_data(self.sharding, np.asarray(b[k]))
+                 for k in ("image", "index", "valid")}
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+                y = _host(self._img(params, g["image"]))
+            index, valid = _host(g["index"]), _host(g["valid"])
+            if out is None:
+                out = np.zeros((n, y.shape[-1]), y.dtype)
+            out[index[valid]] = y[valid]
+        return out
+
     def images(self, params, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] -> normalised [N, D]."""
         return self._batched(self._img, params, images)

@@ -7,6 +7,7 @@ is saved, so the last good checkpoint stays the latest.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -160,10 +161,13 @@ def train(config, workdir: str) -> dict:
     try:
         with s.context(), _StopRequest() as stop:
             data_wait, window_start = 0.0, time.perf_counter()
+            skipped = collections.Counter()
             while step < s.total_steps:
                 t0 = time.perf_counter()
-                batch = pipeline.to_global(next(data_iter), s.batch_sh)
+                batch, skips = pipeline.split_skips(next(data_iter))
+                batch = pipeline.to_global(batch, s.batch_sh)
                 data_wait += time.perf_counter() - t0   # the step runs async: this is pure wait
+                skipped.update(skips)
                 state, m = step_fn(state, batch, s.step_rng)
                 window.append(m)
                 step += 1
@@ -187,7 +191,11 @@ def train(config, workdir: str) -> dict:
                         data_wait, window_start = 0.0, now
                         logging.info("%s | data wait %.0f%%", line, 100 * wait)
                         last = {**mean, "examples_per_sec": ex_s, "data_wait_fraction": wait,
-                                "epoch": step * config.batch_size / s.num_train}
+                                "epoch": step * config.batch_size / s.num_train,
+                                **{k: skipped[k] for k in pipeline.SKIP_METRICS}}
+                        if sum(skipped.values()):
+                            logging.warning("skipped since the last log line: %s", dict(skipped))
+                        skipped.clear()
                         writer.write(step, last)
                     window = []
                 if _due(step, s.checkpoint_every, s.total_steps) or stopping:

@@ -1,0 +1,78 @@
+"""Image decoding and the crops, on encoded bytes or decoded arrays.
+
+The crop box is chosen from the image header before decoding, so a JPEG much larger than the
+crop's output is decoded at a reduced scale (libjpeg's DCT scaling via `Image.draft`): big web
+images cost a fraction of a full decode. Output is always uint8 [size, size, 3] RGB.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+CROPS = ("resize", "center", "random_resized")
+
+
+def open_image(data) -> Image.Image:
+    """Encoded bytes (lazily: header only) or a uint8 array -> a PIL image."""
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(data.squeeze(-1) if data.ndim == 3 and data.shape[-1] == 1 else data)
+    return Image.open(io.BytesIO(data))
+
+
+def crop_box(kind: str, width: int, height: int, rng: np.random.Generator | None = None,
+             scale_min: float = 0.08, ratio=(3 / 4, 4 / 3)) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in pixels of the region to resize to the output square.
+
+    resize: the whole image (aspect not kept); center: the largest centred square;
+    random_resized: Inception-style, area fraction in [scale_min, 1] and log-uniform aspect
+    ratio, up to 10 tries, else the centred square."""
+    if kind == "resize":
+        return 0.0, 0.0, float(width), float(height)
+    if kind == "random_resized":
+        area = width * height
+        for _ in range(10):
+            target = area * rng.uniform(scale_min, 1.0)
+            aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+            w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+            if w <= width and h <= height:
+                x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+                return x, y, x + w, y + h
+    elif kind != "center":
+        raise ValueError(f"unknown crop {kind!r}; choose one of {CROPS}")
+    side = min(width, height)
+    x, y = (width - side) / 2, (height - side) / 2
+    return x, y, x + side, y + side
+
+
+def render(data, size: int, kind: str = "resize", rng: np.random.Generator | None = None,
+           scale_min: float = 0.08) -> np.ndarray:
+    """Decodes `data`, crops per `kind` and resizes (bilinear, antialiased) to size x size.
+    Corrupt or truncated images raise (PIL's OSError/SyntaxError/ValueError)."""
+    img = open_image(data)
+    width, height = img.size
+    box = crop_box(kind, width, height, rng, scale_min)
+    if img.format == "JPEG":
+        # Ask for the smallest DCT scale that keeps the box at least `size` pixels on each side.
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        img.draft("RGB", (math.ceil(width * size / bw), math.ceil(height * size / bh)))
+        sx, sy = img.size[0] / width, img.size[1] / height
+        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    img = img.convert("RGB")
+    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+
+
+def check(data: bytes) -> tuple[int, int, str]:
+    """Fully decodes encoded bytes (catching truncation); returns (width, height, format)."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.size[0], img.size[1], img.format
+
+
+def dhash(image) -> int:
+    """Difference hash: 64 bits, each whether a pixel of a 9x8 grey thumbnail is brighter than
+    its left neighbour. Survives rescaling and recompression; near-duplicates differ in a few."""
+    px = np.asarray(open_image(image).convert("L").resize((9, 8), Image.BILINEAR), np.int16)
+    return int(np.packbits(px[:, 1:] > px[:, :-1]).view(">u8")[0])

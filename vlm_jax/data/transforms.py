@@ -1,0 +1,75 @@
+"""Per-example transforms: decode + crop + flip + caption sampling + tokenize (train), and the
+deterministic view evaluations use. Skip markers from `sources.Parse` pass through untouched."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vlm_jax.data import images
+from vlm_jax.data.sources import BadRecordError
+from vlm_jax.data.tokenizer import Tokenizer, tokenize
+
+
+def _render(ex: dict, size: int, crop: str, rng, scale_min: float, strict: bool):
+    try:
+        return images.render(ex["image"], size, crop, rng, scale_min), None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
+        msg = f"undecodable image in {ex['where']}: {type(e).__name__}: {e}"
+        if strict:
+            raise BadRecordError(msg + " (data.strict=True; set it False to skip and count)") from None
+        return None, {"skipped": "image", "why": msg}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Train view: crop per `crop` then jitter (pad and crop back) and flip; one caption sampled
+    (seeded by the example's position, so a different one each epoch) and tokenized."""
+    tokenizer: Tokenizer
+    max_len: int
+    image_size: int
+    crop: str = "resize"
+    crop_scale_min: float = 0.4
+    crop_padding: int = 0
+    flip: bool = False
+    strict: bool = False
+
+    def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
+        if "skipped" in ex:
+            return ex
+        image, skipped = _render(ex, self.image_size, self.crop, rng, self.crop_scale_min,
+                                 self.strict)
+        if skipped:
+            return skipped
+        if self.crop_padding:
+            p = self.crop_padding
+            h, w = image.shape[:2]
+            padded = np.pad(image, ((p, p), (p, p), (0, 0)), mode="edge")
+            dy, dx = rng.integers(0, 2 * p + 1, size=2)
+            image = padded[dy:dy + h, dx:dx + w]
+        if self.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        caption = ex["captions"][int(rng.integers(len(ex["captions"])))]
+        ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
+        return {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalView:
+    """Eval view of a padded index space: position i < n is example i, the rest are padding.
+    Rows carry `index` and `valid`, so results can be put back in order and padding dropped."""
+    examples: object            # a MapDataset of parsed examples
+    n: int
+    image_size: int
+    crop: str = "resize"
+
+    def __call__(self, i: int) -> dict:
+        ex = self.examples[i % self.n]
+        image = None
+        if "skipped" not in ex:
+            image, _ = _render(ex, self.image_size, self.crop, None, 1.0, strict=False)
+        valid = i < self.n and image is not None
+        if image is None:
+            image = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        return {"image": image, "index": np.int64(i), "valid": np.bool_(valid),
+                "label": np.int32(ex.get("label", -1))}
