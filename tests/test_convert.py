@@ -1,0 +1,149 @@
+"""The converter on real WebDataset tars and image folders, some inputs deliberately broken."""
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from datagen import caption_json, jpeg, truncated, webdataset_tar
+from PIL import Image
+
+from vlm_jax import config as config_lib
+from vlm_jax.data import convert, pipeline
+
+
+def _png(seed):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(jpeg(seed))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _webp(seed):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(jpeg(seed))).save(buf, format="WEBP")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tars(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wds")
+    a = {}
+    for i in range(10):
+        a[f"{i:05d}.jpg"] = jpeg(i)
+        a[f"{i:05d}.txt"] = f"a photo number {i}".encode()
+    a.update({"00010.jpg": truncated(jpeg(10)), "00010.txt": b"truncated",      # corrupt_image
+              "00011.jpg": b"definitely not a jpeg", "00011.txt": b"garbage",  # corrupt_image
+              "00012.jpg": jpeg(12),                                           # missing_caption
+              "00013.jpg": jpeg(13), "00013.txt": b"  \n",                     # empty_caption
+              "00014.txt": b"a caption without its image",                     # missing_image
+              "00015.png": _png(15), "00015.json": caption_json("a png with json caption"),
+              "00016.webp": _webp(16), "00016.txt": b"a webp"})
+    webdataset_tar(str(root / "00000.tar"), a)
+    webdataset_tar(str(root / "00001.tar"),
+                   {f"{i:05d}.{e}": (jpeg(i) if e == "jpg" else f"second shard {i}".encode())
+                    for i in range(100, 108) for e in ("jpg", "txt")})
+    whole = webdataset_tar(str(root / "whole.tar"),
+                           {f"{i:05d}.{e}": (jpeg(i) if e == "jpg" else f"cut {i}".encode())
+                            for i in range(200, 212) for e in ("jpg", "txt")})
+    data = open(whole, "rb").read()
+    (root / "00002.tar").write_bytes(data[: len(data) // 2])    # a download cut off mid-way
+    os.remove(whole)
+    return root
+
+
+def _records(out):
+    src = config_lib.source(path=os.path.join(out, "*.array_record"))
+    caps, _ = pipeline.read_texts(src, None)
+    return sorted(c for cs in caps for c in cs)
+
+
+def test_webdataset_conversion_counts_and_reasons(tars, tmp_path):
+    out = str(tmp_path / "out")
+    jobs = convert.webdataset_jobs(sorted(str(p) for p in tars.glob("*.tar")))
+    s = convert.convert(jobs, out, workers=2, progress=False)
+    cut = s["written"] - 12 - 8            # what survived of the truncated tar
+    assert 0 < cut < 12
+    assert s["skipped"] == {"corrupt_image": 2, "missing_caption": 1, "empty_caption": 1,
+                            "missing_image": 1, "unreadable_input": 1}
+    assert s["shards"] == 3 and s["resumed"] == 0
+    assert any("00011" in e for e in s["examples"])
+    caps = _records(out)
+    assert len(caps) == s["written"]
+    assert "a png with json caption" in caps and "a webp" in caps and "second shard 107" in caps
+    assert json.load(open(os.path.join(out, "summary.json")))["written"] == s["written"]
+    # The shards train: every record decodes through the train pipeline.
+    from conftest import tiny_config
+    from vlm_jax.data.tokenizer import ByteTokenizer
+    cfg = tiny_config("", **{"data.crop": "random_resized", "data.crop_padding": 0})
+    cfg.data.sources.web = config_lib.source(path=os.path.join(out, "*.array_record"))
+    cfg.batch_size = s["written"]
+    batch = next(iter(pipeline.train_dataset(cfg, ByteTokenizer())[0]))
+    assert sum(int(batch[k]) for k in pipeline.SKIP_KEYS) == 0
+
+
+def test_folder_with_caption_tables(tmp_path):
+    images = tmp_path / "imgs"
+    (images / "sub").mkdir(parents=True)
+    rows = []
+    for i in range(7):
+        (images / "sub" / f"{i}.jpg").write_bytes(jpeg(i) if i != 3 else truncated(jpeg(3)))
+        rows.append({"image": f"sub/{i}.jpg", "caption": f"picture {i}"})
+    rows.append({"image": "sub/0.jpg", "caption": "picture 0 again"})    # a second caption
+    rows.append({"image": "sub/missing.jpg", "caption": "no file"})
+    rows.append({"image": "sub/5.jpg", "caption": ""})
+    tables = {}
+    tables["csv"] = tmp_path / "captions.csv"
+    tables["csv"].write_text("image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in rows))
+    tables["jsonl"] = tmp_path / "captions.jsonl"
+    tables["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    tables["parquet"] = tmp_path / "captions.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), tables["parquet"])
+    for kind, table in tables.items():
+        out = str(tmp_path / f"out_{kind}")
+        s = convert.convert(convert.folder_jobs(str(images), str(table), shard_size=3), out,
+                            progress=False)
+        assert s["written"] == 6 and s["shards"] == 3, kind
+        assert s["skipped"]["corrupt_image"] == 1 and s["skipped"]["missing_image"] == 1
+        caps = _records(out)
+        assert "picture 0" in caps and "picture 0 again" in caps and "picture 5" in caps
+    with pytest.raises(KeyError, match="no column 'path'"):
+        convert.folder_jobs(str(images), str(tables["csv"]), image_column="path")
+
+
+def test_interrupted_conversion_resumes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for t in range(8):
+        webdataset_tar(str(src / f"{t:05d}.tar"),
+                       {f"{i:05d}.{e}": (jpeg(i, size=(480, 360)) if e == "jpg" else f"s{t} {i}".encode())
+                        for i in range(40) for e in ("jpg", "txt")})
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "launch.convert", "--input", str(src / "*.tar"),
+            "--output", str(out), "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("*.stats.json")):
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    finished = len(list(out.glob("*.stats.json")))
+    assert 1 <= finished < 8, "the conversion was not caught mid-way"
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.load(open(out / "summary.json"))
+    assert s["resumed"] == finished and s["written"] == 8 * 40
+    assert not list(out.glob("*.tmp"))
+    assert _records(str(out)) == sorted(f"s{t} {i}" for t in range(8) for i in range(40))
+    assert "320 records in 8 shards" in r.stdout
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "launch.convert", "--input", str(tmp_path / "*.tar"),
+                        "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode != 0 and "no file matches" in r.stderr
+    np.testing.assert_equal(os.path.exists(tmp_path / "o"), False)
