@@ -98,3 +98,13 @@ def test_attention_init_uses_the_true_fans():
 def nn_unbox(tree):
     import flax.linen as nn
     return nn.unbox(tree)
+
+
+@pytest.mark.parametrize("norm, mean, std", [
+    ("unit", 0.5, 0.5), ("clip", (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+def test_pixel_normalisation_on_device(norm, mean, std):
+    model, cfg = _model(**{"model.image.pixel_norm": norm})
+    params, img, _, _ = _init(model, cfg)
+    enc = lambda x: model.apply({"params": params}, x, method=model.encode_image)["img/normed"]
+    want = (np.asarray(img, np.float32) / 255 - np.asarray(mean)) / np.asarray(std)
+    np.testing.assert_allclose(enc(img), enc(jnp.asarray(want, jnp.float32)), atol=1e-5)

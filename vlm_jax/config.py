@@ -32,6 +32,7 @@ CHOICES = {
     "source.crop": ("resize", "center", "random_resized"),
     "model.image.pool": ("gap", "cls", "map"),
     "model.image.posemb": ("learn", "sincos2d"),
+    "model.image.pixel_norm": ("unit", "clip", "imagenet"),
     "model.text.pool": ("last", "first", "mean"),
     "model.dtype": ("float32", "bfloat16"),
     "tokenizer.name": ("bytes", "sentencepiece", "hf"),
@@ -88,7 +89,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.flip = False             # random horizontal flip (off for digits: a mirrored 7 is no 7)
     c.data.strict = False           # a bad record raises (file, index) instead of being skipped
     c.data.num_threads = 2          # grain read threads (per process)
-    c.data.prefetch = 4             # grain prefetch buffer, in records
+    c.data.prefetch = 2             # batches read ahead (per worker, when there are workers)
     c.data.num_workers = 0          # grain worker processes; 0 keeps decoding in-process
 
     c.tokenizer = ml_collections.ConfigDict()
@@ -109,6 +110,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.image.mlp_dim = 512
     c.model.image.pool = "gap"
     c.model.image.posemb = "learn"
+    c.model.image.pixel_norm = "unit"   # uint8 -> unit: [-1, 1] | clip | imagenet mean/std
     c.model.text = ml_collections.ConfigDict()
     c.model.text.width = 128
     c.model.text.depth = 4
