@@ -4,6 +4,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
+from launch.runtime import enable_compilation_cache, quiet_libraries
 from vlm_jax import config as config_lib
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -28,33 +29,6 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
     for k, v in d.items():
         out.extend(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k])
     return out
-
-
-class _QuietLibraries:
-    """Drops INFO chatter from library internals (orbax logs every file it renames)."""
-    NOISY = ("/orbax/", "/jax/_src/xla_bridge.py")
-
-    def filter(self, record) -> bool:
-        return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
-
-
-def quiet_libraries() -> None:
-    from absl import logging
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-
-
-def enable_compilation_cache() -> None:
-    """Persists compiled programs, so a resumed or repeated run skips most compilation.
-
-    Uses $JAX_COMPILATION_CACHE_DIR when set, else ~/.cache/vlm_jax/xla (next to the datasets).
-    """
-    import os
-
-    import jax
-
-    from vlm_jax.data.builtin import default_data_dir
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", os.path.join(default_data_dir(), "xla"))
 
 
 def start(argv) -> str:

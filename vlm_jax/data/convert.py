@@ -22,10 +22,9 @@ import tarfile
 from typing import Iterator
 
 import msgpack
-from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
-from vlm_jax.data import images
+from vlm_jax.data import images, records
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 REASONS = ("missing_image", "corrupt_image", "missing_caption", "empty_caption", "unreadable_input")
@@ -170,22 +169,19 @@ def _examples(job: Job, stats: dict):
         yield path, image, list(captions)
 
 
+def _packed(job: Job, stats: dict, max_size: int):
+    for key, image, captions in _examples(job, stats):
+        rec = _record(key, image, captions, stats, max_size)
+        if rec is not None:
+            stats["written"] += 1
+            yield rec
+
+
 def run_job(job: Job, out_dir: str, max_size: int = 0) -> dict:
     """Writes one shard (atomically) and its stats; returns the stats."""
     stats = {"shard": f"{job.name}.array_record", "written": 0,
              "skipped": dict.fromkeys(REASONS, 0), "examples": []}
-    final = os.path.join(out_dir, stats["shard"])
-    tmp = final + ".tmp"
-    writer = ArrayRecordWriter(tmp, "group_size:1")   # seekable records, for global shuffling
-    try:
-        for key, image, captions in _examples(job, stats):
-            rec = _record(key, image, captions, stats, max_size)
-            if rec is not None:
-                writer.write(rec)
-                stats["written"] += 1
-    finally:
-        writer.close()
-    os.replace(tmp, final)
+    records.write_raw(os.path.join(out_dir, stats["shard"]), _packed(job, stats, max_size))
     _write_json(_stats_path(out_dir, job.name), stats)
     return stats
 

@@ -27,26 +27,32 @@ def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
 
 def write(path: str, examples: Iterable[dict]) -> int:
     """Writes msgpack-encoded examples to one ArrayRecord file; returns how many."""
+    return write_raw(path, (msgpack.packb(ex, use_bin_type=True) for ex in examples))
+
+
+def write_raw(path: str, packed: Iterable[bytes]) -> int:
+    """Writes encoded records to one ArrayRecord file, atomically (temporary name, then rename)."""
     # group_size:1 keeps every record individually seekable, which global shuffling needs.
-    writer = ArrayRecordWriter(path, "group_size:1")
+    writer = ArrayRecordWriter(path + ".tmp", "group_size:1")
     n = 0
     try:
-        for ex in examples:
-            writer.write(msgpack.packb(ex, use_bin_type=True))
+        for rec in packed:
+            writer.write(rec)
             n += 1
     finally:
         writer.close()
+    os.replace(path + ".tmp", path)
     return n
 
 
-def unpack(record: bytes, where: str) -> dict:
-    """Decodes one record, naming it in the error if it is corrupt."""
+def unpack(record: bytes, where) -> dict:
+    """Decodes one record; `where` ("record #i of FILE") names it in the error."""
     try:
         ex = msgpack.unpackb(record, raw=False)
     except Exception as e:  # msgpack raises several unrelated types
-        raise ValueError(f"corrupt record {where}: {type(e).__name__}: {e}") from None
+        raise ValueError(f"corrupt {where}: {type(e).__name__}: {e}") from None
     if not isinstance(ex, dict):
-        raise ValueError(f"corrupt record {where}: expected a map, got {type(ex).__name__}")
+        raise ValueError(f"corrupt {where}: expected a map, got {type(ex).__name__}")
     return ex
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from vlm_jax.train import checkpoint, metrics as metrics_lib, trainer
 
 
-def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
+def restore_workdir(workdir: str, step: int | None = None):
+    """(Setup, train state, step) of a training workdir's checkpoint (default: the latest)."""
     config = trainer.load_config(workdir)
     s = trainer.Setup(config)
     ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, async_save=False)
@@ -15,6 +16,11 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
         state = ckpt.restore(step, s.abstract_state())
     finally:
         ckpt.close()
+    return s, state, step
+
+
+def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
+    s, state, step = restore_workdir(workdir, step)
     with s.context():
         results = s.evaluator.run(state.params)
     metrics_lib.JsonlWriter(workdir).write(step, results)
