@@ -17,3 +17,14 @@ def test_loss_memory_benchmark_json_and_scaling():
     for loss in ("softmax", "sigmoid"):
         assert abs(mem[loss, "ring", 16] / mem[loss, "ring", 4] - 1) < 0.10
         assert mem[loss, "gather", 16] > 3 * mem[loss, "gather", 4]
+
+
+def test_input_pipeline_benchmark_json():
+    r = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--images", "64",
+                        "--seconds", "1", "--batch", "8", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(out) == {"pipeline_img_s", "raw_decode_img_s", "ratio"}
+    assert out["pipeline_img_s"] > 0 and out["raw_decode_img_s"] > 0
+    assert abs(out["ratio"] - out["pipeline_img_s"] / out["raw_decode_img_s"]) < 0.01

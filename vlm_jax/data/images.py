@@ -61,6 +61,8 @@ def render(data, size: int, kind: str = "resize", rng: np.random.Generator | Non
         sx, sy = img.size[0] / width, img.size[1] / height
         box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
     img = img.convert("RGB")
+    if img.size == (size, size) and box == (0.0, 0.0, float(size), float(size)):
+        return np.asarray(img, np.uint8)           # already the output: no resampling pass
     return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.uint8)
 
 

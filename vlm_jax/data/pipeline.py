@@ -70,11 +70,15 @@ def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = N
         logging.info("data source %r: %d records from %s, weight %g", name, len(ds), where,
                      src.weight)
     ds = mixed[0] if len(mixed) == 1 else grain.MapDataset.mix(mixed, weights)
-    it = ds[pi::pc].to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
-                                                      prefetch_buffer_size=config.data.prefetch))
-    it = SkipBatch(it, config.batch_size // pc)
+    local = config.batch_size // pc
+    it = ds[pi::pc].to_iter_dataset(grain.ReadOptions(
+        num_threads=config.data.num_threads, prefetch_buffer_size=config.data.prefetch * local))
+    it = SkipBatch(it, local)
     if config.data.num_workers:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers,
+                                                         per_worker_buffer_size=config.data.prefetch))
+    else:   # batches are assembled in a background thread, not in the train loop's
+        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.data.prefetch)
     return it, total
 
 

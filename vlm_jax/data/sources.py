@@ -39,26 +39,48 @@ class Parse:
         f = int(np.searchsorted(starts, index, side="right") - 1)
         return f"record #{index - int(starts[f])} of {self.files[f]}"
 
+    def ref(self, index: int) -> "RecordRef":
+        return RecordRef(self, index)
+
     def __call__(self, index: int, record) -> dict:
         if isinstance(record, (bytes, bytearray)):
             try:
-                record = records.unpack(record, "")
+                record = records.unpack(record, self.ref(index))   # named only on error
             except ValueError as e:
-                return self._skip("record", f"unreadable {self.where(index)}: {e}")
-        image = record.get(self.image_key)
+                return self._skip("record", str(e))
+        image = _get(record, self.image_key)
         if image is None or (isinstance(image, (bytes, np.ndarray)) and len(image) == 0):
-            return self._skip("image", f"{self.where(index)} has no '{self.image_key}'")
-        captions = _captions(record.get(self.caption_key))
+            return self._skip("image", f"{self.ref(index)} has no '{self.image_key}'")
+        captions = _captions(_get(record, self.caption_key))
         if not captions:
             return self._skip("caption",
-                              f"{self.where(index)} has no non-empty '{self.caption_key}'")
+                              f"{self.ref(index)} has no non-empty '{self.caption_key}'")
         return {"image": image, "captions": captions, "label": int(record.get("label", -1)),
-                "where": self.where(index)}
+                "where": self.ref(index)}
 
     def _skip(self, reason: str, message: str) -> dict:
         if self.strict:
             raise BadRecordError(f"{message} (data.strict=True; set it False to skip and count)")
         return {"skipped": reason, "why": message}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordRef:
+    """Names a record ("record #i of FILE") when printed; cheap to carry until an error needs it."""
+    parse: Parse
+    index: int
+
+    def __str__(self) -> str:
+        return self.parse.where(self.index)
+
+
+def _get(record: dict, key: str):
+    """record[key], where 'a/b' reads a nested feature (TFDS FeaturesDict)."""
+    for part in key.split("/"):
+        if not isinstance(record, dict) or part not in record:
+            return None
+        record = record[part]
+    return record
 
 
 def _captions(value) -> list[str]:

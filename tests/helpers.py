@@ -1,0 +1,36 @@
+"""Helpers shared by tests and the processes they start (no environment set-up here)."""
+import jax
+
+
+def make_mesh(n: int):
+    """A data x fsdp x tensor = n x 1 x 1 mesh over the first n devices (Auto axes)."""
+    from vlm_jax.parallel import mesh as mesh_lib
+    return mesh_lib.make_mesh({"data": n, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:n])
+
+
+def tiny_config(data_dir: str, **overrides):
+    """A model small enough for a train step in well under a second on one CPU core."""
+    from vlm_jax import config as config_lib
+    c = config_lib.defaults()
+    c.data_dir = data_dir
+    c.batch_size = 16
+    c.data.image_size = 16
+    c.data.num_threads = 1
+    c.tokenizer.max_len = 24
+    c.model.embed_dim = 16
+    for tower in (c.model.image, c.model.text):
+        tower.width, tower.depth, tower.heads, tower.mlp_dim = 32, 1, 2, 64
+    c.model.image.patch_size = 8
+    c.total_steps = 8
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 4
+    c.optim.warmup_steps = 0
+    c.async_checkpointing = False
+    c.eval.batch_size = 64
+    for key, value in overrides.items():
+        section = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            section = section[p]
+        section[leaf] = value
+    return c
