@@ -76,7 +76,7 @@ def pipeline_rate(pattern: str, workers: int, threads: int, batch: int, seconds:
     c.batch_size = batch
     c.data.sources.bench = config_lib.source(path=pattern)
     c.data.image_size, c.data.crop, c.data.crop_padding, c.data.flip = 224, "random_resized", 0, True
-    c.data.num_workers, c.data.num_threads, c.data.prefetch = workers, threads, 2 * batch
+    c.data.num_workers, c.data.num_threads, c.data.prefetch = workers, threads, 2
     c.tokenizer.max_len = 64
     config_lib.validate(c)
     it = iter(pipeline.train_dataset(c, tokenizer.build(c))[0])
