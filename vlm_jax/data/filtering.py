@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 
 from vlm_jax.data import images, records
-from vlm_jax.data.sources import Parse, _record_counts, expand_paths
+from vlm_jax.data.sources import Parse, expand_paths, record_counts
 
 RULES = ("unreadable", "min_words", "duplicate_caption", "duplicate_image", "clip_score")
 
@@ -100,7 +100,7 @@ def read(pattern: str):
     """(files, raw records per file, parsed examples or None) of ArrayRecord shards."""
     import grain
     files = expand_paths(pattern)
-    counts = _record_counts(files)
+    counts = record_counts(files)
     raw = grain.sources.ArrayRecordDataSource(files)
     parse = Parse(tuple(files), counts)
     examples = []

@@ -119,14 +119,14 @@ def open_source(src, data_dir: str | None, strict: bool = False, split: str | No
         files = expand_paths(src.path)
         where = files[0] if len(files) == 1 else f"{len(files)} files {src.path}"
         ds = grain.sources.ArrayRecordDataSource(files)
-        parse = Parse(tuple(files), _record_counts(files), src.image_key, src.caption_key, strict)
+        parse = Parse(tuple(files), record_counts(files), src.image_key, src.caption_key, strict)
         return ds, parse, where
     if src.kind == "tfds":
         return _tfds(src, data_dir, split, strict)
     raise ValueError(f"unknown source kind {src.kind!r}")
 
 
-def _record_counts(files) -> tuple[int, ...]:
+def record_counts(files) -> tuple[int, ...]:
     # ArrayRecordDataSource concatenates files in order; per-file counts let errors name the file.
     from array_record.python.array_record_module import ArrayRecordReader
     counts = []
