@@ -2,7 +2,8 @@
 
   python -m launch.train --config configs/quickstart.py --workdir DIR [--config.KEY=VALUE ...]
 
-Re-running the same command resumes from the latest checkpoint in DIR.
+Re-running the same command resumes from the latest checkpoint in DIR. Exit codes: 0 finished;
+75 stopped by SIGTERM/SIGINT after saving a checkpoint (re-run to resume); 1 an error.
 """
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ def main(argv):
         sys.exit(f"config error: {e}")
     mesh_lib.maybe_initialize_distributed()
     from vlm_jax.train import trainer
-    results = trainer.train(config, workdir)
+    try:
+        results = trainer.train(config, workdir)
+    except trainer.StoppedEarly as e:
+        logging.warning("%s", e)
+        sys.exit(e.exit_code)
     for key in sorted(k for k in results if k.startswith("eval/")):
         logging.info("%s = %.4f", key, results[key])
 

@@ -168,7 +168,52 @@ def test_non_finite_loss_stops_the_run_without_saving(data_dir, tmp_path):
     # A sigmoid scale of 1e38 overflows the loss to inf at the first step.
     cfg = tiny_config(data_dir, **{"loss.name": "sigmoid", "loss.sigmoid_t_init": 1e38,
                                    "checkpoint_every_steps": 1, "log_every_steps": 4})
-    with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss at step 1; stopped "
-                       "without saving. No checkpoint had been saved yet"):
+    with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss or gradients at step 1; "
+                       "stopped without saving. No checkpoint had been saved yet"):
         trainer.train(cfg, str(tmp_path))
     assert checkpoint.Checkpointer(str(tmp_path)).latest_step() is None
+
+
+@pytest.mark.slow
+def test_nan_mid_run_keeps_the_last_good_checkpoint_and_keep_every(data_dir, tmp_path):
+    from vlm_jax.train import trainer
+    cfg = tiny_config(data_dir, **{"checkpoint_every_steps": 1, "log_every_steps": 4,
+                                   "keep_checkpoints": 2, "keep_every_steps": 4,
+                                   "eval.zeroshot": (), "eval.retrieval": ()})
+    trainer.train(cfg, str(tmp_path))
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    assert ckpt.manager.all_steps() == [4, 7, 8]      # the last two, and every 4th kept for good
+    good = ckpt.restore(8, trainer.Setup(cfg).abstract_state())
+    ckpt.close()
+    # Resumed with a learning rate that overflows: step 9's update makes the params infinite.
+    cfg.total_steps, cfg.optim.lr = 12, 1e39
+    with pytest.raises(trainer.NonFiniteLossError, match=r"at step 9; stopped without saving. "
+                       r"The last good checkpoint is step 8 in .*checkpoints"):
+        trainer.train(cfg, str(tmp_path))
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    assert ckpt.manager.all_steps() == [4, 7, 8]
+    again = ckpt.restore(8, trainer.Setup(cfg).abstract_state())
+    ckpt.close()
+    for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_skip_mode_leaves_the_state_untouched(data_dir, tmp_path):
+    import json
+
+    from vlm_jax.train import trainer
+    cfg = tiny_config(data_dir, **{"loss.name": "sigmoid", "loss.sigmoid_t_init": 1e38,
+                                   "nonfinite": "skip", "total_steps": 4, "log_every_steps": 2,
+                                   "checkpoint_every_steps": 4,
+                                   "eval.zeroshot": (), "eval.retrieval": ()})
+    trainer.train(cfg, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["skipped_updates"] for r in rows if "loss" in r] == [2, 2]
+    s = trainer.Setup(cfg)
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    saved = ckpt.restore(4, s.abstract_state())
+    ckpt.close()
+    init = s.init_state()
+    assert int(saved.step) == 4
+    for a, b in zip(jax.tree.leaves(init.params), jax.tree.leaves(saved.params)):
+        np.testing.assert_array_equal(a, b)

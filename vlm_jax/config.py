@@ -24,6 +24,7 @@ DURATIONS = {"total": True, "log_every": False, "checkpoint_every": False, "eval
              "optim.warmup": False}
 
 CHOICES = {
+    "nonfinite": ("stop", "skip"),
     "loss.name": ("softmax", "sigmoid"),
     "loss.negatives": ("local", "global"),
     "loss.impl": ("gather", "ring"),
@@ -59,7 +60,9 @@ def defaults() -> ml_collections.ConfigDict:
     _durations(c, "log_every", {"steps": 10})
     _durations(c, "checkpoint_every", {"steps": 200})
     _durations(c, "eval_every", {})  # unset: evaluate at the end only
-    c.keep_checkpoints = 2          # orbax max_to_keep
+    c.keep_checkpoints = 2          # the most recent checkpoints kept (orbax max_to_keep)
+    c.keep_every_steps = 0          # also keep every checkpoint at a multiple of this; 0: none
+    c.nonfinite = "stop"            # non-finite loss/grads: stop (last good checkpoint kept) | skip
     c.async_checkpointing = True
 
     c.mesh = ml_collections.ConfigDict()

@@ -12,11 +12,11 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, keep_every: int = 0):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-            cleanup_tmp_directories=True))
+            max_to_keep=keep, keep_period=keep_every or None,
+            enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

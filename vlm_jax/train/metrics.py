@@ -11,8 +11,14 @@ import numpy as np
 
 
 def mean_window(window: list[dict]) -> dict:
-    """Host floats: the mean of each metric over the steps since the last log (host values)."""
-    return {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+    """Host floats: the mean of each metric over the steps since the last log, over its finite
+    values (steps skipped as non-finite are counted separately); NaN when none is finite."""
+    out = {}
+    for k in window[0]:
+        v = np.asarray([m[k] for m in window], np.float64)
+        v = v[np.isfinite(v)]
+        out[k] = float(v.mean()) if v.size else float("nan")
+    return out
 
 
 class JsonlWriter:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from vlm_jax import objectives as objectives_lib
 from vlm_jax.train.state import TrainState
 
 
-def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched):
+def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
+         skip_nonfinite: bool = False):
+    """`nonfinite` in the metrics is 1.0 when the loss, the gradients or the updated params are
+    not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged."""
     def step(state: TrainState, batch: dict, base_rng):
         # fold_in(step): the same randomness at a step whether or not the run was resumed.
         rng = jax.random.fold_in(base_rng, state.step)
@@ -23,11 +27,16 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics,
-                   "grad_norm": optax.tree.norm(grads),
-                   "param_norm": optax.tree.norm(params),
-                   "update_norm": optax.tree.norm(updates),
-                   "lr": sched(state.step)}
+        norms = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+                 "update_norm": optax.tree.norm(updates)}
+        finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(norms["grad_norm"])
+                  & jnp.isfinite(norms["param_norm"]))
+        if skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)
+            params = jax.tree.map(keep, params, state.params)
+            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        metrics = {**metrics, **norms, "lr": sched(state.step),
+                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step

@@ -27,7 +27,17 @@ from vlm_jax.train import checkpoint, metrics as metrics_lib, optim, state as st
 
 
 class NonFiniteLossError(FloatingPointError):
-    pass
+    """The loss, the gradients or the updated params stopped being finite (nonfinite='stop')."""
+
+
+class StoppedEarly(Exception):
+    """SIGTERM/SIGINT: a checkpoint at `step` was saved; running again resumes from it."""
+    exit_code = 75     # EX_TEMPFAIL: not finished, safe to re-run (launch.train exits with it)
+
+    def __init__(self, step: int, signal_name: str):
+        super().__init__(f"stopped at step {step} after {signal_name}; the checkpoint is saved, "
+                         f"re-run the same command to resume")
+        self.step, self.signal_name = step, signal_name
 
 
 class _StopRequest:
@@ -124,7 +134,8 @@ class Setup:
         return state_lib.abstract(self.state_sh, self.model, self.tx, self.config, self.init_rng)
 
     def train_step(self):
-        fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule)
+        fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
+                           skip_nonfinite=self.config.nonfinite == "skip")
         batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask")}
         return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
 
@@ -140,7 +151,8 @@ def train(config, workdir: str) -> dict:
     s = Setup(config)
     if jax.process_index() == 0:
         _save_config(config, workdir)
-    ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpointing)
+    ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpointing,
+                                   config.keep_every_steps)
     data_iter = iter(s.dataset)
     start = ckpt.latest_step()
     if start is not None:
@@ -161,7 +173,7 @@ def train(config, workdir: str) -> dict:
     try:
         with s.context(), _StopRequest() as stop:
             data_wait, window_start = 0.0, time.perf_counter()
-            skipped = collections.Counter()
+            skipped, skipped_updates = collections.Counter(), 0
             while step < s.total_steps:
                 t0 = time.perf_counter()
                 batch, skips = pipeline.split_skips(next(data_iter))
@@ -175,14 +187,16 @@ def train(config, workdir: str) -> dict:
                 if _due(step, s.log_every, s.total_steps) or stopping or _due(
                         step, s.checkpoint_every, s.total_steps):
                     host = jax.device_get(window)
-                    losses = [w["loss"] for w in host]
-                    if not np.all(np.isfinite(losses)):
-                        bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
+                    bad = [w["nonfinite"] for w in host]
+                    if any(bad) and config.nonfinite == "stop":
+                        first = step - len(bad) + int(np.argmax(bad)) + 1
                         good = ckpt.latest_step()
                         raise NonFiniteLossError(
-                            f"non-finite loss at step {bad}; stopped without saving. " + (
+                            f"non-finite loss or gradients at step {first}; stopped without "
+                            "saving. " + (
                                 f"The last good checkpoint is step {good} in {ckpt.directory}"
                                 if good is not None else "No checkpoint had been saved yet."))
+                    skipped_updates += int(sum(bad))
                     if _due(step, s.log_every, s.total_steps) or stopping:
                         mean = metrics_lib.mean_window(host)
                         line, ex_s = progress.line(step, mean["loss"])
@@ -190,6 +204,10 @@ def train(config, workdir: str) -> dict:
                         wait = data_wait / max(now - window_start, 1e-9)
                         data_wait, window_start = 0.0, now
                         logging.info("%s | data wait %.0f%%", line, 100 * wait)
+                        if skipped_updates:
+                            logging.warning("%d non-finite steps skipped (nonfinite='skip')",
+                                            skipped_updates)
+                        mean["skipped_updates"], skipped_updates = skipped_updates, 0
                         last = {**mean, "examples_per_sec": ex_s, "data_wait_fraction": wait,
                                 "epoch": step * config.batch_size / s.num_train,
                                 **{k: skipped[k] for k in pipeline.SKIP_METRICS}}
@@ -201,8 +219,6 @@ def train(config, workdir: str) -> dict:
                 if _due(step, s.checkpoint_every, s.total_steps) or stopping:
                     ckpt.save(step, state, data_iter)
                 if stopping:
-                    logging.warning("Stopped at step %d after %s; re-run the same command to "
-                                    "resume", step, stop.requested)
                     break
                 if _due(step, s.eval_every, s.total_steps):
                     results = s.evaluator.run(state.params)
@@ -213,5 +229,7 @@ def train(config, workdir: str) -> dict:
                 writer.write(step, last)
     finally:
         ckpt.close()
+    if stop.requested is not None:
+        raise StoppedEarly(step, stop.requested)
     logging.info("Done at step %d in %.0fs", step, time.perf_counter() - t_start)
     return last
