@@ -144,11 +144,14 @@ def _due(step: int, every: int | None, total: int) -> bool:
     return step == total or (every is not None and every > 0 and step % every == 0)
 
 
-def train(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`; returns the last logged train and eval metrics."""
+def train(config, workdir: str, mesh=None) -> dict:
+    """Trains (or resumes) in `workdir`; returns the last logged train and eval metrics.
+
+    `mesh` defaults to the config's over all devices; a checkpoint restores onto whatever mesh
+    this run has (resharded), so a run can move between device counts."""
     os.makedirs(workdir, exist_ok=True)
     t_start = time.perf_counter()
-    s = Setup(config)
+    s = Setup(config, mesh)
     if jax.process_index() == 0:
         _save_config(config, workdir)
     ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpointing,
