@@ -2,6 +2,9 @@
 
   python -m launch.train --config configs/quickstart.py --workdir DIR [--config.KEY=VALUE ...]
 
+Multi-process (one command per process; SLURM and multi-host Cloud TPU are detected instead):
+  python -m launch.train ... --coordinator_address HOST:PORT --num_processes N --process_id I
+
 Re-running the same command resumes from the latest checkpoint in DIR. Exit codes: 0 finished;
 75 stopped by SIGTERM/SIGINT after saving a checkpoint (re-run to resume); 1 an error.
 """
@@ -9,11 +12,16 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from launch import flags as launch_flags
 from vlm_jax import config as config_lib
 from vlm_jax.parallel import mesh as mesh_lib
+
+COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
+                                  "multi-process run outside SLURM/Cloud TPU (which are detected).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 
 
 def main(argv):
@@ -22,7 +30,8 @@ def main(argv):
         config = launch_flags.config()
     except config_lib.ConfigError as e:
         sys.exit(f"config error: {e}")
-    mesh_lib.maybe_initialize_distributed()
+    mesh_lib.maybe_initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
+                                          PROCESS_ID.value)
     from vlm_jax.train import trainer
     try:
         results = trainer.train(config, workdir)

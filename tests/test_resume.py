@@ -168,3 +168,77 @@ def test_kill_during_an_async_save(data_dir, tmp_path, uninterrupted, env):
     losses, _ = _losses(workdir)
     assert losses == uninterrupted[1]
     assert not [x for x in os.listdir(d) if "tmp" in x]      # the partial save was cleaned up
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(data_dir, tmp_path, env):
+    """Two processes joined by jax.distributed (gloo on localhost, 2 CPU devices each) train with
+    the losses of one 4-device process at the same global batch; their checkpoint then restores
+    in a single process (launch.eval)."""
+    short = ["--config.total_steps=6", "--config.checkpoint_every_steps=3"]
+    two = str(tmp_path / "two")
+    port = _free_port()
+    env2 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen(_args(data_dir, two) + short + [
+        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        env=env2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    one = str(tmp_path / "one")
+    _run(_args(data_dir, one) + short,
+         {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    got, rows = _losses(two)
+    want, _ = _losses(one)
+    assert sorted(got) == list(range(1, 7))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5), step
+    assert _saved(two) == [3, 6]
+    r = _run([sys.executable, "-m", "launch.eval", "--workdir", two], env)    # one process
+    final = [x for x in rows if "eval/digits/zeroshot_top1" in x][-1]
+    assert json.loads(r.stdout)["eval/digits/zeroshot_top1"] == pytest.approx(
+        final["eval/digits/zeroshot_top1"])
+
+
+def test_cluster_detection_initialises_only_for_several_processes():
+    from vlm_jax.parallel.mesh import describe_cluster
+    assert describe_cluster(environ={}) is None
+    assert describe_cluster(environ={"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "a"}) is None
+    assert describe_cluster(environ={"SLURM_NTASKS": "8"}) == {}
+    assert describe_cluster(environ={"SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "1"}) is None
+    assert describe_cluster(environ={"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == {}
+    assert describe_cluster("h:1", 2, 1, environ={}) == {
+        "coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
+    assert describe_cluster("h:1", 1, 0, environ={}) is None
+    assert describe_cluster(environ={"JAX_COORDINATOR_ADDRESS": "h:2", "JAX_NUM_PROCESSES": "4",
+                                     "JAX_PROCESS_ID": "3"})["process_id"] == 3
+    with pytest.raises(ValueError, match="go together"):
+        describe_cluster("h:1", None, 0, environ={})
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(data_dir, tmp_path, env):
+    workdir = str(tmp_path)
+    port = _free_port()
+    env2 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen(_args(data_dir, workdir) + [
+        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        env=env2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.exists(path) and os.path.getsize(path)):
+        time.sleep(0.01)
+    procs[1].send_signal(signal.SIGTERM)         # the notice reaches one process only
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], errs[0][-2000:] + errs[1][-2000:]
+    saved = _saved(workdir)
+    assert saved and saved[-1] < TOTAL
+    for err in errs:
+        assert f"stopped at step {saved[-1]} after SIGTERM" in err

@@ -36,16 +36,39 @@ def from_config(config) -> Mesh:
     return make_mesh({a: config.mesh[a] for a in AXES})
 
 
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-process job when the environment describes one; a no-op otherwise.
+def describe_cluster(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None, environ=os.environ) -> dict | None:
+    """How to join a multi-process job, or None for a single process (never initialise then).
 
-    Set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run where
-    jax.distributed auto-detects the cluster, e.g. SLURM or Cloud TPU, with JAX_DISTRIBUTED=1).
-    """
-    if "JAX_COORDINATOR_ADDRESS" in os.environ:
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]))
-    elif os.environ.get("JAX_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
+    In order: explicit arguments (the launch flags); JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID; a SLURM job step with more than one task; a multi-host Cloud TPU slice
+    (more than one TPU_WORKER_HOSTNAMES). The last two are left to jax's own detection."""
+    if coordinator_address or num_processes is not None or process_id is not None:
+        if not coordinator_address or num_processes is None or process_id is None:
+            raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+        if num_processes == 1:
+            return None
+        return {"coordinator_address": coordinator_address, "num_processes": num_processes,
+                "process_id": process_id}
+    if "JAX_COORDINATOR_ADDRESS" in environ:
+        n = int(environ.get("JAX_NUM_PROCESSES", "1"))
+        return None if n == 1 else {"coordinator_address": environ["JAX_COORDINATOR_ADDRESS"],
+                                    "num_processes": n,
+                                    "process_id": int(environ["JAX_PROCESS_ID"])}
+    if int(environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))) > 1:
+        return {}
+    if len([h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return {}
+    return None
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+    """Joins a multi-process job when the arguments or the environment describe one (see
+    `describe_cluster`); returns whether it did. A single process never initialises."""
+    how = describe_cluster(coordinator_address, num_processes, process_id)
+    if how is None:
+        return False
+    jax.distributed.initialize(**how)
+    return True

@@ -41,7 +41,11 @@ class StoppedEarly(Exception):
 
 
 class _StopRequest:
-    """Turns SIGTERM and the first SIGINT into a request to save and stop."""
+    """Turns SIGTERM and the first SIGINT into a request to save and stop.
+
+    With several processes, JAX's preemption service owns SIGTERM: any process's notice is
+    shared, and every process stops at the same step (`reached_preemption_sync_point`), so they
+    all save the same checkpoint."""
 
     def __init__(self):
         self.requested = None
@@ -60,6 +64,14 @@ class _StopRequest:
         self.requested = signal.Signals(signum).name
         logging.warning("%s received: saving a checkpoint, then stopping "
                         "(Ctrl-C again aborts without saving)", self.requested)
+
+    def due(self, step: int) -> bool:
+        if jax.process_count() > 1 and self.requested is None:
+            from jax.experimental import multihost_utils
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.requested = "SIGTERM"
+                logging.warning("preemption notice: all processes save at step %d, then stop", step)
+        return self.requested is not None
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -186,7 +198,7 @@ def train(config, workdir: str, mesh=None) -> dict:
                 state, m = step_fn(state, batch, s.step_rng)
                 window.append(m)
                 step += 1
-                stopping = stop.requested is not None
+                stopping = stop.due(step)
                 if _due(step, s.log_every, s.total_steps) or stopping or _due(
                         step, s.checkpoint_every, s.total_steps):
                     host = jax.device_get(window)
