@@ -61,6 +61,10 @@ def defaults() -> ml_collections.ConfigDict:
     _durations(c, "checkpoint_every", {"steps": 200})
     _durations(c, "eval_every", {})  # unset: evaluate at the end only
     c.keep_checkpoints = 2          # the most recent checkpoints kept (orbax max_to_keep)
+    # Where a run with no checkpoint of its own starts (its own latest checkpoint comes first):
+    c.resume = ""                   # another run's workdir or checkpoint: state + data position
+    c.init = ""                     # a checkpoint whose params seed this run, chosen by:
+    c.init_rules = ((".*", True),)  # (regex, load?) over param paths, first match wins
     c.keep_every_steps = 0          # also keep every checkpoint at a multiple of this; 0: none
     c.nonfinite = "stop"            # non-finite loss/grads: stop (last good checkpoint kept) | skip
     c.async_checkpointing = True

@@ -8,7 +8,15 @@ from __future__ import annotations
 import os
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from vlm_jax import rules as rules_lib
+
+
+class CheckpointSaveError(OSError):
+    """A save failed; the checkpoints completed before it are intact (saves are atomic)."""
 
 
 class Checkpointer:
@@ -25,7 +33,10 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:   # disk full, permissions, a failed earlier async save...
+            raise self._failed(step, e) from e
 
     def restore(self, step: int, abstract_state, data_iter=None):
         """The state at `step` placed on the shardings in `abstract_state`; `data_iter` (if given)
@@ -38,9 +49,93 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 
+    def _failed(self, step, e: Exception) -> "CheckpointSaveError":
+        kept = [x for x in sorted(os.listdir(self.directory)) if x.isdigit()] if os.path.isdir(
+            self.directory) else []
+        return CheckpointSaveError(
+            f"saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: {e}. "
+            f"Complete checkpoints there are untouched and restorable: {kept or 'none'}")
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed("(async)", e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def resolve(path: str) -> tuple[str, int]:
+    """(checkpoints folder, step) for a path that is a workdir, its `checkpoints` folder (the
+    latest step), or one step's folder `.../checkpoints/<step>`."""
+    path = os.path.abspath(os.path.expanduser(path))
+    base = os.path.basename(path.rstrip("/"))
+    if base.isdigit() and os.path.isdir(path):
+        return os.path.dirname(path), int(base)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint path {path!r} does not exist")
+    steps = sorted(int(x) for x in os.listdir(path) if x.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoint in {path!r}")
+    return path, steps[-1]
+
+
+def read_params(path: str) -> tuple[dict, int]:
+    """The params of a checkpoint as host numpy arrays (nothing else is read), and its step."""
+    directory, step = resolve(path)
+    mgr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    try:
+        meta = mgr.item_metadata(step)["state"]
+        tree = {"params": getattr(meta, "tree", meta)["params"]}
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=tree, restore_args=args, partial_restore=True)))
+    finally:
+        mgr.close()
+    return restored.state["params"], step
+
+
+class InitError(ValueError):
+    """config.init cannot supply the params its rules select."""
+
+
+def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
+    """`params` with each leaf whose path the (regex, bool) `rules` select (first match wins)
+    replaced by the same path in `loaded`, placed on the leaf's sharding. Returns (params,
+    report); raises InitError listing selected params missing from `loaded` or of another shape."""
+    flat_loaded = {rules_lib.path_str(p): v
+                   for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+    chosen = rules_lib.tree_map_rules(rules, params, "init")
+    paths = rules_lib.tree_paths(params)
+    missing, wrong, taken = [], [], []
+
+    def pick(path, leaf, use):
+        p = rules_lib.path_str(path)
+        if not use:
+            return leaf
+        if p not in flat_loaded:
+            missing.append(p)
+            return leaf
+        value = flat_loaded[p]
+        if tuple(value.shape) != tuple(leaf.shape):
+            wrong.append(f"{p}: {tuple(value.shape)} in {where}, {tuple(leaf.shape)} in the model")
+            return leaf
+        taken.append(p)
+        return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
+
+    out = jax.tree_util.tree_map_with_path(pick, params, chosen)
+    if missing or wrong:
+        raise InitError(f"config.init: {len(missing)} selected params are missing from {where}"
+                        + "".join(f"\n  missing {p}" for p in missing[:20])
+                        + f"\n{len(wrong)} have another shape"
+                        + "".join(f"\n  shape {w}" for w in wrong[:20])
+                        + "\nchange config.init_rules to leave them out")
+    unexpected = sorted(set(flat_loaded) - set(paths))
+    return out, {"loaded": taken, "kept_init": [p for p in paths if p not in taken],
+                 "unexpected": unexpected}

@@ -152,6 +152,46 @@ class Setup:
         return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
 
 
+def _start(s: Setup, ckpt, data_iter, workdir: str):
+    """(step, state): the workdir's latest checkpoint, else config.resume (another run's
+    checkpoint, data position included), else config.init (params selected by config.init_rules
+    from a checkpoint, the rest freshly initialised), else from scratch."""
+    config = s.config
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(start, s.abstract_state(), data_iter)
+        logging.info("Resumed from step %d (checkpoint and data position) in %s", start, workdir)
+        return start, state
+    if config.resume:
+        directory, start = checkpoint.resolve(config.resume)
+        other = checkpoint.Checkpointer(os.path.dirname(directory), async_save=False)
+        try:
+            state = other.restore(start, s.abstract_state(), data_iter)
+        finally:
+            other.close()
+        logging.info("Resumed from config.resume %s at step %d", directory, start)
+        return start, state
+    state = s.init_state()
+    logging.info("Initialised %d params (%s); %d train examples, %d steps of %d",
+                 state_lib.num_params(state.params), config.model.dtype, s.num_train,
+                 s.total_steps, config.batch_size)
+    if config.init:
+        loaded, step = checkpoint.read_params(config.init)
+        where = f"{config.init} (step {step})"
+        params, report = checkpoint.load_params(state.params, loaded, config.init_rules, where)
+        state = state_lib.TrainState(step=state.step, params=params, opt_state=state.opt_state)
+        logging.info("config.init: %d params loaded from %s, %d kept from initialisation; "
+                     "%d in the checkpoint unused", len(report["loaded"]), where,
+                     len(report["kept_init"]), len(report["unexpected"]))
+        for p in report["kept_init"][:50]:
+            logging.info("  kept from initialisation: %s", p)
+        for p in report["unexpected"][:50]:
+            logging.info("  unused from the checkpoint: %s", p)
+    for line in optim.describe(config, state.params):
+        logging.log_first_n(logging.INFO, line, 10_000)
+    return 0, state
+
+
 def _due(step: int, every: int | None, total: int) -> bool:
     return step == total or (every is not None and every > 0 and step % every == 0)
 
@@ -169,18 +209,7 @@ def train(config, workdir: str, mesh=None) -> dict:
     ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpointing,
                                    config.keep_every_steps)
     data_iter = iter(s.dataset)
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(start, s.abstract_state(), data_iter)
-        logging.info("Resumed from step %d (checkpoint and data position) in %s", start, workdir)
-    else:
-        start = 0
-        state = s.init_state()
-        logging.info("Initialised %d params (%s); %d train examples, %d steps of %d",
-                     state_lib.num_params(state.params), config.model.dtype, s.num_train,
-                     s.total_steps, config.batch_size)
-        for line in optim.describe(config, state.params):
-            logging.log_first_n(logging.INFO, line, 10_000)
+    start, state = _start(s, ckpt, data_iter, workdir)
     writer = metrics_lib.JsonlWriter(workdir, resume_step=start)
     step_fn = s.train_step()
     progress = metrics_lib.Progress(start, s.total_steps, config.batch_size)

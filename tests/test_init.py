@@ -1,0 +1,89 @@
+"""Starting points: config.init (partial params by rules) and config.resume (another run)."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from vlm_jax.train import checkpoint, trainer
+
+
+def _cfg(data_dir, **kw):
+    return tiny_config(data_dir, **{"total_steps": 2, "checkpoint_every_steps": 2,
+                                    "log_every_steps": 1, "eval.zeroshot": (),
+                                    "eval.retrieval": (), **kw})
+
+
+@pytest.fixture(scope="module")
+def run_a(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("a"))
+    trainer.train(_cfg(data_dir), workdir)
+    return workdir
+
+
+def _flat(tree):
+    from vlm_jax import rules
+    return {rules.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.slow
+def test_init_image_tower_only_and_locked(run_a, data_dir, tmp_path):
+    a, step = checkpoint.read_params(run_a)
+    assert step == 2
+    cfg = _cfg(data_dir, **{"init": run_a, "seed": 1,
+                            "init_rules": (("img/.*", True), (".*", False)),
+                            "optim.freeze_rules": (("img/.*", True), (".*", False))})
+    b = str(tmp_path / "b")
+    trainer.train(cfg, b)
+    got, _ = checkpoint.read_params(b)
+    fa, fb = _flat(a), _flat(got)
+    assert fa.keys() == fb.keys()
+    for p in fa:
+        if p.startswith("img/"):     # loaded, then locked: bit-identical to run A's
+            np.testing.assert_array_equal(fa[p], fb[p], err_msg=p)
+        elif p.startswith("txt/"):   # fresh (seed 1) and trained: not run A's
+            assert not np.array_equal(fa[p], fb[p]), p
+
+
+def test_init_errors_list_missing_and_misshapen(run_a, data_dir):
+    s = trainer.Setup(_cfg(data_dir, **{"model.embed_dim": 24}))
+    params = s.init_state().params
+    loaded, _ = checkpoint.read_params(run_a)
+    with pytest.raises(checkpoint.InitError, match=r"(?s)0 selected params are missing.*"
+                       r"have another shape.*shape img_proj/dense/kernel: \(32, 16\) in .*\(32, 24\)"):
+        checkpoint.load_params(params, loaded, ((".*", True),), "run A")
+    partial = {"img": loaded["img"]}
+    with pytest.raises(checkpoint.InitError, match=r"missing txt/"):
+        checkpoint.load_params(params, partial, (("img_proj/.*", False), ("txt_proj/.*", False),
+                                                 ("scale/.*", False), (".*", True)))
+    out, report = checkpoint.load_params(params, loaded, (("img/.*", True), (".*", False)))
+    assert report["loaded"] and all(p.startswith("img/") for p in report["loaded"])
+    assert not report["unexpected"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        checkpoint.read_params("/nonexistent/run")
+
+
+@pytest.mark.slow
+def test_resume_from_another_run(run_a, data_dir, tmp_path):
+    c = str(tmp_path / "c")
+    trainer.train(_cfg(data_dir, **{"resume": run_a, "total_steps": 4}), c)
+    rows = [json.loads(line) for line in open(f"{c}/metrics.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r] == [3, 4]    # continued at step 2
+
+
+def test_failed_save_is_named_and_earlier_checkpoints_survive(tmp_path):
+    import os
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(1, {"x": np.arange(3.0)})
+    # The filesystem refuses the next save: its folder is no longer a folder.
+    os.rename(tmp_path / "checkpoints", tmp_path / "aside")
+    (tmp_path / "checkpoints").write_text("")
+    with pytest.raises(checkpoint.CheckpointSaveError, match=r"saving checkpoint step 2 in .*"
+                       r"checkpoints failed: NotADirectoryError"):
+        ckpt.save(2, {"x": np.arange(3.0)})
+    os.remove(tmp_path / "checkpoints")
+    os.rename(tmp_path / "aside", tmp_path / "checkpoints")
+    again = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+    assert again.manager.all_steps() == [1]
+    np.testing.assert_array_equal(again.restore(1, {"x": np.zeros(3)})["x"], np.arange(3.0))
