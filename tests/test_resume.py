@@ -2,6 +2,7 @@
 and the resumed run reproduces the losses of a run that was never stopped."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -49,7 +50,8 @@ def _run(args, env):
 
 
 def _start_and_stop(args, workdir, sig, env):
-    """Starts a run and sends `sig` between checkpoints, once one is complete on disk."""
+    """Starts a run and sends `sig` at a random step between checkpoints, once one is complete
+    on disk."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
     path = os.path.join(workdir, "metrics.jsonl")
@@ -61,6 +63,7 @@ def _start_and_stop(args, workdir, sig, env):
             if steps and max(steps) > done[-1]:
                 break
         time.sleep(0.005)
+    time.sleep(random.uniform(0, 0.5))     # a random step between checkpoints (~0.1 s a step)
     assert proc.poll() is None, "the run ended before it could be stopped"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
