@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 WORKDIR ?= workdirs/quickstart
 CONFIG ?= configs/quickstart.py
+# pytest worker processes (pytest-xdist); each test file stays in one worker.
+JOBS ?= 2
 PY := $(VENV)/bin/python
 comma := ,
 EXTRAS := test$(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
@@ -26,7 +28,7 @@ train: install
 	$(PY) -m launch.train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
 
 test: install
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache
