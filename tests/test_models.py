@@ -1,4 +1,5 @@
 """Model outputs by name, shapes, and the text padding mask."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +109,27 @@ def test_pixel_normalisation_on_device(norm, mean, std):
     enc = lambda x: model.apply({"params": params}, x, method=model.encode_image)["img/normed"]
     want = (np.asarray(img, np.float32) / 255 - np.asarray(mean)) / np.asarray(std)
     np.testing.assert_allclose(enc(img), enc(jnp.asarray(want, jnp.float32)), atol=1e-5)
+
+
+def test_fusion_encoder_and_heads():
+    from vlm_jax.models.fusion import FusionEncoder, ItmHead, MlmHead
+    rng = np.random.default_rng(0)
+    text = jnp.asarray(rng.normal(size=(2, 6, 32)), jnp.float32)
+    mask = jnp.asarray([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+    image = jnp.asarray(rng.normal(size=(2, 5, 48)), jnp.float32)     # another width
+    enc = FusionEncoder(depth=2, heads=4, mlp_dim=64)
+    params = nn.unbox(enc.init(jax.random.key(0), text, mask, image)["params"])
+    out = enc.apply({"params": params}, text, mask, image)
+    assert out["tokens"].shape == (2, 6, 32) and out["cls"].shape == (2, 32)
+    assert params["block0"]["xattn"]["k"]["kernel"].shape == (48, 4, 8)
+    # Padding is invisible to the real tokens; the image is not.
+    noisy = text.at[0, 3:].set(99.0)
+    again = enc.apply({"params": params}, noisy, mask, image)["tokens"]
+    np.testing.assert_allclose(again[0, :3], out["tokens"][0, :3], atol=1e-5)
+    other = enc.apply({"params": params}, text, mask, image[::-1])["tokens"]
+    assert np.abs(np.asarray(other - out["tokens"])).max() > 1e-3
+    itm = ItmHead()
+    logits = itm.apply(itm.init(jax.random.key(1), out["cls"]), out["cls"])
+    assert logits.shape == (2, 2) and logits.dtype == jnp.float32
+    mlm = MlmHead(vocab_size=260)
+    assert mlm.apply(mlm.init(jax.random.key(2), out["tokens"]), out["tokens"]).shape == (2, 6, 260)

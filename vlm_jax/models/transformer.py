@@ -45,9 +45,9 @@ class Attention(nn.Module):
         in_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
         out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
 
-        def proj(name, y):
+        def proj(name, y):   # keys/values may come from a tower of another width
             return nn.Einsum(
-                (d, self.heads, hd), "bsd,dhk->bshk", name=name, dtype=self.dtype,
+                (y.shape[-1], self.heads, hd), "bsd,dhk->bshk", name=name, dtype=self.dtype,
                 kernel_init=logical(in_init, ("embed", "heads", "kv")),
                 bias_init=logical(nn.initializers.zeros, ("heads", "kv")))(y)
 
@@ -80,15 +80,19 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LN block: self-attention, then (given `context`) cross-attention to it, then MLP."""
     heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask=None):
+    def __call__(self, x, mask=None, context=None, context_mask=None):
         x = constrain(x, ("batch", "seq", "embed"))
         x = x + Attention(self.heads, self.dtype, name="attn")(
             layer_norm("ln1", self.dtype)(x), mask=mask)
+        if context is not None:
+            x = x + Attention(self.heads, self.dtype, name="xattn")(
+                layer_norm("ln_x", self.dtype)(x), kv=context, mask=context_mask)
         x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("ln2", self.dtype)(x))
         return constrain(x, ("batch", "seq", "embed"))
 

@@ -1,0 +1,54 @@
+"""The fusion encoder (ALBEF/BLIP): text tokens attend to each other (padding masked) and, in
+every block, to the image tokens through cross-attention. Its first token feeds the ITM head;
+every token feeds the MLM head."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlm_jax.models.transformer import Block, Dtype, layer_norm, logical
+
+
+class FusionEncoder(nn.Module):
+    depth: int
+    heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text, text_mask, image) -> dict:
+        """text [B, L, D] token states with mask [B, L]; image [B, N, Di] tokens.
+        Returns {'tokens' [B, L, D], 'cls' [B, D], 'block<i>'...}."""
+        self_mask = text_mask[:, None, None, :]
+        x, out = text, {}
+        for i in range(self.depth):
+            x = Block(self.heads, self.mlp_dim, self.dtype, name=f"block{i}")(
+                x, self_mask, context=image)
+            out[f"block{i}"] = x
+        x = layer_norm("ln_final", self.dtype)(x)
+        return {**out, "tokens": x, "cls": x[:, 0]}
+
+
+class ItmHead(nn.Module):
+    """Fusion [CLS] state -> 2 logits (no match, match)."""
+
+    @nn.compact
+    def __call__(self, cls):
+        return nn.Dense(2, name="dense", kernel_init=logical(nn.initializers.zeros, ("embed", None)),
+                        bias_init=logical(nn.initializers.zeros, (None,)))(cls).astype(jnp.float32)
+
+
+class MlmHead(nn.Module):
+    """Fusion token states -> vocabulary logits."""
+    vocab_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Dense(tokens.shape[-1], dtype=self.dtype, name="transform",
+                     kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+                     bias_init=logical(nn.initializers.zeros, ("mlp",)))(tokens)
+        x = layer_norm("ln", self.dtype)(nn.gelu(x))
+        return nn.Dense(self.vocab_size, dtype=self.dtype, name="decoder",
+                        kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "vocab")),
+                        bias_init=logical(nn.initializers.zeros, ("vocab",)))(x).astype(jnp.float32)
