@@ -75,7 +75,6 @@ def test_vit_variants(pool, posemb):
 
 
 def test_every_param_has_logical_axes():
-    import flax.linen as nn
     model, cfg = _model()
     s, L = cfg.data.image_size, cfg.tokenizer.max_len
     boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3), jnp.uint8),
@@ -97,7 +96,6 @@ def test_attention_init_uses_the_true_fans():
 
 
 def nn_unbox(tree):
-    import flax.linen as nn
     return nn.unbox(tree)
 
 
