@@ -34,3 +34,11 @@ def tiny_config(data_dir: str, **overrides):
             section = section[p]
         section[leaf] = value
     return c
+
+
+def free_port() -> int:
+    """A localhost TCP port nobody is listening on (for a jax.distributed coordinator)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]

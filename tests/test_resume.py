@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from helpers import free_port
 
 TOTAL, EVERY = 40, 10
 
@@ -173,13 +174,6 @@ def test_kill_during_an_async_save(data_dir, tmp_path, uninterrupted, env):
     assert not [x for x in os.listdir(d) if "tmp" in x]      # the partial save was cleaned up
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one(data_dir, tmp_path, env):
     """Two processes joined by jax.distributed (gloo on localhost, 2 CPU devices each) train with
@@ -187,7 +181,7 @@ def test_two_processes_train_like_one(data_dir, tmp_path, env):
     in a single process (launch.eval)."""
     short = ["--config.total_steps=6", "--config.checkpoint_every_steps=3"]
     two = str(tmp_path / "two")
-    port = _free_port()
+    port = free_port()
     env2 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     procs = [subprocess.Popen(_args(data_dir, two) + short + [
         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
@@ -229,7 +223,7 @@ def test_cluster_detection_initialises_only_for_several_processes():
 @pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(data_dir, tmp_path, env):
     workdir = str(tmp_path)
-    port = _free_port()
+    port = free_port()
     env2 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     procs = [subprocess.Popen(_args(data_dir, workdir) + [
         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],

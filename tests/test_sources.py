@@ -225,12 +225,11 @@ def test_eval_pipeline_on_two_real_processes(data_dir):
     """Two processes joined by jax.distributed each read their own eval rows; the gathered
     embeddings equal embedding the whole split in memory (see multiprocess_eval_worker.py)."""
     import os
-    import socket
     import subprocess
     import sys
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+
+    from helpers import free_port
+    port = free_port()
     here = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here)])}
