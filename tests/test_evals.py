@@ -42,6 +42,31 @@ def test_retrieval_recall():
     assert r["t2i_r1"] == 1.0
 
 
+def test_itm_reranking_reorders_each_querys_top_k():
+    embed = lambda texts: _unit([ANIMALS[t] for t in texts])
+    captions = [["cat"], ["dog", "puppy"], ["bird"], ["dog"]]
+    images = _unit([[1, 0, 0], [0, 1, 0.25], [0, 0.2, 1], [0.1, 0.2, 1]])
+    truth = np.zeros((4, 4), bool)                       # [images, sorted texts]
+    texts = sorted(ANIMALS)                              # bird, cat, dog, puppy
+    for i, caps in enumerate(captions):
+        truth[i, [texts.index(c) for c in caps]] = True
+    calls = []
+
+    def oracle(txts, img_idx, txt_idx):                  # an ITM head that knows the answer
+        assert txts == texts
+        calls.append(len(img_idx))
+        return truth[img_idx, txt_idx].astype(np.float32)
+
+    r = retrieval.recall(images, captions, embed, ks=(1, 2), itm=oracle, rerank_k=3)
+    # img3's caption was third by similarity: inside the top 3, so the oracle lifts it to first.
+    assert r["i2t_r1"] == pytest.approx(0.75) and r["itm_i2t_r1"] == 1.0
+    assert r["itm_t2i_r1"] == 1.0
+    assert calls == [4 * 3, 4 * 3]                       # k candidates per query, each direction
+    # Outside the top k nothing moves: k = 1 keeps the similarity ranking.
+    r1 = retrieval.recall(images, captions, embed, ks=(1, 2), itm=oracle, rerank_k=1)
+    assert all(r1[f"itm_{k}"] == r1[k] for k in ("i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2"))
+
+
 def test_evaluator_runs_sharded_with_padding(data_dir):
     from vlm_jax.train.trainer import Setup
     cfg = tiny_config(data_dir, **{"eval.batch_size": 48})   # 360 = 7 x 48 + 24: a padded tail

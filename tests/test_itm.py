@@ -38,6 +38,23 @@ def test_global_mining_is_the_same_on_any_device_count():
             np.testing.assert_array_equal(np.asarray(w), g)
 
 
+def test_examples_of_one_group_are_never_negatives():
+    """Two images with the same caption: neither is the other's negative, on any device count."""
+    zi, zt = _emb()
+    groups = np.arange(16) // 2                       # pairs share a caption
+    want = itm.mine_negatives(jax.random.key(3), zi, zt, jnp.float32(5.0), groups=groups)
+    for w in want:
+        assert (np.asarray(w) // 2 != np.arange(16) // 2).all()
+    mesh = make_mesh(4)
+    sh = NamedSharding(mesh, P("data"))
+    with jax.set_mesh(mesh):
+        got = jax.jit(lambda a, b, g: itm.mine_negatives(
+            jax.random.key(3), a, b, jnp.float32(5.0), mesh=mesh, groups=g))(
+                *(jax.device_put(x, sh) for x in (zi, zt, groups)))
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+
+
 def test_local_mining_stays_in_the_shard():
     zi, zt = _emb()
     t, i = _mine(4, "local", zi, zt)

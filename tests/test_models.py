@@ -110,7 +110,7 @@ def test_pixel_normalisation_on_device(norm, mean, std):
 
 
 def test_fusion_encoder_and_heads():
-    from vlm_jax.models.fusion import FusionEncoder, ItmHead, MlmHead
+    from vlm_jax.models.fusion import FusionEncoder, ItmHead, VocabHead
     rng = np.random.default_rng(0)
     text = jnp.asarray(rng.normal(size=(2, 6, 32)), jnp.float32)
     mask = jnp.asarray([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
@@ -129,5 +129,52 @@ def test_fusion_encoder_and_heads():
     itm = ItmHead()
     logits = itm.apply(itm.init(jax.random.key(1), out["cls"]), out["cls"])
     assert logits.shape == (2, 2) and logits.dtype == jnp.float32
-    mlm = MlmHead(vocab_size=260)
+    mlm = VocabHead(vocab_size=260)
     assert mlm.apply(mlm.init(jax.random.key(2), out["tokens"]), out["tokens"]).shape == (2, 6, 260)
+
+
+def test_objective_heads_exist_only_when_their_objective_is_on():
+    model, cfg = _model()
+    assert set(_init(model, cfg)[0]) == {"img", "txt", "img_proj", "txt_proj", "scale"}
+    model, cfg = _model(**{"itm.weight": 1.0, "mim.weight": 1.0, "caption.weight": 1.0,
+                           "model.text.causal": True})
+    assert set(_init(model, cfg)[0]) == {"img", "txt", "img_proj", "txt_proj", "scale", "fusion",
+                                         "itm_head", "mim_decoder", "caption_decoder",
+                                         "caption_head"}
+
+
+def test_mae_encoder_sees_only_visible_patches():
+    model, cfg = _model(**{"mim.weight": 1.0, "model.image.patch_size": 4})   # 16 patches
+    params, img, ids, mask = _init(model, cfg)
+    apply = lambda *a, **kw: model.apply({"params": nn.unbox(params)}, *a, **kw)
+    visible = jnp.asarray([[0, 5, 9, 15]] * 3)
+    pred = apply(img, visible, method="mim_pixels")
+    assert pred.shape == (3, 16, 4 * 4 * 3)
+    # Hidden patches change nothing; a visible one does.
+    in_visible = img.at[:, 4:8, 4:8].set(0)          # patch 5: rows 4-7, cols 4-7
+    in_hidden = img.at[:, 0:4, 4:8].set(0)           # patch 1
+    np.testing.assert_allclose(apply(in_hidden, visible, method="mim_pixels"), pred, atol=1e-5)
+    assert np.abs(np.asarray(apply(in_visible, visible, method="mim_pixels") - pred)).max() > 1e-4
+    # All patches visible: the same tower tokens as the plain encoder.
+    full = jnp.broadcast_to(jnp.arange(16), (3, 16))
+    tokens = apply(img, method="encode_image")["img/tokens"]
+    vit = ViT(4, 32, 1, 2, 64)
+    got = vit.apply({"params": nn.unbox(params)["img"]},
+                    models.vlm.pixels(img), full)["tokens"]
+    np.testing.assert_allclose(got, tokens, atol=1e-5)
+
+
+def test_captioner_is_causal():
+    """Logits at position t do not depend on tokens after t (nor on padding)."""
+    model, cfg = _model(**{"caption.weight": 1.0, "model.text.causal": True})
+    params, img, ids, mask = _init(model, cfg)
+    params = nn.unbox(params)
+
+    def logits(tokens):
+        out = model.apply({"params": params}, img, tokens, mask)
+        return model.apply({"params": params}, out["txt/tokens"], mask, out["img/tokens"],
+                           method="caption_logits")
+    base = logits(ids)
+    later = jnp.asarray(ids).at[:, 4:].set(7)
+    np.testing.assert_allclose(logits(later)[:, :4], base[:, :4], atol=1e-5)
+    assert np.abs(np.asarray(logits(later)[:, 4:] - base[:, 4:])).max() > 1e-4

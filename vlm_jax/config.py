@@ -28,6 +28,7 @@ CHOICES = {
     "loss.name": ("softmax", "sigmoid"),
     "loss.negatives": ("local", "global"),
     "loss.impl": ("gather", "ring"),
+    "itm.negatives": ("local", "global"),
     "data.crop": ("resize", "center", "random_resized"),
     "source.kind": ("builtin", "array_record", "tfds"),
     "source.crop": ("resize", "center", "random_resized"),
@@ -125,6 +126,22 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.text.mlp_dim = 512
     c.model.text.causal = False
     c.model.text.pool = "last"      # the true last token, found from the padding mask
+    # Text tokens attending to image tokens (ITM, MLM); its width is the text tower's.
+    c.model.fusion = ml_collections.ConfigDict()
+    c.model.fusion.depth = 2
+    c.model.fusion.heads = 4
+    c.model.fusion.mlp_dim = 512
+    # The MAE decoder: visible patch tokens plus mask tokens -> pixels of every patch.
+    c.model.mim_decoder = ml_collections.ConfigDict()
+    c.model.mim_decoder.width = 64
+    c.model.mim_decoder.depth = 1
+    c.model.mim_decoder.heads = 4
+    c.model.mim_decoder.mlp_dim = 256
+    # The captioner: causal over the text tower's tokens, cross-attending the image tokens.
+    c.model.caption_decoder = ml_collections.ConfigDict()
+    c.model.caption_decoder.depth = 2
+    c.model.caption_decoder.heads = 4
+    c.model.caption_decoder.mlp_dim = 512
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "softmax"
@@ -134,6 +151,28 @@ def defaults() -> ml_collections.ConfigDict:
     c.loss.softmax_scale_max = 100.0
     c.loss.sigmoid_t_init = 10.0
     c.loss.sigmoid_bias_init = -10.0
+    _objective(c.loss, weight=1.0)
+
+    # Further objectives (models/fusion.py, losses/): each is off while its weight is 0.
+    # The fusion encoder exists when ITM or MLM is on; the MIM decoder and the caption decoder
+    # when their objective is.
+    c.itm = ml_collections.ConfigDict()             # image-text matching, hard negatives
+    _objective(c.itm)
+    c.itm.negatives = "global"      # mined within the shard (local) or the whole batch (global)
+    c.mlm = ml_collections.ConfigDict()             # masked language modelling, image in context
+    _objective(c.mlm)
+    c.mlm.rate = 0.15               # share of tokens chosen; of those 80% [MASK], 10% random, 10% kept
+    c.mim = ml_collections.ConfigDict()             # masked image modelling (MAE)
+    _objective(c.mim)
+    c.mim.ratio = 0.75              # share of patches hidden from the image tower
+    c.mim.norm_pix = True           # targets: each patch normalised by its own mean and variance
+    c.caption = ml_collections.ConfigDict()         # captioning (CoCa); needs model.text.causal
+    _objective(c.caption)
+    # Balancing: each loss divided by the stop-gradient of its running mean (bias-corrected EMA),
+    # so objectives of different scales pull with their weights, not their magnitudes.
+    c.balance = ml_collections.ConfigDict()
+    c.balance.enabled = False
+    c.balance.decay = 0.99
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -153,7 +192,19 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.zeroshot = ("digits",)
     c.eval.retrieval = ("digits", "shapes")
     c.eval.batch_size = 256
+    c.eval.rerank_k = 16            # with ITM: retrieval also re-ranks each query's top k by ITM
     return c
+
+
+OBJECTIVES = ("loss", "itm", "mlm", "mim", "caption")   # config sections; 'loss' is contrastive
+
+
+def _objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
+    section.weight = weight         # w in sum_k w_k(step) * loss_k; 0 turns the objective off
+    # Curriculum: ((percent of the run, factor), ...), the factor piecewise-linear in between and
+    # constant outside, multiplying `weight`; () keeps it constant. ((0, 0.), (20, 1.)) ramps the
+    # objective in over the first 20% of the steps.
+    section.schedule = ()
 
 
 def source(**values) -> ml_collections.ConfigDict:
@@ -260,10 +311,35 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
                               f"{', '.join(f'{name}_{u}' for u in UNITS)}")
     if cfg.total_percent is not None:
         raise ConfigError("'total_percent' has no meaning; use total_steps|epochs|examples")
+    _check_objectives(cfg)
     for key in ("batch_size", "tokenizer.max_len", "eval.batch_size"):
         section, leaf = _section(cfg, key)
         if section[leaf] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {section[leaf]}")
+
+
+def _check_objectives(cfg) -> None:
+    if not any(cfg[name].weight > 0 for name in OBJECTIVES):
+        raise ConfigError("every objective's weight is 0; set loss.weight (contrastive), "
+                          "itm.weight, mlm.weight, mim.weight or caption.weight")
+    for name in OBJECTIVES:
+        if cfg[name].weight < 0:
+            raise ConfigError(f"'{name}.weight' must be >= 0, got {cfg[name].weight}")
+        points = cfg[name].schedule
+        ok = all(isinstance(p, (tuple, list)) and len(p) == 2
+                 and all(_type_ok(float, v) for v in p) for p in points)
+        where = [p[0] for p in points] if ok else []
+        if not ok or any(b < a for a, b in zip(where, where[1:])) or any(
+                not 0 <= w <= 100 for w in where):
+            raise ConfigError(f"'{name}.schedule' must be ((percent, factor), ...) with percents "
+                              f"rising within [0, 100], got {points!r}")
+    if cfg.caption.weight > 0 and not cfg.model.text.causal:
+        raise ConfigError("'caption.weight' > 0 needs model.text.causal=True: a bidirectional "
+                          "text tower would show the captioner the tokens it predicts")
+    if not 0 < cfg.mim.ratio < 1 or not 0 < cfg.mlm.rate < 1:
+        raise ConfigError("'mim.ratio' and 'mlm.rate' must lie strictly between 0 and 1")
+    if not 0 <= cfg.balance.decay < 1:
+        raise ConfigError(f"'balance.decay' must lie in [0, 1), got {cfg.balance.decay}")
 
 
 def apply_duration_overrides(cfg: ml_collections.ConfigDict, overridden: Iterable[str]) -> None:

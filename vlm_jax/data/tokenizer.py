@@ -21,6 +21,7 @@ import numpy as np
 class Tokenizer(Protocol):
     vocab_size: int
     pad_id: int
+    mask_id: int | None
     bos_id: int | None
     eos_id: int | None
     add_bos: bool
@@ -58,6 +59,9 @@ class SentencePieceTokenizer:
         self.bos_id = _id_or_none(self.sp.bos_id())
         self.eos_id = _id_or_none(self.sp.eos_id())
         self.pad_id = _id_or_none(self.sp.pad_id()) or 0
+        unk = self.sp.unk_id()
+        self.mask_id = next((i for name in _HF_SPECIALS["mask"]
+                             if (i := self.sp.piece_to_id(name)) != unk), None)
         self.add_bos, self.add_eos = add_bos, add_eos
 
     def encode(self, text: str) -> list[int]:
@@ -72,6 +76,7 @@ _HF_SPECIALS = {
     "bos": ("<s>", "<|startoftext|>", "<bos>", "[CLS]", "<BOS>"),
     "eos": ("</s>", "<|endoftext|>", "<eos>", "[SEP]", "<EOS>"),
     "pad": ("<pad>", "[PAD]", "<PAD>"),
+    "mask": ("[MASK]", "<mask>", "<MASK>"),   # MLM's mask token, when the vocab has one
 }
 
 
@@ -87,6 +92,7 @@ class HFTokenizer:
                                   if (i := self.tok.token_to_id(name)) is not None), None)
         self.bos_id, self.eos_id = find("bos"), find("eos")
         self.pad_id = find("pad") or 0
+        self.mask_id = find("mask")
         self.add_bos, self.add_eos = add_bos, add_eos
 
     def encode(self, text: str) -> list[int]:

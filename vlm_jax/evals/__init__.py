@@ -1,14 +1,21 @@
-"""Evaluation: zero-shot classification and image-text retrieval on the built-in test splits."""
+"""Evaluation on the built-in test splits: zero-shot classification, image-text retrieval (with
+ITM re-ranking when the model has an ITM head) and, with an MLM head, MLM accuracy."""
 from __future__ import annotations
 
 import functools
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
+from vlm_jax import objectives
 from vlm_jax.data import builtin, pipeline
+from vlm_jax.data.tokenizer import tokenize
 from vlm_jax.evals import retrieval, zeroshot
 from vlm_jax.evals.common import Embedder
+from vlm_jax.losses import masked
 
 
 class Evaluator:
@@ -23,12 +30,37 @@ class Evaluator:
     def _texts(self, name: str):
         return pipeline.read_texts(pipeline.builtin_source(name), self.config.data_dir or None)
 
-    def _images(self, params, name: str):
+    def _images(self, params, name: str, tokens: bool = False):
         batches, n = pipeline.eval_batches(
             pipeline.builtin_source(name), self.config.data_dir or None,
             self.config.data.image_size, self.embedder.batch,
             num_threads=self.config.data.num_threads)
-        return self.embedder.images_from(params, batches, n)
+        return self.embedder.images_from(params, batches, n, tokens)
+
+    def _itm_scorer(self, params, img_tokens):
+        """(texts, image indices, text indices) -> ITM scores, for re-ranking."""
+        cache = {}
+
+        def score(texts, img_idx, txt_idx):
+            key = tuple(texts)
+            if key not in cache:
+                cache[key] = self.embedder.texts(params, texts, tokens=True)[1:]
+            tok, mask = cache[key]
+            return self.embedder.itm_scores(params, tok[txt_idx], mask[txt_idx],
+                                            img_tokens[img_idx])
+        return score
+
+    def _mlm_accuracy(self, params, captions, img_tokens) -> float:
+        """MLM accuracy on each image's first caption, masked as in training (a fixed seed)."""
+        m = objectives.mlm_objective(self.config, self.embedder.tokenizer)
+        ids, mask = tokenize(self.embedder.tokenizer, [c[0] for c in captions],
+                             self.config.tokenizer.max_len)
+        inputs, chosen = masked.mlm_mask(
+            jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask), mask_id=m.mask_id,
+            vocab_size=m.vocab_size, first_regular=m.first_regular, keep=m.keep, rate=m.rate)
+        chosen = np.asarray(chosen)
+        pred = self.embedder.mlm_predictions(params, np.asarray(inputs), mask, img_tokens)
+        return float((pred == ids)[chosen].mean())
 
     def run(self, params) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -37,14 +69,24 @@ class Evaluator:
         texts = functools.partial(self.embedder.texts, params)
         for name in dict.fromkeys(tuple(e.zeroshot) + tuple(e.retrieval)):
             captions, labels = self._texts(name)
-            img = self._images(params, name)
+            rerank = name in e.retrieval and self.embedder.has_itm and e.rerank_k > 0
+            mlm = name in e.retrieval and self.embedder.has_mlm
+            img = self._images(params, name, tokens=rerank or mlm)
+            itm = None
+            if rerank or mlm:
+                img, img_tokens = img
+            if rerank:
+                itm = self._itm_scorer(params, img_tokens)
+            if mlm:
+                out[f"eval/{name}/mlm_accuracy"] = self._mlm_accuracy(params, captions, img_tokens)
             if name in e.zeroshot:
                 meta = builtin.info(name, self.config.data_dir or None)
                 classes = zeroshot.class_embeddings(texts, meta["classes"], meta["templates"])
                 out[f"eval/{name}/zeroshot_top1"] = zeroshot.top1(img, labels, classes)
             if name in e.retrieval:
                 out.update({f"eval/{name}/{k}": v
-                            for k, v in retrieval.recall(img, captions, texts).items()})
+                            for k, v in retrieval.recall(img, captions, texts, itm=itm,
+                                                         rerank_k=e.rerank_k).items()})
         logging.info("eval took %.1fs: %s", time.perf_counter() - t0,
                      " ".join(f"{k}={v:.3f}" for k, v in out.items()))
         return out

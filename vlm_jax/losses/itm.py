@@ -25,46 +25,51 @@ def _threefry(rng):
     return jax.random.wrap_key_data(data[:2].astype(jnp.uint32), impl="threefry2x32")
 
 
-def _draw(rng, sim, rows, cols_offset):
+def _draw(rng, sim, rows, cols_offset, same):
     """Row r of `sim` ([b, M]) -> one column drawn ∝ softmax(sim[r]) excluding column
-    rows[r] - cols_offset (the positive); noise seeded by the global row index rows[r]."""
+    rows[r] - cols_offset (the positive) and the columns where `same` [b, M] holds; noise
+    seeded by the global row index rows[r]."""
     noise = jax.vmap(lambda r: jax.random.gumbel(jax.random.fold_in(rng, r), sim.shape[1:]))(rows)
     positive = jnp.arange(sim.shape[1])[None, :] == (rows - cols_offset)[:, None]
-    return jnp.argmax(jnp.where(positive, -jnp.inf, sim.astype(jnp.float32) + noise), axis=1)
+    return jnp.argmax(jnp.where(positive | same, -jnp.inf, sim.astype(jnp.float32) + noise), axis=1)
 
 
 def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: Mesh | None = None,
-                   batch_axes: Sequence[str] = ("data",)):
+                   batch_axes: Sequence[str] = ("data",), groups=None):
     """(negative text index per image, negative image index per text), each [B] int32 indices
-    into the global batch. Embeddings are L2-normalised [B, D]; no gradient flows through."""
+    into the global batch. Embeddings are L2-normalised [B, D]; no gradient flows through.
+    `groups` [B] ints (e.g. a hash of the caption): examples of one group are never drawn as
+    each other's negatives, so a caption shared by two images is not a 'non-match' of either."""
     if negatives not in ("local", "global"):
         raise ValueError(f"unknown ITM negatives {negatives!r}; choose local or global")
     zimg, ztxt, scale = (jax.lax.stop_gradient(x) for x in (zimg, ztxt, scale))
     k_txt, k_img = jax.random.split(_threefry(rng))
     axes = tuple(batch_axes) if mesh is not None else None
+    if groups is None:
+        groups = jnp.arange(zimg.shape[0], dtype=jnp.int32)
 
-    def body(zi, zt, s):
+    def body(zi, zt, g, s):
         b = zi.shape[0]
         shard = 0 if axes is None else jax.lax.axis_index(axes)
         rows = shard * b + jnp.arange(b)
         if negatives == "global" and axes is not None:
-            all_i = jax.lax.all_gather(zi, axes, axis=0, tiled=True)
-            all_t = jax.lax.all_gather(zt, axes, axis=0, tiled=True)
-            offset = 0
+            gather = lambda x: jax.lax.all_gather(x, axes, axis=0, tiled=True)
+            all_i, all_t, all_g, offset = gather(zi), gather(zt), gather(g), 0
         else:
-            all_i, all_t, offset = zi, zt, shard * b
-        neg_txt = _draw(k_txt, s * zi @ all_t.T, rows, offset) + offset
-        neg_img = _draw(k_img, s * zt @ all_i.T, rows, offset) + offset
+            all_i, all_t, all_g, offset = zi, zt, g, shard * b
+        same = g[:, None] == all_g[None, :]
+        neg_txt = _draw(k_txt, s * zi @ all_t.T, rows, offset, same) + offset
+        neg_img = _draw(k_img, s * zt @ all_i.T, rows, offset, same) + offset
         return neg_txt.astype(jnp.int32), neg_img.astype(jnp.int32)
 
     if mesh is None:
-        return body(zimg, ztxt, scale)
+        return body(zimg, ztxt, groups, scale)
     n = int(np.prod([mesh.shape[a] for a in axes]))
     if zimg.shape[0] % n:
         raise ValueError(f"global batch {zimg.shape[0]} is not divisible by {n} shards")
     spec = P(axes)
-    return jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, P()),
-                         out_specs=(spec, spec))(zimg, ztxt, scale)
+    return jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec, P()),
+                         out_specs=(spec, spec))(zimg, ztxt, groups, scale)
 
 
 def itm_loss(logits_pos, logits_neg_txt, logits_neg_img) -> tuple[jax.Array, dict]:

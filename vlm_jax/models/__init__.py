@@ -1,4 +1,4 @@
 """flax.linen models; they know logical axis names, never meshes."""
-from vlm_jax.models.vlm import TwoTower, build
+from vlm_jax.models.vlm import VisionLanguageModel, build
 
-__all__ = ["TwoTower", "build"]
+__all__ = ["VisionLanguageModel", "build"]

@@ -1,11 +1,13 @@
 """The fusion encoder (ALBEF/BLIP): text tokens attend to each other (padding masked) and, in
 every block, to the image tokens through cross-attention. Its first token feeds the ITM head;
-every token feeds the MLM head."""
+every token feeds the MLM head. Made causal, the same stack is CoCa's multimodal text decoder
+(the captioner)."""
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlm_jax.models.text import attention_mask
 from vlm_jax.models.transformer import Block, Dtype, layer_norm, logical
 
 
@@ -13,13 +15,14 @@ class FusionEncoder(nn.Module):
     depth: int
     heads: int
     mlp_dim: int
+    causal: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, text, text_mask, image) -> dict:
         """text [B, L, D] token states with mask [B, L]; image [B, N, Di] tokens.
         Returns {'tokens' [B, L, D], 'cls' [B, D], 'block<i>'...}."""
-        self_mask = text_mask[:, None, None, :]
+        self_mask = attention_mask(text_mask.astype(bool), self.causal)
         x, out = text, {}
         for i in range(self.depth):
             x = Block(self.heads, self.mlp_dim, self.dtype, name=f"block{i}")(
@@ -38,8 +41,9 @@ class ItmHead(nn.Module):
                         bias_init=logical(nn.initializers.zeros, (None,)))(cls).astype(jnp.float32)
 
 
-class MlmHead(nn.Module):
-    """Fusion token states -> vocabulary logits."""
+class VocabHead(nn.Module):
+    """Token states -> vocabulary logits (BERT's transform, LayerNorm, decoder): MLM and
+    captioning."""
     vocab_size: int
     dtype: Dtype = jnp.float32
 

@@ -46,8 +46,10 @@ class ViT(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images):
-        """images: [B, H, W, C] floats in [-1, 1]. Returns tokens and the pooled `pre_logits`."""
+    def __call__(self, images, visible=None):
+        """images: [B, H, W, C] floats in [-1, 1]. Returns tokens and the pooled `pre_logits`.
+        `visible` [B, n] (patch indices, row-major) keeps only those patches, after their
+        position embeddings (MAE's encoder); the patch tokens are always the last ones."""
         p = self.patch_size
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch {p}")
@@ -63,6 +65,9 @@ class ViT(nn.Module):
         else:
             pos = jnp.asarray(sincos_2d(h, w, c))
         x = x + pos.astype(x.dtype)[None]
+        if visible is not None:
+            x = jnp.take_along_axis(x, visible[..., None], axis=1)
+            b = x.shape[0]
         if self.pool == "cls":
             cls = self.param("cls", logical(nn.initializers.zeros, (None, None, "embed")), (1, 1, c))
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)).astype(x.dtype), x], axis=1)

@@ -1,7 +1,9 @@
-"""Assembles a model from the config: towers, projections and heads.
+"""Assembles a model from the config: towers, projections, and the heads its objectives need.
 
-`apply` returns a flat dict keyed by name ('img/embed', 'txt/normed', 'scale', ...), so objectives
-and evaluators pick what they need and a new head never changes a signature.
+`apply` returns a flat dict keyed by name ('img/embed', 'img/tokens', 'txt/normed', 'scale', ...),
+so objectives and evaluators pick what they need and a new head never changes a signature.
+The heads beyond the contrastive ones are methods (`itm_logits`, `mlm_logits`, `mim_pixels`,
+`caption_logits`) that objectives call with `apply(..., method=name)` on the tower outputs.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from vlm_jax.models.decoders import MaeDecoder
+from vlm_jax.models.fusion import FusionEncoder, ItmHead, VocabHead
 from vlm_jax.models.heads import ContrastiveScale, Projection
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.transformer import Dtype
@@ -34,23 +38,40 @@ PIXEL_NORMS = {
 }
 
 
-class TwoTower(nn.Module):
+def pixels(images, pixel_norm: str = "unit"):
+    """uint8 pixels straight from the pipeline -> normalised floats; floats pass through."""
+    if not jnp.issubdtype(images.dtype, jnp.integer):
+        return images
+    mean, std = (jnp.asarray(v, jnp.float32) for v in PIXEL_NORMS[pixel_norm])
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+class VisionLanguageModel(nn.Module):
     img: ViT
     txt: TextTransformer
     embed_dim: int
     scale: ContrastiveScale
     dtype: Dtype = jnp.float32
     pixel_norm: str = "unit"
+    fusion: FusionEncoder | None = None         # ITM and MLM
+    itm: bool = False
+    mlm_vocab: int = 0                          # 0: no MLM head
+    mim_decoder: MaeDecoder | None = None
+    caption_decoder: FusionEncoder | None = None
+    caption_vocab: int = 0
 
     def setup(self):
         self.img_proj = Projection(self.embed_dim, self.dtype)
         self.txt_proj = Projection(self.embed_dim, self.dtype)
+        if self.itm:
+            self.itm_head = ItmHead()
+        if self.mlm_vocab:
+            self.mlm_head = VocabHead(self.mlm_vocab, self.dtype)
+        if self.caption_decoder is not None:
+            self.caption_head = VocabHead(self.caption_vocab, self.dtype)
 
     def encode_image(self, images):
-        if jnp.issubdtype(images.dtype, jnp.integer):   # uint8 pixels straight from the pipeline
-            mean, std = (jnp.asarray(v, jnp.float32) for v in PIXEL_NORMS[self.pixel_norm])
-            images = (images.astype(jnp.float32) / 255.0 - mean) / std
-        out = self.img(images)
+        out = self.img(pixels(images, self.pixel_norm))
         return _embed("img", out, self.img_proj(out["pre_logits"]).astype(jnp.float32))
 
     def encode_text(self, tokens, mask):
@@ -58,18 +79,64 @@ class TwoTower(nn.Module):
         return _embed("txt", out, self.txt_proj(out["pre_logits"]).astype(jnp.float32))
 
     def __call__(self, images, tokens, mask):
-        return {**self.encode_image(images), **self.encode_text(tokens, mask), **self.scale()}
+        out = {**self.encode_image(images), **self.encode_text(tokens, mask), **self.scale()}
+        if self.is_initializing():      # create every head's params
+            img, txt = out["img/tokens"], out["txt/tokens"]
+            if self.itm:
+                self.itm_logits(txt, mask, img)
+            if self.mlm_vocab:
+                self.mlm_logits(tokens, mask, img)
+            if self.mim_decoder is not None:
+                n = self.mim_decoder.grid[0] * self.mim_decoder.grid[1]
+                self.mim_pixels(images, jnp.broadcast_to(jnp.arange(n), (images.shape[0], n)))
+            if self.caption_decoder is not None:
+                self.caption_logits(txt, mask, img)
+        return out
+
+    def itm_logits(self, txt_tokens, txt_mask, img_tokens):
+        """Text tower tokens and image tower tokens of matched rows -> [B, 2] (no, yes)."""
+        return self.itm_head(self.fusion(txt_tokens, txt_mask, img_tokens)["cls"])
+
+    def mlm_logits(self, tokens, mask, img_tokens):
+        """Masked token ids -> [B, L, vocab], read through the text tower and the fusion encoder."""
+        txt = self.txt(tokens, mask)["tokens"]
+        return self.mlm_head(self.fusion(txt, mask, img_tokens)["tokens"])
+
+    def mim_pixels(self, images, visible):
+        """The image tower sees only the `visible` [B, n] patches; -> [B, N, p*p*C] pixels."""
+        tokens = self.img(pixels(images, self.pixel_norm), visible)["tokens"]
+        return self.mim_decoder(tokens[:, -visible.shape[1]:], visible)
+
+    def caption_logits(self, txt_tokens, txt_mask, img_tokens):
+        """Causal text tower tokens -> [B, L, vocab]; position t predicts token t + 1."""
+        return self.caption_head(
+            self.caption_decoder(txt_tokens, txt_mask, img_tokens)["tokens"])
 
 
-def build(config: ml_collections.ConfigDict, vocab_size: int) -> TwoTower:
+def build(config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageModel:
     m, loss = config.model, config.loss
     dtype = jnp.dtype(m.dtype)
     i, t = m.image, m.text
-    return TwoTower(
+    fusion = None
+    if config.itm.weight > 0 or config.mlm.weight > 0:
+        f = m.fusion
+        fusion = FusionEncoder(f.depth, f.heads, f.mlp_dim, False, dtype)
+    mim = None
+    if config.mim.weight > 0:
+        d, grid = m.mim_decoder, config.data.image_size // i.patch_size
+        mim = MaeDecoder((grid, grid), i.patch_size ** 2 * 3, d.width, d.depth, d.heads,
+                         d.mlp_dim, dtype)
+    cap = None
+    if config.caption.weight > 0:
+        c = m.caption_decoder
+        cap = FusionEncoder(c.depth, c.heads, c.mlp_dim, True, dtype)
+    return VisionLanguageModel(
         img=ViT(i.patch_size, i.width, i.depth, i.heads, i.mlp_dim, i.pool, i.posemb, dtype),
         txt=TextTransformer(vocab_size, config.tokenizer.max_len, t.width, t.depth, t.heads,
                             t.mlp_dim, t.causal, t.pool, dtype),
         embed_dim=m.embed_dim,
         scale=ContrastiveScale(loss.name, loss.softmax_scale_init, loss.softmax_scale_max,
                                loss.sigmoid_t_init, loss.sigmoid_bias_init),
-        dtype=dtype, pixel_norm=i.pixel_norm)
+        dtype=dtype, pixel_norm=i.pixel_norm, fusion=fusion, itm=config.itm.weight > 0,
+        mlm_vocab=vocab_size if config.mlm.weight > 0 else 0, mim_decoder=mim,
+        caption_decoder=cap, caption_vocab=vocab_size)

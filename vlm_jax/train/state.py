@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from vlm_jax import objectives
 from vlm_jax.parallel import sharding
 
 
@@ -19,6 +20,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    loss_ema: Any = flax.struct.field(default_factory=dict)  # per objective, when balancing
 
 
 def dummy_inputs(config, batch: int = 1):
@@ -32,7 +34,13 @@ def abstract_params(model: nn.Module, config, rng):
     return jax.eval_shape(lambda r: model.init(r, *dummy_inputs(config)), rng)["params"]
 
 
-def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
+def balanced(config) -> list[str]:
+    """The objectives whose running loss means the state carries (balancing only)."""
+    return objectives.names(config) if config.balance.enabled else []
+
+
+def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules,
+              config) -> TrainState:
     """NamedShardings for every leaf of the TrainState."""
     param_sh = sharding.param_shardings(boxed_params, mesh, rules)
     repl = sharding.replicated(mesh)
@@ -43,13 +51,15 @@ def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules)
         tx, lambda x, s: x if isinstance(x, optax.MaskedNode) else s, abs_opt, param_sh,
         transform_non_params=lambda _: repl,
         is_leaf=lambda x: isinstance(x, (jax.sharding.Sharding, optax.MaskedNode)))
-    return TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+    ema_sh = {name: repl for name in balanced(config)}
+    return TrainState(step=repl, params=param_sh, opt_state=opt_sh, loss_ema=ema_sh)
 
 
 def _init_fn(model: nn.Module, tx, config):
     def init(rng) -> TrainState:
         params = nn.unbox(model.init(rng, *dummy_inputs(config))["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          loss_ema={n: jnp.zeros((), jnp.float32) for n in balanced(config)})
     return init
 
 

@@ -12,19 +12,23 @@ from vlm_jax.train.state import TrainState
 
 
 def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
-         skip_nonfinite: bool = False):
+         skip_nonfinite: bool = False, balance_decay: float = 0.99):
     """`nonfinite` in the metrics is 1.0 when the loss, the gradients or the updated params are
-    not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged."""
+    not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged.
+    A state with `loss_ema` entries balances the objectives (see objectives.total_loss)."""
     def step(state: TrainState, batch: dict, base_rng):
         # fold_in(step): the same randomness at a step whether or not the run was resumed.
         rng = jax.random.fold_in(base_rng, state.step)
 
         def loss_fn(params):
-            out = model.apply({"params": params}, batch["image"], batch["tokens"], batch["mask"],
-                              rngs={"dropout": rng})
-            return objectives_lib.total_loss(objectives, out, batch)
+            out = model.apply({"params": params}, batch["image"], batch["tokens"], batch["mask"])
+            call = lambda method, *args: model.apply({"params": params}, *args, method=method)
+            total, metrics, running = objectives_lib.total_loss(
+                objectives, out, batch, call=call, rng=rng, step=state.step,
+                running=state.loss_ema or None, decay=balance_decay)
+            return total, (metrics, running)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         norms = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
@@ -35,9 +39,11 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
             keep = lambda new, old: jnp.where(finite, new, old)
             params = jax.tree.map(keep, params, state.params)
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+            running = jax.tree.map(keep, running, state.loss_ema)
         metrics = {**metrics, **norms, "lr": sched(state.step),
                    "nonfinite": 1.0 - finite.astype(jnp.float32)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                          loss_ema=running), metrics
 
     return step
 

@@ -127,9 +127,9 @@ class Setup:
         boxed = state_lib.abstract_params(self.model, config, self.init_rng)
         self.tx, self.schedule = optim.build(config, nn.unbox(boxed), self.total_steps,
                                              self.warmup_steps)
-        self.state_sh = state_lib.shardings(boxed, self.tx, self.mesh, self.rules)
+        self.state_sh = state_lib.shardings(boxed, self.tx, self.mesh, self.rules, config)
         self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
-        self.objectives = objectives.build(config, self.mesh)
+        self.objectives = objectives.build(config, self.mesh, self.tokenizer, self.total_steps)
         self.evaluator = evals.Evaluator(config, self.model, self.mesh, self.rules, self.tokenizer)
 
     def context(self):
@@ -147,7 +147,8 @@ class Setup:
 
     def train_step(self):
         fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
-                           skip_nonfinite=self.config.nonfinite == "skip")
+                           skip_nonfinite=self.config.nonfinite == "skip",
+                           balance_decay=self.config.balance.decay)
         batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask")}
         return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
 
@@ -179,7 +180,7 @@ def _start(s: Setup, ckpt, data_iter, workdir: str):
         loaded, step = checkpoint.read_params(config.init)
         where = f"{config.init} (step {step})"
         params, report = checkpoint.load_params(state.params, loaded, config.init_rules, where)
-        state = state_lib.TrainState(step=state.step, params=params, opt_state=state.opt_state)
+        state = state.replace(params=params)
         logging.info("config.init: %d params loaded from %s, %d kept from initialisation; "
                      "%d in the checkpoint unused", len(report["loaded"]), where,
                      len(report["kept_init"]), len(report["unexpected"]))
