@@ -1,0 +1,19 @@
+"""ALBEF-style: contrastive (ITC) + image-text matching on hard negatives (ITM) + masked language
+modelling with the image in context (MLM), through a fusion encoder over the text tower.
+
+  python -m launch.train --config configs/albef.py --workdir workdirs/albef
+
+Retrieval is evaluated twice: by embedding similarity, and with each query's top
+`eval.rerank_k` candidates re-ranked by the ITM head (the `itm_` metrics).
+"""
+from configs import quickstart
+
+
+def get_config(arg: str | None = None):
+    del arg
+    c = quickstart.get_config("softmax")
+    c.itm.weight = 1.0
+    c.itm.negatives = "global"      # hard negatives mined across every data shard
+    c.mlm.weight = 1.0
+    c.model.fusion.depth = 2
+    return c

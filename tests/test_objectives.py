@@ -1,0 +1,187 @@
+"""Multi-objective training: every recipe, the sharded objectives against an unsharded reference,
+weights, schedules and balancing."""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_mesh, tiny_config
+
+from vlm_jax import config as config_lib, objectives, rules
+from vlm_jax.data import pipeline
+from vlm_jax.losses.caption import caption_loss
+from vlm_jax.train.trainer import Setup, train
+
+RECIPES = ("clip", "siglip", "lit", "albef", "flava", "coca")
+EXPECTED = {"clip": {"contrastive"}, "siglip": {"contrastive"}, "lit": {"contrastive"},
+            "albef": {"contrastive", "itm", "mlm"}, "flava": {"contrastive", "itm", "mlm", "mim"},
+            "coca": {"contrastive", "caption"}}
+
+
+def _recipe(name, data_dir, **overrides):
+    base = importlib.import_module(f"configs.{name}").get_config()
+    return tiny_config(data_dir, base, **overrides)
+
+
+def _fixed_batch(s):
+    host, _ = pipeline.split_skips(next(iter(s.dataset)))
+    return host, pipeline.to_global(host, s.batch_sh)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_every_loss_down(data_dir, name):
+    """A few steps on one fixed batch: each objective's loss finite and lower at the end; a
+    frozen tower bit-identical, with no optimizer moments."""
+    cfg = _recipe(name, data_dir, **{"optim.lr": 3e-3})
+    s = Setup(cfg, mesh=make_mesh(2))
+    assert {w.objective.name for w in s.objectives} == EXPECTED[name]
+    state = s.init_state()
+    before = jax.device_get(state.params)
+    _, batch = _fixed_batch(s)
+    history = []
+    with s.context():
+        step = s.train_step()
+        for _ in range(8):
+            state, m = step(state, batch, s.step_rng)
+            history.append(jax.device_get(m))
+    for obj in EXPECTED[name]:
+        losses = [float(h[f"{obj}/loss"]) for h in history]
+        assert np.all(np.isfinite(losses)), (obj, losses)
+        assert np.mean(losses[-2:]) < losses[0], (obj, losses)
+    after = jax.device_get(state.params)
+    frozen = jax.tree.leaves(rules.tree_map_rules(cfg.optim.freeze_rules, before, "freeze"))
+    same = {p: np.array_equal(a, b) for p, a, b in
+            zip(rules.tree_paths(before), jax.tree.leaves(before), jax.tree.leaves(after))}
+    assert all(same[p] for p, f in zip(same, frozen) if f)            # frozen: bit-identical
+    assert not all(same[p] for p, f in zip(same, frozen) if not f)    # the rest trains
+    if name == "lit":
+        mu = optax.tree_utils.tree_get(state.opt_state, "mu")
+        leaves = jax.tree.leaves(mu["img"], is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+        assert leaves and all(isinstance(x, optax.MaskedNode) for x in leaves)
+
+
+def test_flava_runs_through_the_trainer_with_reranking_and_mlm_eval(data_dir, tmp_path):
+    cfg = _recipe("flava", data_dir, total_steps=4, checkpoint_every_steps=4,
+                  **{"eval.retrieval": ("digits",), "eval.zeroshot": ()})
+    last = train(cfg, str(tmp_path / "run"), mesh=make_mesh(2))
+    for key in ("contrastive/loss", "itm/accuracy", "mlm/accuracy", "mim/loss",
+                "eval/digits/i2t_r1", "eval/digits/itm_i2t_r1", "eval/digits/itm_t2i_r1",
+                "eval/digits/mlm_accuracy"):
+        assert np.isfinite(last[key]), key
+    assert 0 <= last["eval/digits/mlm_accuracy"] <= 1
+
+
+def _all_objectives(data_dir):
+    return tiny_config(data_dir, **{
+        "itm.weight": 1.0, "mlm.weight": 0.5, "mim.weight": 0.7, "caption.weight": 2.0,
+        "model.text.causal": True, "itm.negatives": "global"})
+
+
+def _loss_fn(model, objs, rng, step=3):
+    def loss_fn(p, batch):
+        out = model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
+        call = lambda method, *a: model.apply({"params": p}, *a, method=method)
+        total, metrics, _ = objectives.total_loss(objs, out, batch, call=call, rng=rng, step=step)
+        return total, metrics
+    return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+@pytest.mark.slow
+def test_sharded_objectives_match_unsharded_reference(data_dir):
+    """Every objective's loss and every gradient on 1, 2, 4 and 8 devices against the whole batch
+    on one device with no mesh: same negatives, same masks, same numbers."""
+    cfg = _all_objectives(data_dir)
+    ref = Setup(cfg, mesh=make_mesh(1))
+    params = jax.device_get(ref.init_state().params)
+    host, _ = _fixed_batch(ref)
+    rng = jax.random.key(7)
+    ref_objs = objectives.build(cfg, None, ref.tokenizer, ref.total_steps)
+    (want, want_m), want_g = jax.jit(_loss_fn(ref.model, ref_objs, rng))(params, host)
+    scale = max(float(np.abs(w).max()) for w in jax.tree.leaves(want_g))
+    for n in (1, 2, 4, 8):
+        s = Setup(cfg, mesh=make_mesh(n))
+        with s.context():
+            (got, m), g = jax.jit(_loss_fn(s.model, s.objectives, rng))(
+                jax.device_put(params, s.state_sh.params), pipeline.to_global(host, s.batch_sh))
+        for key in ("contrastive/loss", "itm/loss", "mlm/loss", "mim/loss", "caption/loss"):
+            np.testing.assert_allclose(m[key], want_m[key], rtol=2e-5, err_msg=f"{key} on {n}")
+        np.testing.assert_allclose(got, want, rtol=2e-5)
+        for path, x, y in zip(rules.tree_paths(g), jax.tree.leaves(g), jax.tree.leaves(want_g)):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5 * scale,
+                                       err_msg=f"{path} on {n} devices")
+
+
+class _Const:
+    """An objective whose loss is a given output scaled: enough to test the weighting."""
+    def __init__(self, name, key):
+        self.name, self.key = name, key
+
+    def __call__(self, out, batch, ctx):
+        return out[self.key], {"accuracy": jnp.float32(0.5)}
+
+
+def test_weights_follow_the_schedule():
+    w = objectives.Weighted(_Const("a", "x"), 2.0, ((0.0, 0.0), (10.0, 1.0), (20.0, 0.5)))
+    got = [float(w.at(s)) for s in (0, 5, 10, 15, 20, 100)]
+    np.testing.assert_allclose(got, [0.0, 1.0, 2.0, 1.5, 1.0, 1.0])
+    assert float(objectives.Weighted(_Const("a", "x"), 0.3).at(7)) == pytest.approx(0.3)
+    # Percent of the run -> steps.
+    cfg = config_lib.defaults()
+    cfg.loss.schedule = ((0, 0.0), (50, 1.0))
+    (c,) = objectives.build(cfg, None, total_steps=200)
+    assert c.schedule == ((0.0, 0.0), (100.0, 1.0))
+
+
+def test_total_is_the_weighted_sum_and_balancing_divides_by_running_means():
+    objs = [objectives.Weighted(_Const("a", "x"), 1.0), objectives.Weighted(_Const("b", "y"), 3.0)]
+    out = {"x": jnp.float32(2.0), "y": jnp.float32(10.0)}
+    total, m, running = objectives.total_loss(objs, out, {})
+    assert float(total) == pytest.approx(2.0 + 30.0) and running == {}
+    assert float(m["a/loss"]) == 2.0 and float(m["b/weight"]) == 3.0 and "b/accuracy" in m
+    # Balanced, first step: the bias-corrected running mean is the loss itself -> w_k each.
+    zero = {"a": jnp.float32(0), "b": jnp.float32(0)}
+    total, _, running = objectives.total_loss(objs, out, {}, running=zero, decay=0.9, step=0)
+    assert float(total) == pytest.approx(4.0)
+    np.testing.assert_allclose([running["a"], running["b"]], [0.2, 1.0], rtol=1e-6)
+    # Later: divided by the running mean (including this step), which gets no gradient.
+    g = jax.grad(lambda x: objectives.total_loss(
+        objs, {"x": x, "y": jnp.float32(10.0)}, {}, running=running, decay=0.9, step=1)[0])(
+            jnp.float32(4.0))
+    ema = (0.9 * 0.2 + 0.1 * 4.0) / (1 - 0.9 ** 2)
+    assert float(g) == pytest.approx(1 / ema, rel=1e-5)
+
+
+def test_caption_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 7)).astype(np.float32)
+    tokens = rng.integers(0, 7, (3, 5))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
+    nll, hits, n = 0.0, 0, 0
+    for i in range(3):
+        for t in range(4):
+            if mask[i, t + 1]:
+                z = logits[i, t] - logits[i, t].max()
+                nll -= z[tokens[i, t + 1]] - np.log(np.exp(z).sum())
+                hits += int(np.argmax(logits[i, t]) == tokens[i, t + 1])
+                n += 1
+    loss, m = caption_loss(jnp.asarray(logits), jnp.asarray(tokens), jnp.asarray(mask))
+    assert float(loss) == pytest.approx(nll / n, rel=1e-5)
+    assert float(m["accuracy"]) == pytest.approx(hits / n)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"caption.weight": 1.0}, "model.text.causal"),
+    ({"loss.weight": 0.0}, "every objective's weight is 0"),
+    ({"itm.schedule": ((50, 1.0), (10, 0.0))}, "'itm.schedule'"),
+    ({"mlm.schedule": ((0, 1.0, 2.0),)}, "'mlm.schedule'"),
+    ({"mim.weight": -1.0}, "'mim.weight' must be >= 0"),
+    ({"itm.negatives": "nearby"}, "'itm.negatives'"),
+    ({"balance.decay": 1.0}, "balance.decay"),
+])
+def test_objective_config_errors(overrides, match):
+    c = tiny_config("/unused", **overrides)
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(c)
