@@ -53,11 +53,15 @@ class Contrastive:
         return loss, metrics
 
 
-def caption_groups(tokens):
-    """A 31-bit hash per row of token ids: rows with the same caption share it."""
+def match_groups(batch: dict):
+    """Examples that match each other's captions: the same class label where the data has one
+    (label >= 0), else the very same caption (a 30-bit hash of its ids, kept apart from labels)."""
+    tokens = batch["tokens"]
     weights = jnp.asarray(np.random.default_rng(0).integers(1, 2**31 - 1, tokens.shape[1]),
                           jnp.uint32)
-    return ((tokens.astype(jnp.uint32) * weights).sum(axis=1) >> 1).astype(jnp.int32)
+    caption = ((tokens.astype(jnp.uint32) * weights).sum(axis=1) >> 2).astype(jnp.int32)
+    label = batch.get("label", jnp.full(tokens.shape[:1], -1, jnp.int32))
+    return jnp.where(label >= 0, label, caption | (1 << 30))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Itm:
     def __call__(self, out: dict, batch: dict, ctx: Context):
         neg_txt, neg_img = mine_negatives(
             ctx.rng, out["img/normed"], out["txt/normed"], out["scale"], negatives=self.negatives,
-            mesh=self.mesh, batch_axes=self.batch_axes, groups=caption_groups(batch["tokens"]))
+            mesh=self.mesh, batch_axes=self.batch_axes, groups=match_groups(batch))
         img, txt, mask = out["img/tokens"], out["txt/tokens"], batch["mask"]
         pos = ctx.call("itm_logits", txt, mask, img)
         neg_t = ctx.call("itm_logits", txt[neg_txt], mask[neg_txt], img)

@@ -51,7 +51,9 @@ class Augment:
             image = image[:, ::-1]
         caption = ex["captions"][int(rng.integers(len(ex["captions"])))]
         ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
-        return {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0]}
+        # The class label (-1 when the data has none): ITM never mines a same-class negative.
+        return {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0],
+                "label": np.int32(ex.get("label", -1))}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -149,7 +149,7 @@ class Setup:
         fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
                            skip_nonfinite=self.config.nonfinite == "skip",
                            balance_decay=self.config.balance.decay)
-        batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask")}
+        batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask", "label")}
         return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
 
 

@@ -1,0 +1,69 @@
+"""Full runs of every recipe on the built-in data, and the table of what each reaches.
+
+Each recipe trains in its own process (`python -m launch.train`), in `--root/<recipe>`; `lit`
+starts from the `clip` run's checkpoint, so `clip` runs first. A finished workdir is not trained
+again (its evaluation is re-run and reported), so an interrupted sweep continues where it stopped.
+Figures are from the test splits: zero-shot top-1 on digits, retrieval R@1 on digits by
+similarity and (ITM heads) re-ranked by ITM, MLM accuracy; wall time includes compiles and evals.
+
+  python benchmarks/recipes.py --root workdirs/recipes              # all, a markdown table
+  python benchmarks/recipes.py --root workdirs/recipes albef coca   # some
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = ("clip", "siglip", "lit", "albef", "flava", "coca")
+COLUMNS = (("zero-shot", "eval/digits/zeroshot_top1"), ("i2t R@1", "eval/digits/i2t_r1"),
+           ("t2i R@1", "eval/digits/t2i_r1"), ("i2t R@1 ITM", "eval/digits/itm_i2t_r1"),
+           ("t2i R@1 ITM", "eval/digits/itm_t2i_r1"), ("MLM acc", "eval/digits/mlm_accuracy"))
+
+
+def _last(path: str) -> dict:
+    """The last value of every key in a metrics.jsonl."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            out.update(json.loads(line))
+    return out
+
+
+def run(recipe: str, root: str) -> tuple[dict, float]:
+    workdir = os.path.join(root, recipe)
+    config = f"configs/{recipe}.py" + (f":{os.path.join(root, 'clip')}" if recipe == "lit" else "")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "launch.train", "--config", config, "--workdir", workdir],
+                   cwd=ROOT, check=True)
+    return _last(os.path.join(workdir, "metrics.jsonl")), time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", nargs="*", help=f"any of {', '.join(RECIPES)} (default: all)")
+    p.add_argument("--root", default="workdirs/recipes")
+    args = p.parse_args()
+    unknown = set(args.recipes) - set(RECIPES)
+    if unknown:
+        p.error(f"unknown recipes {sorted(unknown)}; choose from {', '.join(RECIPES)}")
+    args.recipes = args.recipes or RECIPES
+    rows = []
+    for recipe in args.recipes:
+        metrics, wall = run(recipe, os.path.abspath(args.root))
+        losses = " ".join(f"{k.split('/')[0]} {metrics[k]:.3f}" for k in sorted(metrics)
+                          if k.endswith("/loss"))
+        cells = [f"{metrics[k]:.3f}" if k in metrics else "-" for _, k in COLUMNS]
+        rows.append(f"| {recipe} | {' | '.join(cells)} | {losses} | {wall:.0f} |")
+        print(rows[-1], flush=True)
+    print("\n| recipe | " + " | ".join(c for c, _ in COLUMNS) + " | final train losses | wall s |")
+    print("|---" * (len(COLUMNS) + 3) + "|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
