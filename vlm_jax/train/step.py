@@ -12,15 +12,20 @@ from vlm_jax.train.state import TrainState
 
 
 def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
-         skip_nonfinite: bool = False, balance_decay: float = 0.99):
+         skip_nonfinite: bool = False, balance_decay: float = 0.99, frozen=None):
     """`nonfinite` in the metrics is 1.0 when the loss, the gradients or the updated params are
     not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged.
-    A state with `loss_ema` entries balances the objectives (see objectives.total_loss)."""
+    A state with `loss_ema` entries balances the objectives (see objectives.total_loss).
+    `frozen` (bools like the params) stops gradients at frozen params, so XLA drops the backward
+    pass of a frozen tower instead of computing gradients that the optimizer zeroes."""
     def step(state: TrainState, batch: dict, base_rng):
         # fold_in(step): the same randomness at a step whether or not the run was resumed.
         rng = jax.random.fold_in(base_rng, state.step)
 
         def loss_fn(params):
+            if frozen is not None:
+                params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
+                                      params, frozen)
             out = model.apply({"params": params}, batch["image"], batch["tokens"], batch["mask"])
             call = lambda method, *args: model.apply({"params": params}, *args, method=method)
             total, metrics, running = objectives_lib.total_loss(

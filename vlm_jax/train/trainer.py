@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from vlm_jax import config as config_lib
-from vlm_jax import evals, models, objectives
+from vlm_jax import evals, models, objectives, rules
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.parallel import mesh as mesh_lib, sharding
 from vlm_jax.train import checkpoint, metrics as metrics_lib, optim, state as state_lib, step as step_lib
@@ -128,6 +128,7 @@ class Setup:
         self.tx, self.schedule = optim.build(config, nn.unbox(boxed), self.total_steps,
                                              self.warmup_steps)
         self.state_sh = state_lib.shardings(boxed, self.tx, self.mesh, self.rules, config)
+        self.frozen = rules.tree_map_rules(config.optim.freeze_rules, nn.unbox(boxed), "freeze")
         self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
         self.objectives = objectives.build(config, self.mesh, self.tokenizer, self.total_steps)
         self.evaluator = evals.Evaluator(config, self.model, self.mesh, self.rules, self.tokenizer)
@@ -148,7 +149,7 @@ class Setup:
     def train_step(self):
         fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
                            skip_nonfinite=self.config.nonfinite == "skip",
-                           balance_decay=self.config.balance.decay)
+                           balance_decay=self.config.balance.decay, frozen=self.frozen)
         batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask", "label")}
         return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
 
