@@ -67,7 +67,6 @@ class ViT(nn.Module):
         x = x + pos.astype(x.dtype)[None]
         if visible is not None:
             x = jnp.take_along_axis(x, visible[..., None], axis=1)
-            b = x.shape[0]
         if self.pool == "cls":
             cls = self.param("cls", logical(nn.initializers.zeros, (None, None, "embed")), (1, 1, c))
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)).astype(x.dtype), x], axis=1)
