@@ -38,17 +38,20 @@ class Evaluator:
         return self.embedder.images_from(params, batches, n, tokens)
 
     def _itm_scorer(self, params, img_tokens):
-        """(texts, image indices, text indices) -> ITM scores, for re-ranking."""
+        """(embed_texts, score) for re-ranking: the texts go through the tower once, and their
+        tokens are kept for score(texts, image indices, text indices) -> ITM scores."""
         cache = {}
 
+        def embed(texts):
+            emb, tok, mask = self.embedder.texts(params, texts, tokens=True)
+            cache[tuple(texts)] = (tok, mask)
+            return emb
+
         def score(texts, img_idx, txt_idx):
-            key = tuple(texts)
-            if key not in cache:
-                cache[key] = self.embedder.texts(params, texts, tokens=True)[1:]
-            tok, mask = cache[key]
+            tok, mask = cache[tuple(texts)]
             return self.embedder.itm_scores(params, tok[txt_idx], mask[txt_idx],
                                             img_tokens[img_idx])
-        return score
+        return embed, score
 
     def _mlm_accuracy(self, params, captions, img_tokens) -> float:
         """MLM accuracy on each image's first caption, masked as in training (a fixed seed)."""
@@ -72,11 +75,11 @@ class Evaluator:
             rerank = name in e.retrieval and self.embedder.has_itm and e.rerank_k > 0
             mlm = name in e.retrieval and self.embedder.has_mlm
             img = self._images(params, name, tokens=rerank or mlm)
-            itm = None
+            itm, embed = None, texts
             if rerank or mlm:
                 img, img_tokens = img
             if rerank:
-                itm = self._itm_scorer(params, img_tokens)
+                embed, itm = self._itm_scorer(params, img_tokens)
             if mlm:
                 out[f"eval/{name}/mlm_accuracy"] = self._mlm_accuracy(params, captions, img_tokens)
             if name in e.zeroshot:
@@ -85,7 +88,7 @@ class Evaluator:
                 out[f"eval/{name}/zeroshot_top1"] = zeroshot.top1(img, labels, classes)
             if name in e.retrieval:
                 out.update({f"eval/{name}/{k}": v
-                            for k, v in retrieval.recall(img, captions, texts, itm=itm,
+                            for k, v in retrieval.recall(img, captions, embed, itm=itm,
                                                          rerank_k=e.rerank_k).items()})
         logging.info("eval took %.1fs: %s", time.perf_counter() - t0,
                      " ".join(f"{k}={v:.3f}" for k, v in out.items()))
