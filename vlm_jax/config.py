@@ -71,13 +71,16 @@ def defaults() -> ml_collections.ConfigDict:
     c.async_checkpointing = True
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1                # -1: all remaining devices
+    # (replica, data, fsdp, tensor), outermost first. `replica` spans slices or nodes joined by
+    # the slow network (pure data parallelism between them); -1: all remaining devices.
+    c.mesh.replica = 1
+    c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
     # Logical activation/param axis -> mesh axes. Axes of size 1 cost nothing.
     c.mesh.rules = (
-        ("batch", ("data", "fsdp")),
-        ("embed", "fsdp"),
+        ("batch", ("replica", "data", "fsdp")),
+        ("embed", None),
         ("mlp", "tensor"),
         ("heads", "tensor"),
         ("vocab", "tensor"),
@@ -85,6 +88,11 @@ def defaults() -> ml_collections.ConfigDict:
         ("seq", None),
         ("layers", None),
     )
+    # (regex over param paths, strategy): where each param lives; first match wins.
+    # Strategies join steps with '|': logical (the rules above) | fsdp | replicate
+    # (vlm_jax/parallel/sharding.py). E.g. (("img/.*", "replicate"), (".*", "logical|fsdp")).
+    c.mesh.param_rules = ((".*", "logical|fsdp"),)
+    c.mesh.fsdp_min_mib = 1.0       # fsdp leaves params smaller than this replicated
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"          # a built-in dataset, trained on when data.sources is empty
@@ -312,10 +320,28 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     if cfg.total_percent is not None:
         raise ConfigError("'total_percent' has no meaning; use total_steps|epochs|examples")
     _check_objectives(cfg)
+    _check_mesh(cfg)
     for key in ("batch_size", "tokenizer.max_len", "eval.batch_size"):
         section, leaf = _section(cfg, key)
         if section[leaf] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {section[leaf]}")
+
+
+def _check_mesh(cfg) -> None:
+    from vlm_jax.parallel.sharding import check_strategy    # the steps live with their code
+    m = cfg.mesh
+    sizes = {a: m[a] for a in ("replica", "data", "fsdp", "tensor")}
+    if any(v == 0 or v < -1 for v in sizes.values()) or list(sizes.values()).count(-1) > 1:
+        raise ConfigError(f"mesh sizes must be positive, with at most one -1; got {sizes}")
+    for i, rule in enumerate(m.param_rules):
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[1], str)):
+            raise ConfigError(f"'mesh.param_rules' #{i} must be (regex, strategy), got {rule!r}")
+        try:
+            check_strategy(rule[1], f"'mesh.param_rules' #{i}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if m.fsdp_min_mib < 0:
+        raise ConfigError(f"'mesh.fsdp_min_mib' must be >= 0, got {m.fsdp_min_mib}")
 
 
 def _check_objectives(cfg) -> None:

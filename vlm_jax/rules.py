@@ -31,7 +31,7 @@ def tree_paths(tree) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def _compile(rules: Rules, what: str) -> list[tuple[re.Pattern, Any]]:
+def compile_rules(rules: Rules, what: str) -> list[tuple[re.Pattern, Any]]:
     out = []
     for i, rule in enumerate(rules):
         if len(rule) != 2:
@@ -43,7 +43,7 @@ def _compile(rules: Rules, what: str) -> list[tuple[re.Pattern, Any]]:
     return out
 
 
-def _first(compiled, rules: Rules, path: str, what: str) -> tuple[int, Any]:
+def first(compiled, rules: Rules, path: str, what: str) -> tuple[int, Any]:
     for i, (regex, value) in enumerate(compiled):
         if regex.fullmatch(path):
             return i, value
@@ -52,22 +52,22 @@ def _first(compiled, rules: Rules, path: str, what: str) -> tuple[int, Any]:
 
 def match(rules: Rules, path: str, what: str = "param") -> tuple[int, Any]:
     """(index of the first rule fully matching `path`, its value); ValueError if none does."""
-    return _first(_compile(rules, what), rules, path, what)
+    return first(compile_rules(rules, what), rules, path, what)
 
 
 def tree_map_rules(rules: Rules, tree, what: str = "param"):
     """A tree like `tree` holding, at each leaf, the value of the rule matching its path."""
-    compiled = _compile(rules, what)
+    compiled = compile_rules(rules, what)
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: _first(compiled, rules, path_str(path), what)[1], tree)
+        lambda path, _: first(compiled, rules, path_str(path), what)[1], tree)
 
 
 def describe(rules: Rules, tree, what: str) -> list[str]:
     """One line per param: which rule matched it (logged once at start)."""
-    compiled = _compile(rules, what)
+    compiled = compile_rules(rules, what)
     lines = []
     for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
         p = path_str(path)
-        i, v = _first(compiled, rules, p, what)
+        i, v = first(compiled, rules, p, what)
         lines.append(f"{what}: {p} <- rule #{i} {rules[i][0]!r} = {v!r}")
     return lines

@@ -6,17 +6,21 @@ from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("replica", "data", "fsdp", "tensor")     # outermost first
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
-    """A mesh with the named axes in `shape`; one size may be -1 (all remaining devices).
+    """A mesh with the named axes in `shape` (the `AXES` it leaves out have size 1); one size may
+    be -1 (all remaining devices).
 
-    Axes are Auto (GSPMD), which flax.linen's logical constraints need.
-    """
+    Axes are Auto (GSPMD), which flax.linen's logical constraints need. On a multi-slice TPU job
+    (devices with a `slice_index`) whose slice count equals `replica`, the replica axis runs
+    across slices (DCN) and the others within one (ICI)."""
     devices = list(jax.devices() if devices is None else devices)
+    shape = {**{a: 1 for a in AXES if a not in shape}, **shape}
     names = [a for a in AXES if a in shape] + [a for a in shape if a not in AXES]
     sizes = [int(shape[a]) for a in names]
     if sizes.count(-1) > 1:
@@ -28,8 +32,15 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence | None = None) -> Mesh
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
                          f"have {len(devices)}")
-    return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names),
-                         devices=devices)
+    auto = (AxisType.Auto,) * len(names)
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    replica = sizes[names.index("replica")]
+    if replica > 1 and None not in slices and len(slices) == replica:
+        ici = [1 if n == "replica" else s for n, s in zip(names, sizes)]
+        dcn = [replica if n == "replica" else 1 for n in names]
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+        return Mesh(grid, tuple(names), axis_types=auto)
+    return jax.make_mesh(tuple(sizes), tuple(names), axis_types=auto, devices=devices)
 
 
 def from_config(config) -> Mesh:

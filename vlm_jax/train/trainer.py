@@ -125,6 +125,7 @@ class Setup:
         self.model = models.build(config, self.tokenizer.vocab_size)
         self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
         boxed = state_lib.abstract_params(self.model, config, self.init_rng)
+        self.boxed_params = boxed
         self.tx, self.schedule = optim.build(config, nn.unbox(boxed), self.total_steps,
                                              self.warmup_steps)
         self.state_sh = state_lib.shardings(boxed, self.tx, self.mesh, self.rules, config)
@@ -138,6 +139,11 @@ class Setup:
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
         return stack
+
+    def describe_sharding(self) -> list[str]:
+        return [f"mesh {dict(self.mesh.shape)}"] + sharding.describe(
+            self.boxed_params, self.mesh, self.rules, self.config.mesh.param_rules,
+            self.config.mesh.fsdp_min_mib)
 
     def init_state(self):
         return state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
@@ -211,6 +217,8 @@ def train(config, workdir: str, mesh=None) -> dict:
     ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpointing,
                                    config.keep_every_steps)
     data_iter = iter(s.dataset)
+    for line in s.describe_sharding():
+        logging.info("%s", line)
     start, state = _start(s, ckpt, data_iter, workdir)
     writer = metrics_lib.JsonlWriter(workdir, resume_step=start)
     step_fn = s.train_step()

@@ -1,0 +1,137 @@
+"""Meshes with data, fsdp and tensor axes: the same numbers as one device, params where the
+rules put them."""
+import jax
+import numpy as np
+import pytest
+from conftest import make_mesh, tiny_config
+from jax.sharding import PartitionSpec as P
+
+from vlm_jax import config as config_lib, objectives, rules
+from vlm_jax.data import pipeline
+from vlm_jax.parallel import mesh as mesh_lib, sharding
+from vlm_jax.train.trainer import Setup
+
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]      # (data, fsdp, tensor)
+
+
+def _mesh(shape):
+    return mesh_lib.make_mesh(dict(zip(("data", "fsdp", "tensor"), shape)))
+
+
+def _loss_and_grads(setup, objs, params, batch):
+    def loss_fn(p):
+        out = setup.model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
+        return objectives.total_loss(objs, out, batch)[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+
+@pytest.mark.slow
+def test_meshes_give_the_single_device_loss_and_grads(data_dir):
+    cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "loss.name": "sigmoid"})
+    ref = Setup(cfg, mesh=make_mesh(1))
+    params = jax.device_get(ref.init_state().params)
+    host = next(iter(ref.dataset))
+    want_loss, want = jax.jit(lambda p, b: _loss_and_grads(ref, objectives.build(cfg, None), p, b))(
+        params, host)
+    scale = max(float(np.abs(w).max()) for w in jax.tree.leaves(want))
+    for shape in MESHES:
+        s = Setup(cfg, mesh=_mesh(shape))
+        with s.context():
+            loss, grads = jax.jit(lambda p, b: _loss_and_grads(s, s.objectives, p, b),
+                                  out_shardings=(sharding.replicated(s.mesh), s.state_sh.params))(
+                jax.device_put(params, s.state_sh.params), pipeline.to_global(host, s.batch_sh))
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=str(shape))
+        for path, a, b in zip(rules.tree_paths(grads), jax.tree.leaves(grads),
+                              jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale,
+                                       err_msg=f"{path} on mesh {shape}")
+
+
+@pytest.mark.slow
+def test_train_step_on_a_3d_mesh_matches_one_device(data_dir):
+    """The jitted, donated step (model, loss, optimizer) on (2, 2, 2) against one device."""
+    cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0})
+    results = []
+    for mesh in (make_mesh(1), _mesh((2, 2, 2))):
+        s = Setup(cfg, mesh=mesh)
+        state = s.init_state()
+        host = next(iter(s.dataset))
+        with s.context():
+            state, m = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
+        results.append((jax.device_get(state.params), jax.device_get(m), state))
+    (p1, m1, _), (p8, m8, state8) = results
+    for k in ("loss", "grad_norm", "update_norm"):
+        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, err_msg=k)
+    for path, a, b in zip(rules.tree_paths(p1), jax.tree.leaves(p8), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+    # The step keeps every param and Adam moment on its rule's sharding.
+    want = sharding.param_specs(s.boxed_params, s.mesh, s.rules, cfg.mesh.param_rules, 0.0)
+    got = jax.tree.map(lambda x: x.sharding.spec, state8.params)
+    assert jax.tree.leaves(got, is_leaf=lambda x: isinstance(x, P)) == jax.tree.leaves(
+        want, is_leaf=lambda x: isinstance(x, P))
+
+
+def test_param_shardings_follow_the_rules(data_dir):
+    cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "mesh.param_rules": (
+        ("txt/posemb", "replicate"), ("img/.*", "logical"), (".*", "logical|fsdp"))})
+    s = Setup(cfg, mesh=_mesh((2, 2, 2)))
+    params = s.init_state().params
+    spec = {p: x.sharding.spec for p, x in zip(rules.tree_paths(params), jax.tree.leaves(params))}
+    # Tensor parallelism from the logical names: heads and the MLP's hidden units.
+    assert spec["txt/encoder/block0/attn/q/kernel"] == P("fsdp", "tensor")      # (32, 2, 16)
+    assert spec["txt/encoder/block0/attn/out/kernel"] == P("tensor", None, "fsdp")
+    assert spec["txt/encoder/block0/mlp/fc1/kernel"] == P("fsdp", "tensor")     # (32, 64)
+    assert spec["txt/encoder/block0/mlp/fc2/kernel"] == P("tensor", "fsdp")     # (64, 32)
+    # fsdp takes the largest free divisible dimension: the vocab is tensor-sharded already.
+    assert spec["txt/embedding/embedding"][1] == "fsdp"
+    # Rules before the catch-all: no fsdp on the image tower, nothing at all on txt/posemb.
+    assert spec["img/encoder/block0/mlp/fc1/kernel"] == P(None, "tensor")
+    assert spec["txt/posemb"] == P()
+    # Scalars stay replicated.
+    assert spec["scale/t"] == P()
+    lines = s.describe_sharding()
+    assert any("txt/posemb (24, 32) <- rule #0 'txt/posemb' = 'replicate': P()" in ln
+               for ln in lines), lines[:5]
+
+
+def test_fsdp_shrinks_per_device_bytes_and_respects_the_threshold(data_dir):
+    def device_bytes(shape, **over):
+        cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, **over})
+        return sharding.device_bytes(Setup(cfg, mesh=_mesh(shape)).init_state().params)
+
+    full = device_bytes((8, 1, 1))
+    assert device_bytes((1, 8, 1)) < full / 8 * 1.2            # about the fsdp factor
+    assert device_bytes((2, 4, 1)) < full / 4 * 1.2
+    # A threshold above every param leaves them all replicated.
+    assert device_bytes((1, 8, 1), **{"mesh.fsdp_min_mib": 100.0}) == full
+
+
+def test_param_spec_edge_cases():
+    mesh = _mesh((2, 4, 1))
+    rules_ = sharding.logical_rules(config_lib.defaults())
+    spec = lambda strategy, shape, names=P(): sharding.param_spec(
+        strategy, shape, np.float32, names, mesh, rules_)
+    assert spec("logical|fsdp", (6, 12)) == P(None, "fsdp")          # 6 is not divisible by 4
+    assert spec("logical|fsdp", (8, 8)) == P("fsdp")                 # ties: the first dimension
+    assert spec("logical|fsdp", (3, 5)) == P()                      # nothing divisible
+    assert spec("fsdp|replicate", (8, 8)) == P()
+    assert spec("logical", (8, 6), P("mlp", "embed")) == P("tensor")   # embed: no mesh axis
+    assert sharding.param_spec("logical", (8, 6), np.float32, P(None, "mlp"), _mesh((2, 2, 2)),
+                               rules_) == P(None, "tensor")
+
+
+def test_bad_param_rules_and_mesh_sizes_are_config_errors():
+    c = config_lib.defaults()
+    c.mesh.param_rules = ((".*", "logical|fdsp"),)
+    with pytest.raises(config_lib.ConfigError, match="unknown sharding step 'fdsp'"):
+        config_lib.validate(c)
+    c = config_lib.defaults()
+    c.mesh.fsdp = 0
+    with pytest.raises(config_lib.ConfigError, match="mesh sizes"):
+        config_lib.validate(c)
+    c = config_lib.defaults()
+    c.mesh.param_rules = (("img/.*", "replicate"),)
+    with pytest.raises(ValueError, match="no sharding rule matches param"):
+        sharding.param_specs(
+            {"txt": {"w": jax.ShapeDtypeStruct((4, 4), np.float32)}}, _mesh((8, 1, 1)), (),
+            c.mesh.param_rules)
