@@ -87,3 +87,25 @@ def test_failed_save_is_named_and_earlier_checkpoints_survive(tmp_path):
     again = checkpoint.Checkpointer(str(tmp_path), async_save=False)
     assert again.manager.all_steps() == [1]
     np.testing.assert_array_equal(again.restore(1, {"x": np.zeros(3)})["x"], np.arange(3.0))
+
+
+def test_init_converts_between_looped_and_scanned_blocks(run_a, data_dir):
+    """Run A has looped blocks (block0, ...); a scanned model loads them stacked, and back."""
+    from vlm_jax.models import layout
+    loaded, _ = checkpoint.read_params(run_a)
+    scanned = trainer.Setup(_cfg(data_dir, **{"model.scan": True}))
+    params, report = checkpoint.load_params(scanned.init_state().params, loaded, ((".*", True),))
+    assert not report["kept_init"] and not report["unexpected"]
+    fp = _flat(params)
+    assert "img/encoder/blocks/mlp/fc1/kernel" in fp and "img/encoder/block0/mlp/fc1/kernel" not in fp
+    want = _flat(layout.to_scanned(loaded))
+    assert fp.keys() == want.keys()
+    for p in fp:
+        np.testing.assert_array_equal(fp[p], want[p], err_msg=p)
+    looped = trainer.Setup(_cfg(data_dir))
+    back, _ = checkpoint.load_params(looped.init_state().params, jax.device_get(params),
+                                     ((".*", True),))
+    fa, fb = _flat(loaded), _flat(back)
+    assert fa.keys() == fb.keys()
+    for p in fa:
+        np.testing.assert_array_equal(fa[p], fb[p], err_msg=p)

@@ -7,6 +7,7 @@ from conftest import make_mesh, tiny_config
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax import config as config_lib, objectives, rules
+from vlm_jax.models import layout
 from vlm_jax.data import pipeline
 from vlm_jax.parallel import mesh as mesh_lib, sharding
 from vlm_jax.train.trainer import Setup
@@ -48,27 +49,36 @@ def test_meshes_give_the_single_device_loss_and_grads(data_dir):
 
 
 @pytest.mark.slow
-def test_train_step_on_a_3d_mesh_matches_one_device(data_dir):
-    """The jitted, donated step (model, loss, optimizer) on (2, 2, 2) against one device."""
-    cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0})
-    results = []
-    for mesh in (make_mesh(1), _mesh((2, 2, 2))):
-        s = Setup(cfg, mesh=mesh)
-        state = s.init_state()
-        host = next(iter(s.dataset))
-        with s.context():
-            state, m = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
-        results.append((jax.device_get(state.params), jax.device_get(m), state))
-    (p1, m1, _), (p8, m8, state8) = results
+def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_dir):
+    """The jitted, donated step (model, loss, optimizer) on (2, 2, 2), blocks scanned and
+    rematerialised, against the plain looped model on one device."""
+    cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "model.text.depth": 2})
+    ref = Setup(cfg, mesh=make_mesh(1))
+    state = ref.init_state()
+    host = next(iter(ref.dataset))
+    with ref.context():
+        state, m1 = ref.train_step()(state, pipeline.to_global(host, ref.batch_sh), ref.step_rng)
+    p1 = jax.device_get(state.params)
+
+    cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "model.text.depth": 2,
+                                   "model.scan": True, "model.remat": "nothing_saveable"})
+    s = Setup(cfg, mesh=_mesh((2, 2, 2)))
+    state = s.init_state()
+    start = layout.to_scanned(jax.device_get(ref.init_state().params))
+    state = state.replace(params=jax.device_put(start, s.state_sh.params))
+    with s.context():
+        state, m8 = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
     for k in ("loss", "grad_norm", "update_norm"):
         np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, err_msg=k)
+    p8 = layout.to_looped(jax.device_get(state.params))
     for path, a, b in zip(rules.tree_paths(p1), jax.tree.leaves(p8), jax.tree.leaves(p1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
-    # The step keeps every param and Adam moment on its rule's sharding.
+    # The step keeps every param on its rule's sharding; scanned blocks lead with 'layers'.
     want = sharding.param_specs(s.boxed_params, s.mesh, s.rules, cfg.mesh.param_rules, 0.0)
-    got = jax.tree.map(lambda x: x.sharding.spec, state8.params)
-    assert jax.tree.leaves(got, is_leaf=lambda x: isinstance(x, P)) == jax.tree.leaves(
-        want, is_leaf=lambda x: isinstance(x, P))
+    is_p = lambda x: isinstance(x, P)
+    got = jax.tree.map(lambda x: x.sharding.spec, state.params)
+    assert jax.tree.leaves(got, is_leaf=is_p) == jax.tree.leaves(want, is_leaf=is_p)
+    assert got["txt"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"] == P(None, "fsdp", "tensor")
 
 
 def test_param_shardings_follow_the_rules(data_dir):

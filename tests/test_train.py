@@ -232,3 +232,14 @@ def test_frozen_tower_has_no_backward_pass(data_dir):
                                             s.step_rng).compile()
         flops[frozen] = compiled.cost_analysis()["flops"]
     assert flops[True] < 0.95 * flops[False], flops      # the tiny image tower: ~12% here
+
+
+def test_adam_first_moment_in_bfloat16_when_asked():
+    cfg = tiny_config("/unused", **{"optim.mu_dtype": "bfloat16"})
+    params = {"w": jnp.ones((4, 4)), "b": jnp.zeros((4,))}
+    tx, _ = optim.build(cfg, params, total_steps=10, warmup_steps=0)
+    adam = [s for s in jax.tree.leaves(tx.init(params), is_leaf=lambda x: isinstance(
+        x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
+    assert len(adam) == 1
+    assert {x.dtype for x in jax.tree.leaves(adam[0].mu)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam[0].nu)} == {jnp.dtype(jnp.float32)}

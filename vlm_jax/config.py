@@ -17,6 +17,8 @@ from typing import Iterable
 import ml_collections
 from ml_collections import config_dict
 
+from vlm_jax.models.transformer import REMAT_POLICIES
+
 UNITS = ("steps", "epochs", "examples", "percent")
 UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
 # name -> whether exactly one unit must be set (otherwise at most one).
@@ -37,6 +39,8 @@ CHOICES = {
     "model.image.pixel_norm": ("unit", "clip", "imagenet"),
     "model.text.pool": ("last", "first", "mean"),
     "model.dtype": ("float32", "bfloat16"),
+    "optim.mu_dtype": ("float32", "bfloat16"),
+    "model.remat": REMAT_POLICIES,
     "tokenizer.name": ("bytes", "sentencepiece", "hf"),
 }
 
@@ -118,6 +122,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 128
     c.model.dtype = "float32"       # activation/matmul dtype; params stay float32
+    # Every transformer stack: recompute activations in the backward pass by this
+    # jax.checkpoint_policies policy ("none": store them all), and scan over the blocks (one
+    # compiled body; params gain a leading layers axis under `.../blocks/`, and checkpoints
+    # convert between the two layouts on load).
+    c.model.remat = "none"
+    c.model.scan = False
     c.model.image = ml_collections.ConfigDict()
     c.model.image.patch_size = 4
     c.model.image.width = 128
@@ -188,6 +198,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.98
     c.optim.eps = 1e-6
+    c.optim.mu_dtype = "float32"    # Adam's first moment; bfloat16 halves its memory
     c.optim.weight_decay = 0.05
     c.optim.clip_norm = 1.0         # global-norm clipping; 0 disables
     _durations(c.optim, "warmup", {"steps": 50})

@@ -19,6 +19,8 @@ class MaeDecoder(nn.Module):
     heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    remat: str = "none"      # a jax.checkpoint_policies name (transformer.REMAT_POLICIES)
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens, visible):
@@ -32,7 +34,8 @@ class MaeDecoder(nn.Module):
         full = jnp.broadcast_to(mask_token.astype(x.dtype), (b, n_patches, self.width))
         full = full.at[jnp.arange(b)[:, None], visible].set(x)
         full = full + jnp.asarray(sincos_2d(*self.grid, self.width)).astype(x.dtype)[None]
-        y, _ = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, name="encoder")(full)
+        y, _ = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, self.remat,
+                              self.scan, name="encoder")(full)
         return nn.Dense(self.patch_dim, dtype=self.dtype, name="pixels",
                         kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", None)),
                         bias_init=logical(nn.initializers.zeros, (None,)))(y).astype(jnp.float32)

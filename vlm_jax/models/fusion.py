@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlm_jax.models.text import attention_mask
-from vlm_jax.models.transformer import Block, Dtype, layer_norm, logical
+from vlm_jax.models.transformer import Dtype, layer_norm, logical, stack
 
 
 class FusionEncoder(nn.Module):
@@ -17,27 +17,28 @@ class FusionEncoder(nn.Module):
     mlp_dim: int
     causal: bool = False
     dtype: Dtype = jnp.float32
+    remat: str = "none"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, text, text_mask, image) -> dict:
         """text [B, L, D] token states with mask [B, L]; image [B, N, Di] tokens.
-        Returns {'tokens' [B, L, D], 'cls' [B, D], 'block<i>'...}."""
+        Returns {'tokens' [B, L, D], 'cls' [B, D], 'block<i>'... (looped only)}."""
         self_mask = attention_mask(text_mask.astype(bool), self.causal)
-        x, out = text, {}
-        for i in range(self.depth):
-            x = Block(self.heads, self.mlp_dim, self.dtype, name=f"block{i}")(
-                x, self_mask, context=image)
-            out[f"block{i}"] = x
+        x, out = stack(text, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim,
+                       dtype=self.dtype, remat=self.remat, scan=self.scan, mask=self_mask,
+                       context=image)
         x = layer_norm("ln_final", self.dtype)(x)
         return {**out, "tokens": x, "cls": x[:, 0]}
 
 
 class ItmHead(nn.Module):
-    """Fusion [CLS] state -> 2 logits (no match, match)."""
+    """Fusion [CLS] state -> 2 logits (no match, match), float32."""
+    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, cls):
-        return nn.Dense(2, name="dense", kernel_init=logical(nn.initializers.zeros, ("embed", None)),
+        return nn.Dense(2, dtype=self.dtype, name="dense", kernel_init=logical(nn.initializers.zeros, ("embed", None)),
                         bias_init=logical(nn.initializers.zeros, (None,)))(cls).astype(jnp.float32)
 
 

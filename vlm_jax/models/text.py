@@ -40,6 +40,8 @@ class TextTransformer(nn.Module):
     causal: bool = False
     pool: str = "last"       # last | first | mean
     dtype: Dtype = jnp.float32
+    remat: str = "none"      # a jax.checkpoint_policies name (transformer.REMAT_POLICIES)
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens, mask):
@@ -52,7 +54,8 @@ class TextTransformer(nn.Module):
                          (self.max_len, self.width))
         x = x + pos[: tokens.shape[1]].astype(x.dtype)[None]
         mask = mask.astype(bool)
-        x, blocks = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, name="encoder")(
+        x, blocks = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, self.remat,
+                              self.scan, name="encoder")(
             x, attention_mask(mask, self.causal))
         return {"tokens": x, "mask": mask, "pre_logits": pool(x, mask, self.pool),
                 **{f"encoder/{k}": v for k, v in blocks.items()}}

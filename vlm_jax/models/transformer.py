@@ -80,10 +80,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN block: self-attention, then (given `context`) cross-attention to it, then MLP."""
+    """Pre-LN block: self-attention, then (given `context`) cross-attention to it, then MLP.
+    `scanned` blocks return `(x, None)`, the carry and output `nn.scan` expects."""
     heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    scanned: bool = False
 
     @nn.compact
     def __call__(self, x, mask=None, context=None, context_mask=None):
@@ -94,20 +96,55 @@ class Block(nn.Module):
             x = x + Attention(self.heads, self.dtype, name="xattn")(
                 layer_norm("ln_x", self.dtype)(x), kv=context, mask=context_mask)
         x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("ln2", self.dtype)(x))
-        return constrain(x, ("batch", "seq", "embed"))
+        x = constrain(x, ("batch", "seq", "embed"))
+        return (x, None) if self.scanned else x
+
+
+# Rematerialisation policies (`model.remat`): what the backward pass may keep instead of
+# recomputing. `nothing_saveable` recomputes each block whole (least memory); the `dots_*` ones
+# keep matmul outputs and recompute only the cheap elementwise work.
+REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
+
+
+def stack(x, *, depth: int, heads: int, mlp_dim: int, dtype: Dtype, remat: str = "none",
+          scan: bool = False, mask=None, context=None, context_mask=None):
+    """`depth` Blocks over x, created in the calling module: `block0`, `block1`, ... or, with
+    `scan`, one `blocks` whose params carry a leading `layers` axis (one compiled block body,
+    so compile time does not grow with depth). Returns x and each block's output (looped only).
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {remat!r}; choose one of {REMAT_POLICIES}")
+    block = Block
+    if remat != "none":
+        # Under scan, CSE cannot merge the recomputation with the forward pass anyway.
+        block = nn.remat(Block, policy=getattr(jax.checkpoint_policies, remat), prevent_cse=not scan)
+    if scan:
+        layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=depth,
+                         metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = layers(heads, mlp_dim, dtype, scanned=True, name="blocks")(
+            x, mask, context, context_mask)
+        return x, {}
+    out = {}
+    for i in range(depth):
+        x = block(heads, mlp_dim, dtype, name=f"block{i}")(x, mask, context, context_mask)
+        out[f"block{i}"] = x
+    return x, out
 
 
 class Encoder(nn.Module):
-    """`depth` blocks and a final LayerNorm; returns the tokens and each block's output."""
+    """`depth` blocks and a final LayerNorm; returns the tokens and each block's output (when
+    not scanned; see `stack`)."""
     depth: int
     heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    remat: str = "none"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x, mask=None):
-        blocks = {}
-        for i in range(self.depth):
-            x = Block(self.heads, self.mlp_dim, self.dtype, name=f"block{i}")(x, mask)
-            blocks[f"block{i}"] = x
+        x, blocks = stack(x, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim,
+                          dtype=self.dtype, remat=self.remat, scan=self.scan, mask=mask)
         return layer_norm("ln_final", self.dtype)(x), blocks

@@ -44,6 +44,8 @@ class ViT(nn.Module):
     pool: str = "gap"        # gap | cls | map
     posemb: str = "learn"    # learn | sincos2d
     dtype: Dtype = jnp.float32
+    remat: str = "none"      # a jax.checkpoint_policies name (transformer.REMAT_POLICIES)
+    scan: bool = False
 
     @nn.compact
     def __call__(self, images, visible=None):
@@ -70,7 +72,8 @@ class ViT(nn.Module):
         if self.pool == "cls":
             cls = self.param("cls", logical(nn.initializers.zeros, (None, None, "embed")), (1, 1, c))
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)).astype(x.dtype), x], axis=1)
-        tokens, blocks = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, name="encoder")(x)
+        tokens, blocks = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, self.remat,
+                              self.scan, name="encoder")(x)
         if self.pool == "gap":
             pooled = tokens.mean(axis=1)
         elif self.pool == "cls":

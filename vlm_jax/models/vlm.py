@@ -64,7 +64,7 @@ class VisionLanguageModel(nn.Module):
         self.img_proj = Projection(self.embed_dim, self.dtype)
         self.txt_proj = Projection(self.embed_dim, self.dtype)
         if self.itm:
-            self.itm_head = ItmHead()
+            self.itm_head = ItmHead(self.dtype)
         if self.mlm_vocab:
             self.mlm_head = VocabHead(self.mlm_vocab, self.dtype)
         if self.caption_decoder is not None:
@@ -117,23 +117,25 @@ def build(config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageM
     m, loss = config.model, config.loss
     dtype = jnp.dtype(m.dtype)
     i, t = m.image, m.text
+    layers = dict(remat=m.remat, scan=m.scan)
     fusion = None
     if config.itm.weight > 0 or config.mlm.weight > 0:
         f = m.fusion
-        fusion = FusionEncoder(f.depth, f.heads, f.mlp_dim, False, dtype)
+        fusion = FusionEncoder(f.depth, f.heads, f.mlp_dim, False, dtype, **layers)
     mim = None
     if config.mim.weight > 0:
         d, grid = m.mim_decoder, config.data.image_size // i.patch_size
         mim = MaeDecoder((grid, grid), i.patch_size ** 2 * 3, d.width, d.depth, d.heads,
-                         d.mlp_dim, dtype)
+                         d.mlp_dim, dtype, **layers)
     cap = None
     if config.caption.weight > 0:
         c = m.caption_decoder
-        cap = FusionEncoder(c.depth, c.heads, c.mlp_dim, True, dtype)
+        cap = FusionEncoder(c.depth, c.heads, c.mlp_dim, True, dtype, **layers)
     return VisionLanguageModel(
-        img=ViT(i.patch_size, i.width, i.depth, i.heads, i.mlp_dim, i.pool, i.posemb, dtype),
+        img=ViT(i.patch_size, i.width, i.depth, i.heads, i.mlp_dim, i.pool, i.posemb, dtype,
+                **layers),
         txt=TextTransformer(vocab_size, config.tokenizer.max_len, t.width, t.depth, t.heads,
-                            t.mlp_dim, t.causal, t.pool, dtype),
+                            t.mlp_dim, t.causal, t.pool, dtype, **layers),
         embed_dim=m.embed_dim,
         scale=ContrastiveScale(loss.name, loss.softmax_scale_init, loss.softmax_scale_max,
                                loss.sigmoid_t_init, loss.sigmoid_bias_init),

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vlm_jax import rules as rules_lib
+from vlm_jax.models import layout
 
 
 class CheckpointSaveError(OSError):
@@ -108,7 +109,9 @@ class InitError(ValueError):
 def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
     """`params` with each leaf whose path the (regex, bool) `rules` select (first match wins)
     replaced by the same path in `loaded`, placed on the leaf's sharding. Returns (params,
-    report); raises InitError listing selected params missing from `loaded` or of another shape."""
+    report); raises InitError listing selected params missing from `loaded` or of another shape.
+    A checkpoint of scanned blocks loads into looped ones and vice versa (models/layout.py)."""
+    loaded = layout.match(loaded, params)
     flat_loaded = {rules_lib.path_str(p): v
                    for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
     chosen = rules_lib.tree_map_rules(rules, params, "init")

@@ -7,6 +7,7 @@ rate. Weight decay is decoupled and scaled by the learning rate, as in optax.ada
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from vlm_jax import rules
@@ -56,7 +57,7 @@ def build(config, params, total_steps: int, warmup_steps: int):
     lr_mult = jax.tree.map(float, rules.tree_map_rules(o.lr_rules, params, "learning-rate"))
     train = optax.chain(
         optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
-        optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps),
+        optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=jnp.dtype(o.mu_dtype)),
         add_decayed_weights_tree(wd),
         optax.scale_by_learning_rate(sched),
         scale_by_tree(lr_mult),
