@@ -60,6 +60,9 @@ def defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 256              # global batch, split over the data-parallel mesh axes
+    # Gradients in this many sequential micro-batches of each data shard's rows: activation
+    # memory of batch_size / microbatches, every contrastive negative kept (GradCache).
+    c.microbatches = 1
     c.data_dir = ""                 # "" -> $VLM_JAX_DATA_DIR or ~/.cache/vlm_jax
     _durations(c, "total", {"steps": 1000})
     _durations(c, "log_every", {"steps": 10})
@@ -332,10 +335,25 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
         raise ConfigError("'total_percent' has no meaning; use total_steps|epochs|examples")
     _check_objectives(cfg)
     _check_mesh(cfg)
+    _check_microbatches(cfg)
     for key in ("batch_size", "tokenizer.max_len", "eval.batch_size"):
         section, leaf = _section(cfg, key)
         if section[leaf] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {section[leaf]}")
+
+
+def _check_microbatches(cfg) -> None:
+    k = cfg.microbatches
+    if k < 1 or cfg.batch_size % k:
+        raise ConfigError(f"'microbatches' must be a positive divisor of batch_size "
+                          f"{cfg.batch_size}, got {k}")
+    if k > 1 and cfg.itm.weight > 0:
+        raise ConfigError("'microbatches' > 1 does not support ITM: it mines negatives and fuses "
+                          "image-text pairs across the whole batch; set itm.weight=0 or "
+                          "microbatches=1")
+    if k > 1 and cfg.balance.enabled:
+        raise ConfigError("'microbatches' > 1 does not support balance.enabled: the running "
+                          "means need every loss of the step before any micro-batch's gradient")
 
 
 def _check_mesh(cfg) -> None:

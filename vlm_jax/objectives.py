@@ -43,6 +43,7 @@ class Contrastive:
     mesh: Mesh | None = None
     batch_axes: Sequence[str] = ("data",)
     name: str = "contrastive"
+    cross_example = True            # compares examples across the batch (see train/accumulate.py)
 
     def __call__(self, out: dict, batch: dict, ctx: Context = Context()):
         loss, metrics = contrastive_loss(
@@ -71,6 +72,7 @@ class Itm:
     mesh: Mesh | None = None
     batch_axes: Sequence[str] = ("data",)
     name: str = "itm"
+    cross_example = True
 
     def __call__(self, out: dict, batch: dict, ctx: Context):
         neg_txt, neg_img = mine_negatives(
@@ -92,6 +94,7 @@ class Mlm:
     keep: tuple[int, ...] = ()      # ids never chosen (BOS, EOS)
     rate: float = 0.15
     name: str = "mlm"
+    cross_example = False
 
     def __call__(self, out: dict, batch: dict, ctx: Context):
         inputs, chosen = mlm_mask(ctx.rng, batch["tokens"], batch["mask"], mask_id=self.mask_id,
@@ -109,6 +112,7 @@ class Mim:
     norm_pix: bool = True
     pixel_norm: str = "unit"
     name: str = "mim"
+    cross_example = False
 
     def __call__(self, out: dict, batch: dict, ctx: Context):
         images = batch["image"]
@@ -122,6 +126,7 @@ class Mim:
 class Caption:
     """CoCa captioning: the causal text tower's tokens, decoded against the image tokens."""
     name: str = "caption"
+    cross_example = False
 
     def __call__(self, out: dict, batch: dict, ctx: Context):
         logits = ctx.call("caption_logits", out["txt/tokens"], batch["mask"], out["img/tokens"])

@@ -8,24 +8,31 @@ import jax.numpy as jnp
 import optax
 
 from vlm_jax import objectives as objectives_lib
+from vlm_jax.train import accumulate
 from vlm_jax.train.state import TrainState
 
 
 def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
-         skip_nonfinite: bool = False, balance_decay: float = 0.99, frozen=None):
+         skip_nonfinite: bool = False, balance_decay: float = 0.99, frozen=None,
+         microbatches: int = 1, mesh=None, batch_axes=()):
     """`nonfinite` in the metrics is 1.0 when the loss, the gradients or the updated params are
     not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged.
     A state with `loss_ema` entries balances the objectives (see objectives.total_loss).
     `frozen` (bools like the params) stops gradients at frozen params, so XLA drops the backward
-    pass of a frozen tower instead of computing gradients that the optimizer zeroes."""
+    pass of a frozen tower instead of computing gradients that the optimizer zeroes.
+    `microbatches` > 1 computes the gradient in that many sequential micro-batches, keeping
+    every contrastive negative (train/accumulate.py; no balancing then)."""
+    def prepare(params):
+        if frozen is None:
+            return params
+        return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+
     def step(state: TrainState, batch: dict, base_rng):
         # fold_in(step): the same randomness at a step whether or not the run was resumed.
         rng = jax.random.fold_in(base_rng, state.step)
 
         def loss_fn(params):
-            if frozen is not None:
-                params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
-                                      params, frozen)
+            params = prepare(params)
             out = model.apply({"params": params}, batch["image"], batch["tokens"], batch["mask"])
             call = lambda method, *args: model.apply({"params": params}, *args, method=method)
             total, metrics, running = objectives_lib.total_loss(
@@ -33,7 +40,14 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
                 running=state.loss_ema or None, decay=balance_decay)
             return total, (metrics, running)
 
-        (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if microbatches > 1:
+            grads, metrics = accumulate.grads(model, objectives, state.params, batch, rng,
+                                              state.step, k=microbatches, mesh=mesh,
+                                              batch_axes=batch_axes, prepare=prepare)
+            running = state.loss_ema
+        else:
+            (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         norms = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),

@@ -155,7 +155,9 @@ class Setup:
     def train_step(self):
         fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
                            skip_nonfinite=self.config.nonfinite == "skip",
-                           balance_decay=self.config.balance.decay, frozen=self.frozen)
+                           balance_decay=self.config.balance.decay, frozen=self.frozen,
+                           microbatches=self.config.microbatches, mesh=self.mesh,
+                           batch_axes=sharding.batch_axes(self.rules))
         batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask", "label")}
         return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
 
