@@ -8,6 +8,16 @@ def make_mesh(n: int):
     return mesh_lib.make_mesh({"data": n, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:n])
 
 
+def loss_and_grads(setup, params, batch, objs):
+    """The weighted objectives' loss on `batch` and its gradient, through `setup`'s model."""
+    from vlm_jax import objectives
+
+    def loss_fn(p):
+        out = setup.model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
+        return objectives.total_loss(objs, out, batch)[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+
 def tiny_config(data_dir: str, base=None, **overrides):
     """A model small enough for a train step in well under a second on one CPU core: `base` (a
     recipe's config; the defaults when None) with its sizes shrunk, its objectives kept."""

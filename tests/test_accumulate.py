@@ -7,12 +7,13 @@ from conftest import make_mesh, tiny_config
 
 from vlm_jax import config as config_lib, rules
 from vlm_jax.data import pipeline
+from vlm_jax.parallel import mesh as mesh_lib
 from vlm_jax.train import accumulate
 from vlm_jax.train.trainer import Setup
 
 
-def _one_step(cfg, n_devices, batch=None):
-    s = Setup(cfg, mesh=make_mesh(n_devices))
+def _one_step(cfg, mesh, batch=None):
+    s = Setup(cfg, mesh=make_mesh(mesh) if isinstance(mesh, int) else mesh)
     state = s.init_state()
     host = next(iter(s.dataset)) if batch is None else batch
     with s.context():
@@ -32,14 +33,20 @@ def _assert_same_update(full, micro):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,negatives,impl", [
-    ("softmax", "global", "gather"), ("softmax", "local", "gather"),
-    ("sigmoid", "global", "ring"), ("sigmoid", "local", "gather")])
-def test_gradcache_gives_the_full_batch_update(data_dir, kind, negatives, impl):
-    """4 micro-batches on 2 devices (2 rows per shard each) against the one-pass step."""
-    over = {"loss.name": kind, "loss.negatives": negatives, "loss.impl": impl}
-    full = _one_step(tiny_config(data_dir, **over), 2)
-    micro = _one_step(tiny_config(data_dir, microbatches=4, **over), 2, batch=full[2])
+@pytest.mark.parametrize("kind,negatives,impl,mesh,k", [
+    ("softmax", "global", "gather", (2, 1, 1), 4), ("softmax", "local", "gather", (2, 1, 1), 4),
+    ("sigmoid", "global", "ring", (2, 2, 2), 2), ("sigmoid", "local", "gather", (2, 1, 1), 4)])
+def test_gradcache_gives_the_full_batch_update(data_dir, kind, negatives, impl, mesh, k):
+    """k micro-batches against the one-pass step on the same (data, fsdp, tensor) mesh: 2 rows
+    per shard and micro-batch (the ring case also with fsdp-sharded params, scanned blocks and
+    remat)."""
+    over = {"loss.name": kind, "loss.negatives": negatives, "loss.impl": impl,
+            "mesh.fsdp_min_mib": 0.0}
+    if mesh == (2, 2, 2):
+        over.update({"model.scan": True, "model.remat": "nothing_saveable"})
+    mesh = mesh_lib.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh)))
+    full = _one_step(tiny_config(data_dir, **over), mesh)
+    micro = _one_step(tiny_config(data_dir, microbatches=k, **over), mesh, batch=full[2])
     _assert_same_update(full, micro)
 
 

@@ -28,3 +28,17 @@ def test_input_pipeline_benchmark_json():
     assert set(out) == {"pipeline_img_s", "raw_decode_img_s", "ratio"}
     assert out["pipeline_img_s"] > 0 and out["raw_decode_img_s"] > 0
     assert abs(out["ratio"] - out["pipeline_img_s"] / out["raw_decode_img_s"]) < 0.01
+
+
+def test_step_benchmark_json_reports_throughput_and_mfu():
+    r = subprocess.run([sys.executable, "benchmarks/step.py", "--losses", "sigmoid", "--batch",
+                        "16", "--steps", "1", "--warmup", "1", "--probe", "256", "--scan",
+                        "--remat", "nothing_saveable", "--microbatches", "2", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["size"] == "tiny" and out["batch"] == 16 and out["microbatches"] == 2
+    assert out["scan"] is True and out["remat"] == "nothing_saveable"
+    assert out["tflop_per_step"] > 0 and out["peak_tflop_s"] > 0 and out["step_s"] > 0
+    assert abs(out["mfu"] - out["achieved_tflop_s"] / out["peak_tflop_s"]) < 1e-6
+    assert abs(out["examples_per_s"] - 16 / out["step_s"]) < 1e-3 * out["examples_per_s"]

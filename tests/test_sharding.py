@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
+from helpers import loss_and_grads
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax import config as config_lib, objectives, rules
@@ -19,26 +20,20 @@ def _mesh(shape):
     return mesh_lib.make_mesh(dict(zip(("data", "fsdp", "tensor"), shape)))
 
 
-def _loss_and_grads(setup, objs, params, batch):
-    def loss_fn(p):
-        out = setup.model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
-        return objectives.total_loss(objs, out, batch)[0]
-    return jax.value_and_grad(loss_fn)(params)
-
-
 @pytest.mark.slow
 def test_meshes_give_the_single_device_loss_and_grads(data_dir):
     cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "loss.name": "sigmoid"})
     ref = Setup(cfg, mesh=make_mesh(1))
     params = jax.device_get(ref.init_state().params)
     host = next(iter(ref.dataset))
-    want_loss, want = jax.jit(lambda p, b: _loss_and_grads(ref, objectives.build(cfg, None), p, b))(
+    want_loss, want = jax.jit(
+        lambda p, b: loss_and_grads(ref, p, b, objectives.build(cfg, None)))(
         params, host)
     scale = max(float(np.abs(w).max()) for w in jax.tree.leaves(want))
     for shape in MESHES:
         s = Setup(cfg, mesh=_mesh(shape))
         with s.context():
-            loss, grads = jax.jit(lambda p, b: _loss_and_grads(s, s.objectives, p, b),
+            loss, grads = jax.jit(lambda p, b: loss_and_grads(s, p, b, s.objectives),
                                   out_shardings=(sharding.replicated(s.mesh), s.state_sh.params))(
                 jax.device_put(params, s.state_sh.params), pipeline.to_global(host, s.batch_sh))
         np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=str(shape))

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import make_mesh, tiny_config
+from helpers import loss_and_grads
 
 from vlm_jax import objectives, rules
 from vlm_jax.data import pipeline
@@ -16,13 +17,6 @@ from vlm_jax.train.trainer import Setup
 def _batch(setup, n=1):
     it = iter(setup.dataset)
     return it, [next(it) for _ in range(n)]
-
-
-def _grads(setup, params, batch, objs):
-    def loss_fn(p):
-        out = setup.model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
-        return objectives.total_loss(objs, out, batch)[0]
-    return jax.value_and_grad(loss_fn)(params)
 
 
 @pytest.mark.slow
@@ -37,13 +31,14 @@ def test_sharded_model_grads_match_single_device_reference(data_dir, kind, impl,
     params = jax.device_get(ref_setup.init_state().params)
     _, (host_batch,) = _batch(ref_setup)
     # The reference: the whole batch on one device, no mesh, no shard_map, no jit.
-    want_loss, want_g = jax.jit(lambda p, b: _grads(ref_setup, p, b, objectives.build(cfg, None)))(
+    want_loss, want_g = jax.jit(
+        lambda p, b: loss_and_grads(ref_setup, p, b, objectives.build(cfg, None)))(
         params, host_batch)
     for n in devices:
         s = Setup(cfg, mesh=make_mesh(n))
         batch = pipeline.to_global(host_batch, s.batch_sh)
         with s.context():
-            loss, g = jax.jit(lambda p, b: _grads(s, p, b, s.objectives))(
+            loss, g = jax.jit(lambda p, b: loss_and_grads(s, p, b, s.objectives))(
                 jax.device_put(params, s.state_sh.params), batch)
         np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=f"{n} devices")
         # float32 tolerance: relative 1e-5 of the gradients' scale. Some true gradients are 0

@@ -105,15 +105,18 @@ def load_config(workdir: str):
 
 
 class Setup:
-    """Everything a run derives from its config: mesh, data, model, optimizer, step, evals."""
+    """Everything a run derives from its config: mesh, data, model, optimizer, step, evals.
+    `data=False` leaves out the dataset and the evaluators (benchmarks on synthetic batches;
+    durations must then be given in steps or examples)."""
 
-    def __init__(self, config, mesh=None):
+    def __init__(self, config, mesh=None, data: bool = True):
         config_lib.validate(config)
         self.config = config
         self.mesh = mesh_lib.from_config(config) if mesh is None else mesh
         self.rules = sharding.logical_rules(config)
         self.tokenizer = tokenizer_lib.build(config)
-        self.dataset, self.num_train = pipeline.train_dataset(config, self.tokenizer)
+        self.dataset, self.num_train = (pipeline.train_dataset(config, self.tokenizer) if data
+                                        else (None, 0))
         steps_per_epoch = self.num_train / config.batch_size
         self.total_steps = config_lib.steps(config, "total", steps_per_epoch=steps_per_epoch)
         dur = lambda name: config_lib.steps(config, name, steps_per_epoch=steps_per_epoch,
@@ -132,7 +135,8 @@ class Setup:
         self.frozen = rules.tree_map_rules(config.optim.freeze_rules, nn.unbox(boxed), "freeze")
         self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
         self.objectives = objectives.build(config, self.mesh, self.tokenizer, self.total_steps)
-        self.evaluator = evals.Evaluator(config, self.model, self.mesh, self.rules, self.tokenizer)
+        self.evaluator = (evals.Evaluator(config, self.model, self.mesh, self.rules, self.tokenizer)
+                          if data else None)
 
     def context(self):
         stack = contextlib.ExitStack()

@@ -1,0 +1,212 @@
+"""Examples/s and MFU of the full train step (towers, loss, optimizer) for named model sizes.
+
+  python benchmarks/step.py                                  # tiny, softmax and sigmoid, float32
+  python benchmarks/step.py --sizes B/16 --dtype bfloat16 --batch 0 --scan --remat \
+      dots_with_no_batch_dims_saveable                        # on a GPU: the largest batch that fits
+  python benchmarks/step.py --json                           # one JSON object per line
+
+FLOPs per step are the model's: XLA's cost analysis of the same step without scan, remat or
+micro-batches (XLA counts a loop body once, whatever its trip count, and recomputation is not
+model work), lowered for the whole mesh before partitioning, so they are global. The peak is
+measured in the same run: the best of several large matmuls in the model's dtype (accumulating
+in float32), on one device, times the device count. MFU = model FLOPs / step time / peak.
+Batches are synthetic (random pixels and tokens); nothing is read from disk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+# name -> (patch, width, depth, heads, mlp) image, (width, depth, heads, mlp) text, image size,
+# text length, embedding width. The image towers are ViT-Ti/S/B/L and SigLIP's So400m.
+SIZES = {
+    "tiny": ((4, 128, 4, 4, 512), (128, 4, 4, 512), 32, 32, 128),
+    "S/16": ((16, 384, 12, 6, 1536), (384, 12, 6, 1536), 224, 64, 384),
+    "B/16": ((16, 768, 12, 12, 3072), (512, 12, 8, 2048), 224, 77, 512),
+    "L/14": ((14, 1024, 24, 16, 4096), (768, 12, 12, 3072), 224, 77, 768),
+    "So400m/14": ((14, 1152, 27, 16, 4304), (1152, 27, 16, 4304), 224, 64, 1152),
+}
+
+
+def config(size: str, loss: str, batch: int, args):
+    from vlm_jax import config as config_lib
+    (patch, iw, idepth, iheads, imlp), (tw, tdepth, theads, tmlp), image, length, embed = SIZES[size]
+    c = config_lib.defaults()
+    c.batch_size = batch
+    c.total_steps = 1000
+    c.microbatches = args.microbatches
+    c.loss.name = loss
+    c.loss.impl = args.impl
+    c.data.image_size = image
+    c.tokenizer.max_len = length
+    c.model.embed_dim = embed
+    c.model.dtype = args.dtype
+    c.model.remat = args.remat
+    c.model.scan = args.scan
+    i, t = c.model.image, c.model.text
+    i.patch_size, i.width, i.depth, i.heads, i.mlp_dim = patch, iw, idepth, iheads, imlp
+    t.width, t.depth, t.heads, t.mlp_dim = tw, tdepth, theads, tmlp
+    # CLIP: class token, causal text; SigLIP: attention-pooled image, bidirectional text.
+    i.pool = "cls" if loss == "softmax" else "map"
+    t.causal = loss == "softmax"
+    if loss == "sigmoid":
+        c.loss.sigmoid_bias_init = -math.log(batch)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = args.mesh
+    c.optim.mu_dtype = args.mu_dtype
+    return c
+
+
+def peak_flops(dtype: str, n: int, repeats: int = 10) -> float:
+    """FLOP/s of the best of `repeats` n x n x n matmuls on one device (float32 accumulation)."""
+    import jax
+    import jax.numpy as jnp
+    a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.dtype(dtype)) for i in (0, 1))
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(times)
+
+
+def _batch(cfg, setup, seed: int = 0):
+    import numpy as np
+    from vlm_jax.data import pipeline
+    rng = np.random.default_rng(seed)
+    b, s, L = cfg.batch_size, cfg.data.image_size, cfg.tokenizer.max_len
+    lengths = rng.integers(L // 4, L + 1, b)
+    host = {"image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+            "tokens": rng.integers(3, setup.tokenizer.vocab_size, (b, L), dtype=np.int32),
+            "mask": np.arange(L)[None] < lengths[:, None],
+            "label": np.full((b,), -1, np.int32)}
+    return pipeline.to_global(host, setup.batch_sh)
+
+
+def _compile(cfg):
+    from vlm_jax.train.trainer import Setup
+    setup = Setup(cfg, data=False)
+    batch = _batch(cfg, setup)
+    with setup.context():
+        step = setup.train_step()
+        compiled = step.lower(setup.abstract_state(), batch, setup.step_rng).compile()
+    return setup, step, compiled, batch
+
+
+def model_flops(size: str, loss: str, batch: int, args) -> float:
+    """Global FLOPs of one plain step (no scan, remat or micro-batches), from the lowered HLO."""
+    from vlm_jax.train.trainer import Setup
+    plain = argparse.Namespace(**{**vars(args), "scan": False, "remat": "none", "microbatches": 1})
+    cfg = config(size, loss, batch, plain)
+    setup = Setup(cfg, data=False)
+    with setup.context():
+        lowered = setup.train_step().lower(setup.abstract_state(), _batch(cfg, setup),
+                                           setup.step_rng)
+    return lowered.cost_analysis()["flops"]
+
+
+def _bytes(compiled) -> int:
+    m = compiled.memory_analysis()
+    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - \
+        m.alias_size_in_bytes
+
+
+def largest_batch(size: str, loss: str, args) -> int:
+    """The largest power-of-two global batch whose compiled step fits in 90% of the device's
+    memory (by XLA's memory analysis); needs a device that reports its memory limit."""
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+        raise SystemExit("--batch 0 needs a device that reports its memory (a GPU or TPU)")
+    n = jax.device_count() * args.microbatches
+    best, batch = None, 16 * n
+    while batch <= 1 << 16:
+        try:
+            fits = _bytes(_compile(config(size, loss, batch, args))[2]) < 0.9 * stats["bytes_limit"]
+        except Exception as e:        # XLA may refuse to compile what cannot fit
+            if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
+                raise
+            fits = False
+        if not fits:
+            break
+        best, batch = batch, batch * 2
+    if best is None:
+        raise SystemExit(f"{size}: not even batch {16 * n} fits")
+    return best
+
+
+def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
+    import jax
+    from vlm_jax.train import state as state_lib
+    cfg = config(size, loss, batch, args)
+    setup, step, compiled, batch_arrays = _compile(cfg)
+    flops = model_flops(size, loss, batch, args)
+    state = setup.init_state()
+    times = []
+    with setup.context():
+        for i in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            state, m = step(state, batch_arrays, setup.step_rng)
+            m["loss"].block_until_ready()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    return {"size": size, "loss": loss, "dtype": cfg.model.dtype, "batch": batch,
+            "devices": jax.device_count(), "remat": cfg.model.remat, "scan": cfg.model.scan,
+            "microbatches": cfg.microbatches,
+            "params_m": state_lib.num_params(state.params) / 1e6,
+            "step_s": t, "examples_per_s": batch / t, "tflop_per_step": flops / 1e12,
+            "achieved_tflop_s": flops / t / 1e12, "peak_tflop_s": peak / 1e12,
+            "mfu": flops / t / peak, "device_gib": _bytes(compiled) / 2**30,
+            "final_loss": float(m["loss"]), "device": jax.devices()[0].device_kind}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", default="tiny", help=f"comma-separated, of {', '.join(SIZES)}")
+    p.add_argument("--losses", default="softmax,sigmoid")
+    p.add_argument("--batch", type=int, default=256, help="global batch; 0: the largest that fits")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--mu_dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--remat", default="none")
+    p.add_argument("--scan", action="store_true")
+    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument("--impl", default="gather", choices=("gather", "ring"))
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--probe", type=int, default=0, help="peak matmul size; 0: 2048 CPU, 8192 else")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    args.mesh = tuple(int(x) for x in args.mesh.split(","))
+    import jax
+    unknown = [s for s in args.sizes.split(",") if s not in SIZES]
+    if unknown:
+        raise SystemExit(f"unknown sizes {unknown}; choose from {', '.join(SIZES)}")
+    probe = args.probe or (2048 if jax.default_backend() == "cpu" else 8192)
+    peak = peak_flops(args.dtype, probe) * jax.device_count()
+    if not args.json:
+        print(f"peak {peak / 1e12:.3f} TFLOP/s ({args.dtype} {probe}^3 matmul, "
+              f"{jax.device_count()} x {jax.devices()[0].device_kind})")
+        print("| size | loss | dtype | batch | params | step | examples/s | TFLOP/step | "
+              "TFLOP/s | MFU | device memory |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        for loss in args.losses.split(","):
+            batch = args.batch or largest_batch(size, loss, args)
+            r = measure(size, loss, batch, peak, args)
+            if args.json:
+                print(json.dumps(r), flush=True)
+            else:
+                print(f"| {size} | {loss} | {r['dtype']} | {batch} | {r['params_m']:.1f}M | "
+                      f"{r['step_s'] * 1e3:.1f} ms | {r['examples_per_s']:.1f} | "
+                      f"{r['tflop_per_step']:.4f} | {r['achieved_tflop_s']:.3f} | "
+                      f"**{100 * r['mfu']:.1f}%** | {r['device_gib']:.2f} GiB |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
