@@ -17,8 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # name -> (patch, width, depth, heads, mlp) image, (width, depth, heads, mlp) text, image size,
 # text length, embedding width. The image towers are ViT-Ti/S/B/L and SigLIP's So400m.

@@ -1,5 +1,6 @@
 """Meshes with data, fsdp and tensor axes: the same numbers as one device, params where the
 rules put them."""
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -100,15 +101,23 @@ def test_param_shardings_follow_the_rules(data_dir):
 
 
 def test_fsdp_shrinks_per_device_bytes_and_respects_the_threshold(data_dir):
-    def device_bytes(shape, **over):
-        cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, **over})
-        return sharding.device_bytes(Setup(cfg, mesh=_mesh(shape)).init_state().params)
+    def setup(shape, **over):
+        return Setup(tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, **over}),
+                     mesh=_mesh(shape))
 
-    full = device_bytes((8, 1, 1))
-    assert device_bytes((1, 8, 1)) < full / 8 * 1.2            # about the fsdp factor
-    assert device_bytes((2, 4, 1)) < full / 4 * 1.2
+    def planned(s):        # bytes of the first device's shards, from the shardings alone
+        shapes = jax.tree.leaves(jax.tree.map(lambda x: x.shape, nn.unbox(s.boxed_params)),
+                             is_leaf=lambda x: isinstance(x, tuple))
+        return sum(4 * int(np.prod(sh.shard_shape(shape)))
+                   for sh, shape in zip(jax.tree.leaves(s.state_sh.params), shapes))
+
+    full = sharding.device_bytes(setup((8, 1, 1)).init_state().params)
+    sharded = setup((1, 8, 1))
+    assert sharding.device_bytes(sharded.init_state().params) < full / 8 * 1.2   # ~ 1 / fsdp
+    assert planned(sharded) == sharding.device_bytes(sharded.init_state().params)
+    assert planned(setup((2, 4, 1))) < full / 4 * 1.2
     # A threshold above every param leaves them all replicated.
-    assert device_bytes((1, 8, 1), **{"mesh.fsdp_min_mib": 100.0}) == full
+    assert planned(setup((1, 8, 1), **{"mesh.fsdp_min_mib": 100.0})) == full
 
 
 def test_param_spec_edge_cases():
