@@ -21,6 +21,7 @@ CORE = [
     "importlib-resources>=6",  # tensorflow-datasets imports it without declaring it
     "pyarrow>=15",  # parquet caption tables
     "tqdm>=4.66,<5",
+    "tensorboardX>=2.6,<3",  # TensorBoard event files without TensorFlow
 ]
 
 setuptools.setup(
@@ -33,7 +34,8 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4",
+                 "tensorboard>=2.16,<3"],  # reads the event files back
         "cuda12": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },

@@ -238,3 +238,33 @@ def test_adam_first_moment_in_bfloat16_when_asked():
     assert len(adam) == 1
     assert {x.dtype for x in jax.tree.leaves(adam[0].mu)} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in jax.tree.leaves(adam[0].nu)} == {jnp.dtype(jnp.float32)}
+
+
+def _tensorboard_scalars(workdir) -> dict:
+    """{tag: [(step, value), ...]} read back with TensorBoard's own reader (purges applied)."""
+    from tensorboard.backend.event_processing import event_accumulator
+    acc = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_hold_the_logged_scalars_and_survive_a_resume(data_dir, tmp_path):
+    import json
+    import shutil
+
+    from vlm_jax.train import trainer
+    cfg = tiny_config(data_dir, **{"total_steps": 4, "log_every_steps": 1,
+                                   "checkpoint_every_steps": 2, "keep_checkpoints": 3,
+                                   "eval.retrieval": ()})
+    trainer.train(cfg, str(tmp_path))
+    shutil.rmtree(tmp_path / "checkpoints" / "4")          # as if stopped after step 2
+    trainer.train(cfg, str(tmp_path))                      # resumes at 2, logs 3 and 4 again
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    tb = _tensorboard_scalars(tmp_path)
+    for key in ("loss", "contrastive/loss", "contrastive/i2t_acc", "lr", "grad_norm",
+                "examples_per_sec", "data_wait_fraction", "host_gib"):
+        want = [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows if key in r]
+        assert [step for step, _ in tb[key]] == [1, 2, 3, 4], key   # each once, in order
+        assert tb[key] == want, key
+    assert tb["eval/digits/zeroshot_top1"] == [
+        (4, pytest.approx(rows[-1]["eval/digits/zeroshot_top1"]))]

@@ -77,6 +77,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.nonfinite = "stop"            # non-finite loss/grads: stop (last good checkpoint kept) | skip
     c.async_checkpointing = True
 
+    c.log = ml_collections.ConfigDict()  # metrics.jsonl is always written
+    c.log.tensorboard = True        # event files in WORKDIR/tensorboard (no TensorFlow needed)
+    c.log.wandb = False             # Weights & Biases (pip install wandb), one run per workdir
+    c.log.wandb_project = "vlm_jax"
+
     c.mesh = ml_collections.ConfigDict()
     # (replica, data, fsdp, tensor), outermost first. `replica` spans slices or nodes joined by
     # the slow network (pure data parallelism between them); -1: all remaining devices.

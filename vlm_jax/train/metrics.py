@@ -1,9 +1,12 @@
-"""Metrics: `WORKDIR/metrics.jsonl` (one JSON object per line, with `step`) and the console line."""
+"""Metrics: `WORKDIR/metrics.jsonl` (one JSON object per line, with `step`), TensorBoard event
+files in `WORKDIR/tensorboard` (written without TensorFlow), Weights & Biases when enabled, and
+the console line. Only process 0 writes."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import resource
 import time
 
 import jax
@@ -42,6 +45,86 @@ class JsonlWriter:
                                      for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class TensorBoardWriter:
+    """Scalars as TensorBoard event files (tensorboardX; no TensorFlow). On resume, events past
+    the restored step are purged, so a curve never doubles back."""
+
+    def __init__(self, workdir: str, resume_step: int | None = None):
+        from tensorboardX import SummaryWriter
+        self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
+                                    purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, step: int, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if not isinstance(v, str):
+                self.writer.add_scalar(k, float(v), int(step))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbWriter:
+    """Weights & Biases, one run per workdir (its id kept in WORKDIR/wandb_id to resume it)."""
+
+    def __init__(self, workdir: str, config, project: str):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("log.wandb=True needs the wandb package: pip install wandb") from None
+        id_path = os.path.join(workdir, "wandb_id")
+        run_id = open(id_path).read().strip() if os.path.exists(id_path) else wandb.util.generate_id()
+        with open(id_path, "w") as f:
+            f.write(run_id)
+        self.run = wandb.init(project=project, id=run_id, resume="allow", dir=workdir,
+                              name=os.path.basename(os.path.abspath(workdir)),
+                              config=json.loads(config.to_json_best_effort()))
+
+    def write(self, step: int, metrics: dict) -> None:
+        self.run.log({k: v for k, v in metrics.items()}, step=int(step))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Writers:
+    """Every sink the config asks for, written together (process 0 only)."""
+
+    def __init__(self, workdir: str, config, resume_step: int | None = None):
+        self.sinks = []
+        if jax.process_index() != 0:
+            return
+        self.sinks.append(JsonlWriter(workdir, resume_step))
+        if config.log.tensorboard:
+            self.sinks.append(TensorBoardWriter(workdir, resume_step))
+        if config.log.wandb:
+            self.sinks.append(WandbWriter(workdir, config, config.log.wandb_project))
+
+    def write(self, step: int, metrics: dict) -> None:
+        for sink in self.sinks:
+            sink.write(step, metrics)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            getattr(sink, "close", lambda: None)()
+
+
+def memory() -> dict[str, float]:
+    """Host memory (this process: current and peak resident set) and, where the backend
+    reports it, the first local device's memory in use and at peak, in GiB."""
+    gib = 2.0 ** 30
+    out = {"host_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib}
+    try:
+        with open("/proc/self/statm") as f:
+            out["host_gib"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / gib
+    except OSError:
+        pass
+    stats = jax.local_devices()[0].memory_stats() or {}
+    for key, name in (("bytes_in_use", "device_gib"), ("peak_bytes_in_use", "device_peak_gib")):
+        if key in stats:
+            out[name] = stats[key] / gib
+    return out
 
 
 def read(workdir: str) -> list[dict]:

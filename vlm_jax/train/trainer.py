@@ -226,7 +226,7 @@ def train(config, workdir: str, mesh=None) -> dict:
     for line in s.describe_sharding():
         logging.info("%s", line)
     start, state = _start(s, ckpt, data_iter, workdir)
-    writer = metrics_lib.JsonlWriter(workdir, resume_step=start)
+    writer = metrics_lib.Writers(workdir, config, resume_step=start)
     step_fn = s.train_step()
     progress = metrics_lib.Progress(start, s.total_steps, config.batch_size)
     last, window, step = {}, [], start
@@ -269,6 +269,7 @@ def train(config, workdir: str, mesh=None) -> dict:
                                             skipped_updates)
                         mean["skipped_updates"], skipped_updates = skipped_updates, 0
                         last = {**mean, "examples_per_sec": ex_s, "data_wait_fraction": wait,
+                                **metrics_lib.memory(),
                                 "epoch": step * config.batch_size / s.num_train,
                                 **{k: skipped[k] for k in pipeline.SKIP_METRICS}}
                         if sum(skipped.values()):
@@ -289,6 +290,7 @@ def train(config, workdir: str, mesh=None) -> dict:
                 writer.write(step, last)
     finally:
         ckpt.close()
+        writer.close()
     if stop.requested is not None:
         raise StoppedEarly(step, stop.requested)
     logging.info("Done at step %d in %.0fs", step, time.perf_counter() - t_start)
