@@ -42,6 +42,49 @@ def test_retrieval_recall():
     assert r["t2i_r1"] == 1.0
 
 
+def _numpy_recall(images, captions, text_emb, texts, ks):
+    """The plain host computation: the whole similarity matrix, stable argsort."""
+    positive = np.zeros((len(images), len(texts)), bool)
+    for i, caps in enumerate(captions):
+        positive[i, [texts.index(c) for c in caps]] = True
+    sim = images @ text_emb.T
+    out = {}
+    for name, s, pos in (("i2t", sim, positive), ("t2i", sim.T, positive.T)):
+        hits = np.take_along_axis(pos, np.argsort(-s, axis=1, kind="stable"), axis=1)
+        out.update({f"{name}_r{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks})
+    return out
+
+
+@pytest.mark.parametrize("n_devices", [1, 8])
+def test_sharded_top_k_equals_a_full_sort(n_devices):
+    rng = np.random.default_rng(0)
+    queries, keys = rng.normal(size=(37, 8)), _unit(rng.normal(size=(53, 8)))  # 53: padded shards
+    keys[40] = keys[3]                                # a tie: the lower index must come first
+    queries[5] = keys[3]
+    want = np.argsort(-(queries.astype(np.float32) @ keys.astype(np.float32).T), axis=1,
+                      kind="stable")[:, :10]
+    mesh = make_mesh(n_devices)
+    got = retrieval.top_k(queries, keys, 10, mesh, ("data",), chunk=16)   # 3 query chunks
+    np.testing.assert_array_equal(got, want)
+    assert list(got[5, :2]) == [3, 40]
+    assert retrieval.top_k(queries[:2], keys[:4], 10, mesh, ("data",)).shape == (2, 4)
+
+
+def test_sharded_recall_on_1_and_8_devices_equals_numpy():
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(40)]
+    table = dict(zip(words, _unit(rng.normal(size=(40, 16)))))
+    captions = [list(rng.choice(words, size=rng.integers(1, 4), replace=False)) for _ in range(90)]
+    images = _unit(np.stack([table[c[0]] for c in captions]) + 0.8 * rng.normal(size=(90, 16)))
+    embed = lambda texts: np.stack([table[t] for t in texts])
+    texts = sorted({c for caps in captions for c in caps})
+    want = _numpy_recall(images, captions, embed(texts), texts, (1, 5, 10))
+    assert 0.1 < want["i2t_r1"] < 0.9               # neither trivial nor hopeless
+    for n in (1, 8):
+        got = retrieval.recall(images, captions, embed, mesh=make_mesh(n), axes=("data",))
+        assert got == pytest.approx(want), n
+
+
 def test_itm_reranking_reorders_each_querys_top_k():
     embed = lambda texts: _unit([ANIMALS[t] for t in texts])
     captions = [["cat"], ["dog", "puppy"], ["bird"], ["dog"]]
@@ -73,8 +116,8 @@ def test_evaluator_runs_sharded_with_padding(data_dir):
     s = Setup(cfg, mesh=make_mesh(8))
     params = s.init_state().params
     out = s.evaluator.run(params)
-    assert set(out) == {f"eval/{d}/{m}" for d in ("digits", "shapes")
-                        for m in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")} | {"eval/digits/zeroshot_top1"}
+    assert set(out) == {f"eval/{d}/{m}" for d in ("digits", "shapes") for m in (
+        "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")} | {"eval/digits/zeroshot_top1"}
     assert all(0.0 <= v <= 1.0 for v in out.values())
     # The eval pipeline's embeddings come back in source order, padding dropped: they equal
     # the same images embedded straight from memory, one at a time.

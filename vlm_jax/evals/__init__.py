@@ -88,8 +88,9 @@ class Evaluator:
                 out[f"eval/{name}/zeroshot_top1"] = zeroshot.top1(img, labels, classes)
             if name in e.retrieval:
                 out.update({f"eval/{name}/{k}": v
-                            for k, v in retrieval.recall(img, captions, embed, itm=itm,
-                                                         rerank_k=e.rerank_k).items()})
+                            for k, v in retrieval.recall(
+                                img, captions, embed, itm=itm, rerank_k=e.rerank_k,
+                                mesh=self.embedder.mesh, axes=self.embedder.axes).items()})
         logging.info("eval took %.1fs: %s", time.perf_counter() - t0,
                      " ".join(f"{k}={v:.3f}" for k, v in out.items()))
         return out

@@ -29,7 +29,8 @@ def _pick(out: dict, *keys):
 class Embedder:
     def __init__(self, model: nn.Module, mesh: Mesh, rules, tokenizer: Tokenizer, max_len: int,
                  batch_size: int):
-        n_shards = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(rules)]))
+        self.axes = sharding.batch_axes(rules)
+        n_shards = int(np.prod([mesh.shape[a] for a in self.axes]))
         self.batch = max(n_shards, batch_size // n_shards * n_shards)
         self.sharding = sharding.batch_sharding(mesh, rules)
         self.tokenizer, self.max_len, self.mesh, self.rules = tokenizer, max_len, mesh, rules

@@ -6,23 +6,86 @@ captions. Identical strings share one embedding, so a caption shared by many ima
 - i2t R@k: the share of images with at least one of their captions among their k nearest texts;
 - t2i R@k: the share of texts with at least one of their images among their k nearest images.
 
+Rankings are computed on the devices (`top_k`): the candidates are split over the mesh's batch
+axes, each device keeps the k best of its shard for a chunk of queries, and the shards' lists
+are merged. Neither the hosts nor any device ever hold a queries x candidates matrix.
+
 Re-ranking (ALBEF): each query's top `rerank_k` candidates by embedding similarity are reordered
 by the ITM head's score of the (image, text) pair; the rest keep their order.
 """
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import math
+from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 # (texts, image indices, text indices) -> one ITM score per pair, higher = better match
 PairScorer = Callable[[list[str], np.ndarray, np.ndarray], np.ndarray]
 
 
-def _recall_at(positive: np.ndarray, order: np.ndarray, ks) -> dict[int, float]:
-    """positive [queries, candidates]; order [queries, candidates] best first."""
-    hits = np.take_along_axis(positive, order, axis=1)
-    return {k: float(np.mean(hits[:, :k].any(axis=1))) for k in ks}
+@functools.lru_cache(maxsize=None)
+def _top_k_fn(mesh: Mesh | None, axes: tuple[str, ...], k: int, shard_len: int):
+    def body(q, keys, valid):
+        s = jnp.where(valid[None], q @ keys.T, -jnp.inf)
+        v, i = jax.lax.top_k(s, min(k, shard_len))          # ties: the lower index first
+        if not axes:
+            return i
+        i = i + jax.lax.axis_index(axes) * shard_len
+        v = jax.lax.all_gather(v, axes, axis=1, tiled=True)  # shard order = global index order
+        i = jax.lax.all_gather(i, axes, axis=1, tiled=True)
+        _, j = jax.lax.top_k(v, k)
+        return jnp.take_along_axis(i, j, axis=1)
+    if mesh is None:
+        return jax.jit(body)
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(axes), P(axes)),
+                                 out_specs=P(), check_vma=False))
+
+
+def top_k(queries: np.ndarray, keys: np.ndarray, k: int, mesh: Mesh | None = None,
+          axes: Sequence[str] = (), chunk: int = 1024) -> np.ndarray:
+    """[Q, k] indices of each query's k highest-scoring keys (dot product), best first, ties to
+    the lower index. With a mesh the keys are split over `axes`: top-k per shard, then merged."""
+    axes = tuple(axes) if mesh is not None else ()
+    n = math.prod(mesh.shape[a] for a in axes) if axes else 1
+    m = len(keys)
+    k = min(k, m)
+    shard_len = -(-m // n)
+    pad = shard_len * n - m
+    keys = np.concatenate([keys, np.zeros((pad, keys.shape[1]), keys.dtype)]).astype(np.float32)
+    valid = np.arange(shard_len * n) < m
+    fn = _top_k_fn(mesh, axes, k, shard_len)
+    if mesh is not None:
+        sh, repl = NamedSharding(mesh, P(axes)), NamedSharding(mesh, P())
+        keys, valid = (jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx])
+                       for x in (keys, valid))
+    out = []
+    for start in range(0, len(queries), chunk):     # fixed-size chunks: one compile
+        q = queries[start:start + chunk].astype(np.float32)
+        rows = len(q)
+        q = np.concatenate([q, np.zeros((chunk - rows, q.shape[1]), np.float32)])
+        if mesh is not None:
+            q = jax.make_array_from_callback(q.shape, repl, lambda idx, q=q: q[idx])
+        idx = fn(q, keys, valid)
+        out.append(np.asarray(idx.addressable_shards[0].data)[:rows])
+    return np.concatenate(out) if out else np.zeros((0, k), np.int32)
+
+
+def _hits(order: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """order [Q, K] candidate indices; positives [Q, P] each query's positive candidates,
+    padded with -1 -> [Q, K] booleans."""
+    return (order[:, :, None] == positives[:, None, :]).any(axis=2)
+
+
+def _padded(lists: list[list[int]]) -> np.ndarray:
+    out = np.full((len(lists), max(1, max(map(len, lists), default=1))), -1, np.int64)
+    for i, xs in enumerate(lists):
+        out[i, :len(xs)] = xs
+    return out
 
 
 def _rerank(order: np.ndarray, k: int, score: Callable[[np.ndarray, np.ndarray], np.ndarray]):
@@ -35,24 +98,28 @@ def _rerank(order: np.ndarray, k: int, score: Callable[[np.ndarray, np.ndarray],
     return np.concatenate([top, order[:, k:]], axis=1)
 
 
-def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1, 5),
-           itm: PairScorer | None = None, rerank_k: int = 16) -> dict[str, float]:
+def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1, 5, 10),
+           itm: PairScorer | None = None, rerank_k: int = 16, mesh: Mesh | None = None,
+           axes: Sequence[str] = ()) -> dict[str, float]:
     texts = sorted({c for caps in captions for c in caps})
     index = {t: j for j, t in enumerate(texts)}
-    positive = np.zeros((len(captions), len(texts)), bool)       # [images, texts]
-    for i, caps in enumerate(captions):
-        positive[i, [index[c] for c in caps]] = True
-    sim = image_emb @ embed_texts(texts).T
-    i2t = np.argsort(-sim, axis=1, kind="stable")                # each image's texts, nearest first
-    t2i = np.argsort(-sim.T, axis=1, kind="stable")              # each text's images
+    img_pos = [[index[c] for c in caps] for caps in captions]        # each image's texts
+    txt_pos = [[] for _ in texts]                                     # each text's images
+    for i, pos in enumerate(img_pos):
+        for j in pos:
+            txt_pos[j].append(i)
+    text_emb = embed_texts(texts)
+    depth = max(max(ks), rerank_k if itm is not None else 0)
+    i2t = top_k(image_emb, text_emb, depth, mesh, axes)             # nearest texts first
+    t2i = top_k(text_emb, image_emb, depth, mesh, axes)             # nearest images first
     orders = {"": (i2t, t2i)}
     if itm is not None and rerank_k > 0:
         orders["itm_"] = (_rerank(i2t, rerank_k, lambda q, c: itm(texts, q, c)),
                           _rerank(t2i, rerank_k, lambda q, c: itm(texts, c, q)))
     out = {}
     for prefix, (a, b) in orders.items():
-        for k, v in _recall_at(positive, a, ks).items():
-            out[f"{prefix}i2t_r{k}"] = v
-        for k, v in _recall_at(positive.T, b, ks).items():
-            out[f"{prefix}t2i_r{k}"] = v
+        for name, order, pos in (("i2t", a, img_pos), ("t2i", b, txt_pos)):
+            hits = _hits(order, _padded(pos))
+            for k in ks:
+                out[f"{prefix}{name}_r{k}"] = float(hits[:, :k].any(axis=1).mean())
     return out
