@@ -127,3 +127,65 @@ def test_evaluator_runs_sharded_with_padding(data_dir):
     assert a.shape[0] == len(imgs) == 360
     b = np.concatenate([s.evaluator.embedder.images(params, imgs[i:i + 1]) for i in (0, 200, 359)])
     np.testing.assert_allclose(a[[0, 200, 359]], b, atol=1e-5)
+
+
+def test_ridge_probe_predicts_like_sklearn():
+    from sklearn.linear_model import RidgeClassifier
+
+    from vlm_jax.evals import probe
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 12))
+    labels = rng.integers(0, 5, 300)
+    x = centres[labels] + 1.5 * rng.normal(size=(300, 12))
+    train, test = slice(0, 200), slice(200, 300)
+    l2 = 0.05
+    ours = probe.ridge_top1(x[train], labels[train], x[test], labels[test], l2)
+    ref = RidgeClassifier(alpha=l2 * 200).fit(x[train], labels[train])
+    assert ours == pytest.approx(float(np.mean(ref.predict(x[test]) == labels[test])))
+    w, b = probe.ridge_fit(x[train], labels[train], 5, l2)
+    np.testing.assert_array_equal(np.argmax(x[test] @ w + b, 1), ref.predict(x[test]))
+    assert 0.4 < ours < 1.0
+
+
+def test_clip_templates_and_prompts():
+    from vlm_jax.evals import templates
+    assert len(templates.CLIP) == len(set(templates.CLIP)) == 80
+    assert all(t.count("{}") == 1 for t in templates.CLIP)
+    classes = [{"word": "seven", "digit": "7"}, {"word": "one", "digit": "1"}]
+    assert zeroshot.prompts(classes, ["a photo of a {}.", "handwritten {digit}"]) == [
+        "a photo of a seven.", "handwritten 7", "a photo of a one.", "handwritten 1"]
+    assert zeroshot.prompts(classes, ["{}!"], names=["7", "1"]) == ["7!", "1!"]
+    with pytest.raises(ValueError, match="1 class names for 2 classes"):
+        zeroshot.prompts(classes, ["{}"], names=["x"])
+
+
+def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_dir):
+    from sklearn.linear_model import RidgeClassifier
+
+    from vlm_jax.data import builtin, pipeline
+    from vlm_jax.evals import templates
+    from vlm_jax.train.trainer import Setup
+    cfg = tiny_config(data_dir, **{"eval.linear_probe": ("digits",), "eval.retrieval": (),
+                                   "eval.templates": "clip", "eval.probe_l2": 0.01})
+    s = Setup(cfg, mesh=make_mesh(4))
+    params = s.init_state().params
+    out = s.evaluator.run(params)
+    assert set(out) == {"eval/digits/linear_probe_top1", "eval/digits/zeroshot_top1"}
+    # The same numbers from the images held in memory, embedded directly, scored by sklearn and
+    # by a plain numpy prompt ensemble.
+    emb = s.evaluator.embedder
+    feats, labels = {}, {}
+    for split in ("train", "test"):
+        data = pipeline.load_split("digits", split, data_dir, cfg.data.image_size)
+        feats[split] = emb._batched(emb.features("img/pre_logits"), params, data["image"])
+        labels[split] = data["label"]
+    ref = RidgeClassifier(alpha=0.01 * len(labels["train"])).fit(feats["train"], labels["train"])
+    want = float(np.mean(ref.predict(feats["test"]) == labels["test"]))
+    assert out["eval/digits/linear_probe_top1"] == pytest.approx(want)
+    words = [c["word"] for c in builtin.info("digits", data_dir)["classes"]]
+    text = emb.texts(params, [t.format(w) for w in words for t in templates.CLIP])
+    cls = text.reshape(10, 80, -1).mean(1)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    img = emb.images(params, pipeline.load_split("digits", "test", data_dir, 16)["image"])
+    zs = float(np.mean(np.argmax(img @ cls.T, 1) == labels["test"]))
+    assert out["eval/digits/zeroshot_top1"] == pytest.approx(zs)

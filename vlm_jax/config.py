@@ -42,6 +42,7 @@ CHOICES = {
     "optim.mu_dtype": ("float32", "bfloat16"),
     "model.remat": REMAT_POLICIES,
     "tokenizer.name": ("bytes", "sentencepiece", "hf"),
+    "eval.templates": ("builtin", "clip", "custom"),
 }
 
 
@@ -220,6 +221,15 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.retrieval = ("digits", "shapes")
     c.eval.batch_size = 256
     c.eval.rerank_k = 16            # with ITM: retrieval also re-ranks each query's top k by ITM
+    # Zero-shot prompts: the dataset's own (builtin), CLIP's 80 ImageNet ones (clip), or
+    # custom_templates ('{}' stands for the class name); class_names replaces the dataset's names.
+    c.eval.templates = "builtin"
+    c.eval.custom_templates = ()
+    c.eval.class_names = ()
+    # Linear probe: a ridge classifier fit on each dataset's train split, scored on its test split.
+    c.eval.linear_probe = ()
+    c.eval.probe_representation = "img/pre_logits"   # any image-tower output: img/embed, ...
+    c.eval.probe_l2 = 1e-3          # ridge penalty per training example
     return c
 
 
@@ -341,6 +351,8 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     _check_objectives(cfg)
     _check_mesh(cfg)
     _check_microbatches(cfg)
+    if cfg.eval.templates == "custom" and not cfg.eval.custom_templates:
+        raise ConfigError("'eval.templates' is 'custom' but 'eval.custom_templates' is empty")
     for key in ("batch_size", "tokenizer.max_len", "eval.batch_size"):
         section, leaf = _section(cfg, key)
         if section[leaf] <= 0:

@@ -1,5 +1,6 @@
 """Evaluation on the built-in test splits: zero-shot classification, image-text retrieval (with
-ITM re-ranking when the model has an ITM head) and, with an MLM head, MLM accuracy."""
+ITM re-ranking when the model has an ITM head), a linear probe on frozen features and, with an
+MLM head, MLM accuracy."""
 from __future__ import annotations
 
 import functools
@@ -13,7 +14,7 @@ from absl import logging
 from vlm_jax import objectives
 from vlm_jax.data import builtin, pipeline
 from vlm_jax.data.tokenizer import tokenize
-from vlm_jax.evals import retrieval, zeroshot
+from vlm_jax.evals import probe, retrieval, templates, zeroshot
 from vlm_jax.evals.common import Embedder
 from vlm_jax.losses import masked
 
@@ -30,12 +31,30 @@ class Evaluator:
     def _texts(self, name: str):
         return pipeline.read_texts(pipeline.builtin_source(name), self.config.data_dir or None)
 
-    def _images(self, params, name: str, tokens: bool = False):
+    def _images(self, params, name: str, tokens: bool = False, split: str = "test",
+                key: str = "img/normed"):
         batches, n = pipeline.eval_batches(
-            pipeline.builtin_source(name), self.config.data_dir or None,
+            pipeline.builtin_source(name, split), self.config.data_dir or None,
             self.config.data.image_size, self.embedder.batch,
             num_threads=self.config.data.num_threads)
-        return self.embedder.images_from(params, batches, n, tokens)
+        return self.embedder.images_from(params, batches, n, tokens, key)
+
+    def _templates(self, meta: dict) -> tuple:
+        e = self.config.eval
+        return {"builtin": tuple(meta["templates"]), "clip": templates.CLIP,
+                "custom": tuple(e.custom_templates)}[e.templates]
+
+    def _linear_probe(self, params, name: str) -> float:
+        """Ridge classifier on the train split's `eval.probe_representation`, scored on test."""
+        e, data_dir = self.config.eval, self.config.data_dir or None
+        feats = {split: self._images(params, name, split=split, key=e.probe_representation)
+                 for split in ("train", "test")}
+        labels = {split: pipeline.read_texts(pipeline.builtin_source(name, split), data_dir)[1]
+                  for split in ("train", "test")}
+        if (labels["train"] < 0).all() or (labels["test"] < 0).all():
+            raise ValueError(f"eval.linear_probe: dataset {name!r} has no class labels")
+        return probe.ridge_top1(feats["train"], labels["train"], feats["test"], labels["test"],
+                                e.probe_l2)
 
     def _itm_scorer(self, params, img_tokens):
         """(embed_texts, score) for re-ranking: the texts go through the tower once, and their
@@ -70,6 +89,8 @@ class Evaluator:
         e = self.config.eval
         out = {}
         texts = functools.partial(self.embedder.texts, params)
+        for name in e.linear_probe:
+            out[f"eval/{name}/linear_probe_top1"] = self._linear_probe(params, name)
         for name in dict.fromkeys(tuple(e.zeroshot) + tuple(e.retrieval)):
             captions, labels = self._texts(name)
             rerank = name in e.retrieval and self.embedder.has_itm and e.rerank_k > 0
@@ -84,7 +105,8 @@ class Evaluator:
                 out[f"eval/{name}/mlm_accuracy"] = self._mlm_accuracy(params, captions, img_tokens)
             if name in e.zeroshot:
                 meta = builtin.info(name, self.config.data_dir or None)
-                classes = zeroshot.class_embeddings(texts, meta["classes"], meta["templates"])
+                classes = zeroshot.class_embeddings(texts, meta["classes"], self._templates(meta),
+                                                    tuple(e.class_names))
                 out[f"eval/{name}/zeroshot_top1"] = zeroshot.top1(img, labels, classes)
             if name in e.retrieval:
                 out.update({f"eval/{name}/{k}": v

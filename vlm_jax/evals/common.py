@@ -1,6 +1,8 @@
 """Embedding whole eval sets on the mesh, in fixed-size padded batches (one compile each)."""
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -34,8 +36,8 @@ class Embedder:
         self.batch = max(n_shards, batch_size // n_shards * n_shards)
         self.sharding = sharding.batch_sharding(mesh, rules)
         self.tokenizer, self.max_len, self.mesh, self.rules = tokenizer, max_len, mesh, rules
-        self._img = jax.jit(lambda p, x: model.apply(
-            {"params": p}, x, method=model.encode_image)["img/normed"])
+        self.model = model
+        self._img = self.features("img/normed")
         self._txt = jax.jit(lambda p, t, m: model.apply(
             {"params": p}, t, m, method=model.encode_text)["txt/normed"])
         self._img_tokens = jax.jit(lambda p, x: _pick(model.apply(
@@ -53,6 +55,12 @@ class Embedder:
                 return logits[:, 1] - logits[:, 0]
             self._itm = jax.jit(itm)
 
+    @functools.lru_cache(maxsize=None)
+    def features(self, key: str):
+        """A jitted (params, images) -> the image tower's output `key` ('img/pre_logits', ...)."""
+        model = self.model
+        return jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image)[key])
+
     def _batched(self, fn, params, *arrays):
         """fn over fixed-size padded chunks of `arrays`; its output (an array or a tuple of
         arrays) concatenated back to len(arrays[0]) rows."""
@@ -67,12 +75,12 @@ class Embedder:
             out.append(jax.tree.map(lambda a: _host(a)[: self.batch - pad], y))
         return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
-    def images_from(self, params, batches, n: int, tokens: bool = False):
+    def images_from(self, params, batches, n: int, tokens: bool = False, key: str = "img/normed"):
         """Eval-pipeline batches (this process's rows, with `index` and `valid`) -> [n, D] in
         source order on every process; rows never seen (unreadable examples) are zero.
-        With `tokens`, (embeddings, image tower tokens [n, T, W])."""
+        With `tokens`, (embeddings, image tower tokens [n, T, W]); `key` picks another output."""
         out = None
-        fn = self._img_tokens if tokens else self._img
+        fn = self._img_tokens if tokens else self.features(key)
         for b in batches:
             g = {k: jax.make_array_from_process_local_data(self.sharding, np.asarray(b[k]))
                  for k in ("image", "index", "valid")}
