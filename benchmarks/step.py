@@ -91,25 +91,27 @@ def _batch(cfg, setup, seed: int = 0):
     return pipeline.to_global(host, setup.batch_sh)
 
 
-def _compile(cfg):
+def _lower(cfg):
+    """(setup, the lowered train step, a synthetic batch)."""
     from vlm_jax.train.trainer import Setup
     setup = Setup(cfg, data=False)
     batch = _batch(cfg, setup)
     with setup.context():
-        step = setup.train_step()
-        compiled = step.lower(setup.abstract_state(), batch, setup.step_rng).compile()
-    return setup, step, compiled, batch
+        lowered = setup.train_step().lower(setup.abstract_state(), batch, setup.step_rng)
+    return setup, lowered, batch
 
 
-def model_flops(size: str, loss: str, batch: int, args) -> float:
-    """Global FLOPs of one plain step (no scan, remat or micro-batches), from the lowered HLO."""
-    from vlm_jax.train.trainer import Setup
-    plain = argparse.Namespace(**{**vars(args), "scan": False, "remat": "none", "microbatches": 1})
-    cfg = config(size, loss, batch, plain)
-    setup = Setup(cfg, data=False)
-    with setup.context():
-        lowered = setup.train_step().lower(setup.abstract_state(), _batch(cfg, setup),
-                                           setup.step_rng)
+def _plain(args) -> bool:
+    return not args.scan and args.remat == "none" and args.microbatches == 1
+
+
+def model_flops(size: str, loss: str, batch: int, args, lowered=None) -> float:
+    """Global FLOPs of one plain step (no scan, remat or micro-batches), from the lowered HLO;
+    `lowered` is used when it is that plain step already."""
+    if lowered is None or not _plain(args):
+        plain = argparse.Namespace(**{**vars(args), "scan": False, "remat": "none",
+                                      "microbatches": 1})
+        lowered = _lower(config(size, loss, batch, plain))[1]
     return lowered.cost_analysis()["flops"]
 
 
@@ -130,7 +132,8 @@ def largest_batch(size: str, loss: str, args) -> int:
     best, batch = None, 16 * n
     while batch <= 1 << 16:
         try:
-            fits = _bytes(_compile(config(size, loss, batch, args))[2]) < 0.9 * stats["bytes_limit"]
+            compiled = _lower(config(size, loss, batch, args))[1].compile()
+            fits = _bytes(compiled) < 0.9 * stats["bytes_limit"]
         except Exception as e:        # XLA may refuse to compile what cannot fit
             if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
                 raise
@@ -147,8 +150,9 @@ def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
     import jax
     from vlm_jax.train import state as state_lib
     cfg = config(size, loss, batch, args)
-    setup, step, compiled, batch_arrays = _compile(cfg)
-    flops = model_flops(size, loss, batch, args)
+    setup, lowered, batch_arrays = _lower(cfg)
+    step = compiled = lowered.compile()          # compiled once; the loop calls it directly
+    flops = model_flops(size, loss, batch, args, lowered)
     state = setup.init_state()
     times = []
     with setup.context():
