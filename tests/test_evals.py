@@ -189,3 +189,53 @@ def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_d
     img = emb.images(params, pipeline.load_split("digits", "test", data_dir, 16)["image"])
     zs = float(np.mean(np.argmax(img @ cls.T, 1) == labels["test"]))
     assert out["eval/digits/zeroshot_top1"] == pytest.approx(zs)
+
+
+def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
+    import json
+
+    from vlm_jax.train import evaluate, trainer
+    cfg = tiny_config(data_dir, **{
+        "total_steps": 4, "log_every_steps": 2, "eval_every_steps": 2,
+        "eval.zeroshot": ("digits",), "eval.zeroshot_prefix": "zs/{dataset}/",
+        "eval.retrieval": ("shapes",), "eval.retrieval_every_steps": 1,
+        "eval.linear_probe": ("digits",), "eval.linear_probe_every_percent": 100.0,
+        "eval.linear_probe_prefix": "probe/"})
+    trainer.train(cfg, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    steps = lambda key: sorted({r["step"] for r in rows if key in r})
+    assert steps("eval/shapes/i2t_r1") == [1, 2, 3, 4]      # its own cadence
+    assert steps("zs/digits/zeroshot_top1") == [2, 4]       # eval_every
+    assert steps("probe/linear_probe_top1") == [4]          # 100% of the run
+    assert not any(k.startswith("eval/digits") for r in rows for k in r)
+    # launch.eval runs the evaluators asked for, under the same names.
+    out = evaluate.evaluate_workdir(str(tmp_path), kinds=("zeroshot",))
+    assert set(out) == {"step", "zs/digits/zeroshot_top1"} and out["step"] == 4
+    assert out["zs/digits/zeroshot_top1"] == pytest.approx(
+        [r for r in rows if "zs/digits/zeroshot_top1" in r][-1]["zs/digits/zeroshot_top1"])
+
+
+def test_eval_config_errors():
+    from vlm_jax import config as config_lib
+    c = config_lib.defaults()
+    c.eval.retrieval_prefix = "eval/{name}/"
+    with pytest.raises(config_lib.ConfigError, match="eval.retrieval_prefix"):
+        config_lib.validate(c)
+    c = config_lib.defaults()
+    c.eval.zeroshot_every_steps, c.eval.zeroshot_every_epochs = 10, 1.0
+    with pytest.raises(config_lib.ConfigError, match="zeroshot_every"):
+        config_lib.validate(c)
+
+
+def test_ticker_reports_progress_and_time_left(monkeypatch):
+    from vlm_jax import progress
+    clock = iter([0.0, 5.0, 12.0, 15.0, 30.0, 40.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    t = progress.Ticker("embedding digits test images", 400, "images", every_s=10)
+    t.update(100)       # at 5 s: too soon for a line
+    t.update(100)       # at 12 s: 200/400, 16.7/s, 12 s left
+    t.update(100)       # at 15 s: 3 s after the last line
+    t.update(100)       # at 30 s: done, the close line says so
+    assert t.close() == 40.0
+    assert t.lines == ["embedding digits test images: 200/400 images (50%), 16.7/s, ETA 0m12s",
+                       "embedding digits test images: 400 images in 40.0s"]

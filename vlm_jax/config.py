@@ -4,8 +4,8 @@ A recipe (`configs/*.py`) starts from `defaults()` and changes values; `validate
 key the schema lacks (naming the closest valid key), any value of the wrong type and any value
 outside its allowed choices, before anything is computed.
 
-Durations (`total`, `log_every`, `checkpoint_every`, `eval_every`, `optim.warmup`) are given in
-exactly one unit: `<name>_steps | _epochs | _examples | _percent` (percent of the total steps).
+Durations (`total`, `log_every`, `checkpoint_every`, `eval_every`, `optim.warmup`,
+`eval.<evaluator>_every`) are given in exactly one unit: `<name>_steps | _epochs | _examples | _percent` (percent of the total steps).
 """
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ UNITS = ("steps", "epochs", "examples", "percent")
 UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
 # name -> whether exactly one unit must be set (otherwise at most one).
 DURATIONS = {"total": True, "log_every": False, "checkpoint_every": False, "eval_every": False,
-             "optim.warmup": False}
+             "optim.warmup": False, "eval.zeroshot_every": False, "eval.retrieval_every": False,
+             "eval.linear_probe_every": False}
+
+# Evaluators: their datasets are eval.<name>; retrieval includes ITM re-ranking and MLM accuracy.
+EVALUATORS = ("zeroshot", "retrieval", "linear_probe")
 
 CHOICES = {
     "nonfinite": ("stop", "skip"),
@@ -230,6 +234,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.linear_probe = ()
     c.eval.probe_representation = "img/pre_logits"   # any image-tower output: img/embed, ...
     c.eval.probe_l2 = 1e-3          # ridge penalty per training example
+    # Each evaluator's cadence (unset: eval_every; every evaluator also runs at the last step)
+    # and its metric prefix ('{dataset}' stands for the dataset's name).
+    for kind in EVALUATORS:
+        _durations(c.eval, f"{kind}_every", {})
+        c.eval[f"{kind}_prefix"] = "eval/{dataset}/"
     return c
 
 
@@ -353,6 +362,12 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     _check_microbatches(cfg)
     if cfg.eval.templates == "custom" and not cfg.eval.custom_templates:
         raise ConfigError("'eval.templates' is 'custom' but 'eval.custom_templates' is empty")
+    for kind in EVALUATORS:
+        try:
+            cfg.eval[f"{kind}_prefix"].format(dataset="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"'eval.{kind}_prefix' may only hold '{{dataset}}', got "
+                              f"{cfg.eval[f'{kind}_prefix']!r} ({e!r})") from None
     for key in ("batch_size", "tokenizer.max_len", "eval.batch_size"):
         section, leaf = _section(cfg, key)
         if section[leaf] <= 0:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vlm_jax import objectives
+from vlm_jax import config as config_lib, objectives
 from vlm_jax.data import builtin, pipeline
 from vlm_jax.data.tokenizer import tokenize
 from vlm_jax.evals import probe, retrieval, templates, zeroshot
@@ -20,7 +20,8 @@ from vlm_jax.losses import masked
 
 
 class Evaluator:
-    """Runs every eval the config names; returns {'eval/<dataset>/<metric>': value}."""
+    """Runs the evaluators the config names (eval.zeroshot, eval.retrieval, eval.linear_probe:
+    datasets); returns {'<prefix><metric>': value}, by default 'eval/<dataset>/<metric>'."""
 
     def __init__(self, config, model, mesh, rules, tokenizer):
         self.config = config
@@ -37,7 +38,8 @@ class Evaluator:
             pipeline.builtin_source(name, split), self.config.data_dir or None,
             self.config.data.image_size, self.embedder.batch,
             num_threads=self.config.data.num_threads)
-        return self.embedder.images_from(params, batches, n, tokens, key)
+        return self.embedder.images_from(params, batches, n, tokens, key,
+                                         what=f"embedding {name} {split} images")
 
     def _templates(self, meta: dict) -> tuple:
         e = self.config.eval
@@ -84,35 +86,59 @@ class Evaluator:
         pred = self.embedder.mlm_predictions(params, np.asarray(inputs), mask, img_tokens)
         return float((pred == ids)[chosen].mean())
 
-    def run(self, params) -> dict[str, float]:
+    def _dataset(self, params, name: str, kinds) -> dict[str, dict[str, float]]:
+        """{evaluator: metrics} of the due evaluators that name this dataset; the images are
+        embedded once for all of them."""
+        e = self.config.eval
+        zs = "zeroshot" in kinds and name in e.zeroshot
+        rt = "retrieval" in kinds and name in e.retrieval
+        captions, labels = self._texts(name)
+        rerank = rt and self.embedder.has_itm and e.rerank_k > 0
+        mlm = rt and self.embedder.has_mlm
+        img = self._images(params, name, tokens=rerank or mlm)
+        if rerank or mlm:
+            img, img_tokens = img
+        texts = functools.partial(self.embedder.texts, params)
+        out = {}
+        if zs:
+            meta = builtin.info(name, self.config.data_dir or None)
+            classes = zeroshot.class_embeddings(texts, meta["classes"], self._templates(meta),
+                                                tuple(e.class_names))
+            out["zeroshot"] = {"zeroshot_top1": zeroshot.top1(img, labels, classes)}
+        if rt:
+            itm, embed = None, texts
+            if rerank:
+                embed, itm = self._itm_scorer(params, img_tokens)
+            out["retrieval"] = retrieval.recall(img, captions, embed, itm=itm,
+                                                rerank_k=e.rerank_k, mesh=self.embedder.mesh,
+                                                axes=self.embedder.axes)
+            if mlm:
+                out["retrieval"]["mlm_accuracy"] = self._mlm_accuracy(params, captions, img_tokens)
+        return out
+
+    def run(self, params, kinds=config_lib.EVALUATORS) -> dict[str, float]:
+        """The evaluators named in `kinds` on every dataset they list; each metric is named
+        `eval.<evaluator>_prefix` (with the dataset) + the metric."""
+        unknown = set(kinds) - set(config_lib.EVALUATORS)
+        if unknown:
+            raise ValueError(f"unknown evaluators {sorted(unknown)}; "
+                             f"choose from {config_lib.EVALUATORS}")
         t0 = time.perf_counter()
         e = self.config.eval
         out = {}
-        texts = functools.partial(self.embedder.texts, params)
-        for name in e.linear_probe:
-            out[f"eval/{name}/linear_probe_top1"] = self._linear_probe(params, name)
-        for name in dict.fromkeys(tuple(e.zeroshot) + tuple(e.retrieval)):
-            captions, labels = self._texts(name)
-            rerank = name in e.retrieval and self.embedder.has_itm and e.rerank_k > 0
-            mlm = name in e.retrieval and self.embedder.has_mlm
-            img = self._images(params, name, tokens=rerank or mlm)
-            itm, embed = None, texts
-            if rerank or mlm:
-                img, img_tokens = img
-            if rerank:
-                embed, itm = self._itm_scorer(params, img_tokens)
-            if mlm:
-                out[f"eval/{name}/mlm_accuracy"] = self._mlm_accuracy(params, captions, img_tokens)
-            if name in e.zeroshot:
-                meta = builtin.info(name, self.config.data_dir or None)
-                classes = zeroshot.class_embeddings(texts, meta["classes"], self._templates(meta),
-                                                    tuple(e.class_names))
-                out[f"eval/{name}/zeroshot_top1"] = zeroshot.top1(img, labels, classes)
-            if name in e.retrieval:
-                out.update({f"eval/{name}/{k}": v
-                            for k, v in retrieval.recall(
-                                img, captions, embed, itm=itm, rerank_k=e.rerank_k,
-                                mesh=self.embedder.mesh, axes=self.embedder.axes).items()})
-        logging.info("eval took %.1fs: %s", time.perf_counter() - t0,
+
+        def add(kind: str, name: str, metrics: dict) -> None:
+            prefix = e[f"{kind}_prefix"].format(dataset=name)
+            out.update({prefix + k: v for k, v in metrics.items()})
+
+        if "linear_probe" in kinds:
+            for name in e.linear_probe:
+                add("linear_probe", name, {"linear_probe_top1": self._linear_probe(params, name)})
+        names = ([n for n in e.zeroshot if "zeroshot" in kinds]
+                 + [n for n in e.retrieval if "retrieval" in kinds])
+        for name in dict.fromkeys(names):
+            for kind, metrics in self._dataset(params, name, kinds).items():
+                add(kind, name, metrics)
+        logging.info("eval (%s) took %.1fs: %s", ", ".join(kinds), time.perf_counter() - t0,
                      " ".join(f"{k}={v:.3f}" for k, v in out.items()))
         return out

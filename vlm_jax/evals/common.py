@@ -10,6 +10,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from vlm_jax.data.tokenizer import Tokenizer, tokenize
+from vlm_jax.progress import Ticker
 from vlm_jax.parallel import sharding
 
 
@@ -61,11 +62,11 @@ class Embedder:
         model = self.model
         return jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image)[key])
 
-    def _batched(self, fn, params, *arrays):
+    def _batched(self, fn, params, *arrays, what: str = "embedding"):
         """fn over fixed-size padded chunks of `arrays`; its output (an array or a tuple of
         arrays) concatenated back to len(arrays[0]) rows."""
         n = len(arrays[0])
-        out = []
+        out, ticker = [], Ticker(what, n, "rows")
         for start in range(0, n, self.batch):
             chunk = [a[start:start + self.batch] for a in arrays]
             pad = self.batch - len(chunk[0])
@@ -73,13 +74,16 @@ class Embedder:
             with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 y = fn(params, *[_global(c, self.sharding) for c in chunk])
             out.append(jax.tree.map(lambda a: _host(a)[: self.batch - pad], y))
+            ticker.update(self.batch - pad)
+        ticker.close()
         return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
-    def images_from(self, params, batches, n: int, tokens: bool = False, key: str = "img/normed"):
+    def images_from(self, params, batches, n: int, tokens: bool = False, key: str = "img/normed",
+                    what: str = "embedding images"):
         """Eval-pipeline batches (this process's rows, with `index` and `valid`) -> [n, D] in
         source order on every process; rows never seen (unreadable examples) are zero.
         With `tokens`, (embeddings, image tower tokens [n, T, W]); `key` picks another output."""
-        out = None
+        out, ticker = None, Ticker(what, n, "images")
         fn = self._img_tokens if tokens else self.features(key)
         for b in batches:
             g = {k: jax.make_array_from_process_local_data(self.sharding, np.asarray(b[k]))
@@ -91,25 +95,28 @@ class Embedder:
                 out = jax.tree.map(lambda a: np.zeros((n, *a.shape[1:]), a.dtype), y)
             for o, a in zip(jax.tree.leaves(out), jax.tree.leaves(y)):
                 o[index[valid]] = a[valid]
+            ticker.update(int(valid.sum()))
+        ticker.close()
         return out
 
     def images(self, params, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] -> normalised [N, D]."""
-        return self._batched(self._img, params, images)
+        return self._batched(self._img, params, images, what="embedding images")
 
     def texts(self, params, texts: list[str], tokens: bool = False):
         """N strings -> normalised [N, D]; with `tokens`, (embeddings, text tower tokens
         [N, L, W], mask [N, L])."""
         ids, mask = tokenize(self.tokenizer, texts, self.max_len)
         if not tokens:
-            return self._batched(self._txt, params, ids, mask)
-        emb, tok = self._batched(self._txt_tokens, params, ids, mask)
+            return self._batched(self._txt, params, ids, mask, what="embedding texts")
+        emb, tok = self._batched(self._txt_tokens, params, ids, mask, what="embedding texts")
         return emb, tok, mask
 
     def mlm_predictions(self, params, ids, mask, img_tokens) -> np.ndarray:
         """The MLM head's most likely id at every position [N, L]."""
-        return self._batched(self._mlm, params, ids, mask, img_tokens)
+        return self._batched(self._mlm, params, ids, mask, img_tokens, what="MLM predictions")
 
     def itm_scores(self, params, txt_tokens, txt_mask, img_tokens) -> np.ndarray:
         """ITM match logit minus no-match logit for each (text row, image row) pair."""
-        return self._batched(self._itm, params, txt_tokens, txt_mask, img_tokens)
+        return self._batched(self._itm, params, txt_tokens, txt_mask, img_tokens,
+                             what="ITM re-ranking")

@@ -1,6 +1,7 @@
 """Evaluating a saved checkpoint, outside a training run."""
 from __future__ import annotations
 
+from vlm_jax import config as config_lib
 from vlm_jax.train import checkpoint, metrics as metrics_lib, trainer
 
 
@@ -19,9 +20,11 @@ def restore_workdir(workdir: str, step: int | None = None):
     return s, state, step
 
 
-def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
+def evaluate_workdir(workdir: str, step: int | None = None,
+                     kinds=config_lib.EVALUATORS) -> dict:
+    """Runs the evaluators `kinds` on a checkpoint; appends the results to metrics.jsonl."""
     s, state, step = restore_workdir(workdir, step)
     with s.context():
-        results = s.evaluator.run(state.params)
+        results = s.evaluator.run(state.params, kinds)
     metrics_lib.JsonlWriter(workdir).write(step, results)
     return {"step": step, **results}

@@ -4,13 +4,14 @@ the console line. Only process 0 writes."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import time
 
 import jax
 import numpy as np
+
+from vlm_jax import progress
 
 
 def mean_window(window: list[dict]) -> dict:
@@ -133,15 +134,6 @@ def read(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 class Progress:
     """Examples per second and time left, measured over the steps since the previous report."""
 
@@ -157,4 +149,4 @@ class Progress:
         eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
         ex_s = steps_per_s * self.batch
         return (f"step {step}/{self.total} | loss {loss:.4f} | {ex_s:.1f} ex/s | "
-                f"ETA {_duration(eta)}", ex_s)
+                f"ETA {progress.duration(eta)}", ex_s)

@@ -124,7 +124,9 @@ class Setup:
         self.warmup_steps = dur("optim.warmup") or 0
         self.log_every = dur("log_every") or self.total_steps
         self.checkpoint_every = dur("checkpoint_every") or self.total_steps
-        self.eval_every = dur("eval_every")
+        # evaluator -> its cadence in steps (None: the last step only)
+        self.eval_every = {k: dur(f"eval.{k}_every") or dur("eval_every")
+                           for k in config_lib.EVALUATORS}
         self.model = models.build(config, self.tokenizer.vocab_size)
         self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
         boxed = state_lib.abstract_params(self.model, config, self.init_rng)
@@ -281,8 +283,9 @@ def train(config, workdir: str, mesh=None) -> dict:
                     ckpt.save(step, state, data_iter)
                 if stopping:
                     break
-                if _due(step, s.eval_every, s.total_steps):
-                    results = s.evaluator.run(state.params)
+                due = [k for k, every in s.eval_every.items() if _due(step, every, s.total_steps)]
+                if due:
+                    results = s.evaluator.run(state.params, due)
                     writer.write(step, results)
                     last.update(results)
             if start == s.total_steps:   # resumed a finished run: report its evaluation again
