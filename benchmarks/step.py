@@ -5,9 +5,9 @@
       dots_with_no_batch_dims_saveable                        # on a GPU: the largest batch that fits
   python benchmarks/step.py --json                           # one JSON object per line
 
-FLOPs per step are the model's: XLA's cost analysis of the same step without scan, remat or
-micro-batches (XLA counts a loop body once, whatever its trip count, and recomputation is not
-model work), lowered for the whole mesh before partitioning, so they are global. The peak is
+FLOPs per step are the model's, as the trainer's `mfu` metric counts them
+(vlm_jax/train/flops.py): XLA's cost analysis of the same step without scan, remat or
+micro-batches, lowered for the whole mesh before partitioning, so they are global. The peak is
 measured in the same run: the best of several large matmuls in the model's dtype (accumulating
 in float32), on one device, times the device count. MFU = model FLOPs / step time / peak.
 Batches are synthetic (random pixels and tokens); nothing is read from disk.
@@ -101,20 +101,6 @@ def _lower(cfg):
     return setup, lowered, batch
 
 
-def _plain(args) -> bool:
-    return not args.scan and args.remat == "none" and args.microbatches == 1
-
-
-def model_flops(size: str, loss: str, batch: int, args, lowered=None) -> float:
-    """Global FLOPs of one plain step (no scan, remat or micro-batches), from the lowered HLO;
-    `lowered` is used when it is that plain step already."""
-    if lowered is None or not _plain(args):
-        plain = argparse.Namespace(**{**vars(args), "scan": False, "remat": "none",
-                                      "microbatches": 1})
-        lowered = _lower(config(size, loss, batch, plain))[1]
-    return lowered.cost_analysis()["flops"]
-
-
 def _bytes(compiled) -> int:
     m = compiled.memory_analysis()
     return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - \
@@ -148,11 +134,12 @@ def largest_batch(size: str, loss: str, args) -> int:
 
 def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
     import jax
-    from vlm_jax.train import state as state_lib
+    from vlm_jax.train import flops as flops_lib, state as state_lib
     cfg = config(size, loss, batch, args)
     setup, lowered, batch_arrays = _lower(cfg)
     step = compiled = lowered.compile()          # compiled once; the loop calls it directly
-    flops = model_flops(size, loss, batch, args, lowered)
+    flops = (lowered.cost_analysis()["flops"] if flops_lib.is_plain(cfg)
+             else flops_lib.step_flops(setup, batch_arrays))
     state = setup.init_state()
     times = []
     with setup.context():

@@ -86,6 +86,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.log.tensorboard = True        # event files in WORKDIR/tensorboard (no TensorFlow needed)
     c.log.wandb = False             # Weights & Biases (pip install wandb), one run per workdir
     c.log.wandb_project = "vlm_jax"
+    # Peak TFLOP/s of one device for the `mfu` metric; 0: the data-sheet figure of known GPUs
+    # and TPUs (vlm_jax/train/flops.py), no mfu elsewhere. `tflops_per_sec` is always logged.
+    c.log.peak_tflops = 0.0
 
     c.mesh = ml_collections.ConfigDict()
     # (replica, data, fsdp, tensor), outermost first. `replica` spans slices or nodes joined by

@@ -23,7 +23,8 @@ from vlm_jax import config as config_lib
 from vlm_jax import evals, models, objectives, rules
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.parallel import mesh as mesh_lib, sharding
-from vlm_jax.train import checkpoint, metrics as metrics_lib, optim, state as state_lib, step as step_lib
+from vlm_jax.train import checkpoint, flops as flops_lib, metrics as metrics_lib, optim
+from vlm_jax.train import state as state_lib, step as step_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -232,6 +233,7 @@ def train(config, workdir: str, mesh=None) -> dict:
     step_fn = s.train_step()
     progress = metrics_lib.Progress(start, s.total_steps, config.batch_size)
     last, window, step = {}, [], start
+    step_flops, peak = None, flops_lib.peak_per_device(config.log.peak_tflops)
     try:
         with s.context(), _StopRequest() as stop:
             data_wait, window_start = 0.0, time.perf_counter()
@@ -270,6 +272,12 @@ def train(config, workdir: str, mesh=None) -> dict:
                             logging.warning("%d non-finite steps skipped (nonfinite='skip')",
                                             skipped_updates)
                         mean["skipped_updates"], skipped_updates = skipped_updates, 0
+                        if step_flops is None:
+                            step_flops = flops_lib.step_flops(s, batch, step_fn)
+                        achieved = step_flops * ex_s / config.batch_size
+                        mean["tflops_per_sec"] = achieved / 1e12
+                        if peak:
+                            mean["mfu"] = achieved / (peak * jax.device_count())
                         last = {**mean, "examples_per_sec": ex_s, "data_wait_fraction": wait,
                                 **metrics_lib.memory(),
                                 "epoch": step * config.batch_size / s.num_train,

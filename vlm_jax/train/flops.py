@@ -1,0 +1,62 @@
+"""Model FLOPs of a train step and the devices' peak, for MFU.
+
+FLOPs come from XLA's cost analysis of the step lowered for the whole mesh, before
+partitioning (so they are global), and always of the plain step: without scan, remat or
+micro-batches. XLA counts a loop body once whatever its trip count, and recomputation is not
+model work, so those variants would under- and over-report.
+"""
+from __future__ import annotations
+
+import jax
+
+# Dense bfloat16 peak TFLOP/s per chip from the vendors' data sheets, by a substring of
+# `device_kind` (longest match first). MFU is quoted against it whatever the model's dtype.
+PEAK_TFLOPS = {
+    "H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "B200": 2250.0,
+    "A100": 312.0, "A800": 312.0, "L4": 121.0, "L40S": 362.0,
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
+    "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0,
+}
+
+
+def peak_per_device(override_tflops: float = 0.0, device=None) -> float | None:
+    """Peak FLOP/s of one device: `override_tflops` when set, else the data-sheet figure for
+    the device kind; None when unknown (CPUs), and MFU is then not reported."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    kind = (device or jax.devices()[0]).device_kind
+    for name in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if name in kind:
+            return PEAK_TFLOPS[name] * 1e12
+    return None
+
+
+def plain(config):
+    """A copy of `config` whose step has no scan, remat or micro-batches."""
+    c = config.copy_and_resolve_references()
+    c.model.scan, c.model.remat, c.microbatches = False, "none", 1
+    return c
+
+
+def is_plain(config) -> bool:
+    return not config.model.scan and config.model.remat == "none" and config.microbatches == 1
+
+
+def step_flops(setup, batch, step_fn=None) -> float:
+    """Global FLOPs of one plain train step of `setup` (a trainer.Setup) on batches shaped like
+    `batch`: its jitted `step_fn` (default: a new one) when plain, else the step of a plain
+    variant built without data."""
+    if not is_plain(setup.config):
+        step_fn = None
+        from vlm_jax.train.trainer import Setup
+        c = plain(setup.config)
+        # The step's FLOPs do not depend on durations; data-free Setups count in steps.
+        c.total_steps = setup.total_steps
+        for unit in ("epochs", "examples", "percent"):
+            c[f"total_{unit}"] = None
+        setup = Setup(c, setup.mesh, data=False)
+    step_fn = step_fn or setup.train_step()
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+    with setup.context():
+        lowered = step_fn.lower(setup.abstract_state(), shapes, setup.step_rng)
+    return float(lowered.cost_analysis()["flops"])
