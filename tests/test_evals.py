@@ -221,6 +221,9 @@ def test_eval_config_errors():
     c.eval.retrieval_prefix = "eval/{name}/"
     with pytest.raises(config_lib.ConfigError, match="eval.retrieval_prefix"):
         config_lib.validate(c)
+    c.eval.retrieval_prefix = "retrieval/"      # two datasets, one name each metric
+    with pytest.raises(config_lib.ConfigError, match="needs '{dataset}'"):
+        config_lib.validate(c)
     c = config_lib.defaults()
     c.eval.zeroshot_every_steps, c.eval.zeroshot_every_epochs = 10, 1.0
     with pytest.raises(config_lib.ConfigError, match="zeroshot_every"):

@@ -371,6 +371,9 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
         except (KeyError, IndexError, ValueError) as e:
             raise ConfigError(f"'eval.{kind}_prefix' may only hold '{{dataset}}', got "
                               f"{cfg.eval[f'{kind}_prefix']!r} ({e!r})") from None
+        if len(cfg.eval[kind]) > 1 and "{dataset}" not in cfg.eval[f"{kind}_prefix"]:
+            raise ConfigError(f"'eval.{kind}_prefix' needs '{{dataset}}': 'eval.{kind}' names "
+                              f"{len(cfg.eval[kind])} datasets, whose metrics would collide")
     for key in ("batch_size", "tokenizer.max_len", "eval.batch_size"):
         section, leaf = _section(cfg, key)
         if section[leaf] <= 0:

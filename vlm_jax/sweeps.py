@@ -130,18 +130,26 @@ def slurm_script(sweep: Sweep, root: str, common: Point | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def final_metrics(workdir: str) -> dict[str, float]:
-    """The last logged train metrics and the last evaluation of a run's metrics.jsonl."""
+def _rows(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
-        return {}
-    out: dict[str, float] = {}
+        return []
     with open(path) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                out.update(row)
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def final_metrics(workdir: str) -> dict[str, float]:
+    """The last logged train metrics and the last evaluation of a run's metrics.jsonl."""
+    out: dict[str, float] = {}
+    for row in _rows(workdir):
+        out.update(row)
     return out
+
+
+def eval_keys(workdir: str) -> set[str]:
+    """The evaluators' metric names in a run's metrics.jsonl (whatever their prefixes): the
+    keys of the rows without a train loss."""
+    return {k for row in _rows(workdir) if "loss" not in row for k in row if k != "step"}
 
 
 def collect(sweep: Sweep, root: str, columns: Sequence[str] = ()) -> tuple[str, str]:
@@ -153,7 +161,8 @@ def collect(sweep: Sweep, root: str, columns: Sequence[str] = ()) -> tuple[str, 
         rows.append((point, os.path.basename(workdir), m))
     keys = list(dict.fromkeys(k for p in sweep.points for k in p))
     if not columns:
-        columns = ["step", "loss"] + sorted({k for _, _, m in rows for k in m if k.startswith("eval/")})
+        evals = set().union(*(eval_keys(w) for w in workdirs(sweep, root)))
+        columns = ["step", "loss"] + sorted(evals)
     header = ["point"] + keys + list(columns)
     table = [[name] + [_flag_value(p.get(k, "")) for k in keys]
              + [_fmt(m.get(c)) for c in columns] for p, name, m in rows]

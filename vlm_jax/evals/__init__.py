@@ -139,6 +139,7 @@ class Evaluator:
         for name in dict.fromkeys(names):
             for kind, metrics in self._dataset(params, name, kinds).items():
                 add(kind, name, metrics)
-        logging.info("eval (%s) took %.1fs: %s", ", ".join(kinds), time.perf_counter() - t0,
+        ran = [k for k in kinds if e[k]]
+        logging.info("eval (%s) took %.1fs: %s", ", ".join(ran), time.perf_counter() - t0,
                      " ".join(f"{k}={v:.3f}" for k, v in out.items()))
         return out
