@@ -31,4 +31,4 @@ test: install
 	$(PY) -m pytest -q -n $(JOBS) --dist loadfile tests $(ARGS)
 
 clean:
-	rm -rf $(VENV) workdirs .pytest_cache
+	rm -rf $(VENV) workdirs notebooks/workdirs .pytest_cache

@@ -35,7 +35,10 @@ setuptools.setup(
     install_requires=CORE,
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4",
-                 "tensorboard>=2.16,<3"],  # reads the event files back
+                 "tensorboard>=2.16,<3",  # reads the event files back
+                 # executes notebooks/quickstart.ipynb headless
+                 "nbclient>=0.10,<0.11", "nbformat>=5.10,<6", "ipykernel>=6.29,<8",
+                 "matplotlib>=3.8,<4"],
         "cuda12": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },
