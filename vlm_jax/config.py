@@ -17,7 +17,7 @@ from typing import Iterable
 import ml_collections
 from ml_collections import config_dict
 
-from vlm_jax.models.transformer import REMAT_POLICIES
+from vlm_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
 
 UNITS = ("steps", "epochs", "examples", "percent")
 UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
@@ -45,6 +45,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "optim.mu_dtype": ("float32", "bfloat16"),
     "model.remat": REMAT_POLICIES,
+    "model.act": tuple(ACTIVATIONS),
     "tokenizer.name": ("bytes", "sentencepiece", "hf"),
     "eval.templates": ("builtin", "clip", "custom"),
 }
@@ -144,6 +145,11 @@ def defaults() -> ml_collections.ConfigDict:
     # convert between the two layouts on load).
     c.model.remat = "none"
     c.model.scan = False
+    # The towers' architecture details (pretrained CLIP: quick_gelu, 1e-5, proj_bias False;
+    # SigLIP: gelu_tanh, 1e-6, the text projection with a bias).
+    c.model.act = "gelu_tanh"       # MLP activation: gelu_tanh | gelu (exact) | quick_gelu
+    c.model.norm_eps = 1e-6         # LayerNorm epsilon of the towers
+    c.model.proj_bias = False       # the embedding projections have a bias
     c.model.image = ml_collections.ConfigDict()
     c.model.image.patch_size = 4
     c.model.image.width = 128
@@ -153,6 +159,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.image.pool = "gap"
     c.model.image.posemb = "learn"
     c.model.image.pixel_norm = "unit"   # uint8 -> unit: [-1, 1] | clip | imagenet mean/std
+    c.model.image.patch_bias = True     # the patch embedding has a bias (CLIP's has none)
+    c.model.image.pre_norm = False      # LayerNorm before the blocks (CLIP's ln_pre)
     c.model.text = ml_collections.ConfigDict()
     c.model.text.width = 128
     c.model.text.depth = 4
@@ -337,6 +345,12 @@ def _walk(cfg, schema, prefix: str, all_paths: list[str]) -> None:
                               f"got {type(value).__name__} {value!r}")
         if path in CHOICES and value not in CHOICES[path]:
             raise ConfigError(f"config key '{path}' is {value!r}; choose one of {CHOICES[path]}")
+
+
+def assign(cfg: ml_collections.ConfigDict, key: str, value) -> None:
+    """cfg['a.b.c'] = value, for a dotted key."""
+    section, leaf = _section(cfg, key)
+    section[leaf] = value
 
 
 def _section(cfg, name: str):

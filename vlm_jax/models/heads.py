@@ -10,14 +10,17 @@ from vlm_jax.models.transformer import Dtype, logical
 
 
 class Projection(nn.Module):
-    """Linear map from a tower's width to the shared embedding space (no bias, as in CLIP)."""
+    """Linear map from a tower's width to the shared embedding space (no bias, as in CLIP;
+    SigLIP's text head has one)."""
     features: int
     dtype: Dtype = jnp.float32
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="dense",
-                        kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", None)))(x)
+        return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype, name="dense",
+                        kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", None)),
+                        bias_init=logical(nn.initializers.zeros, (None,)))(x)
 
 
 class ContrastiveScale(nn.Module):

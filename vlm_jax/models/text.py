@@ -42,6 +42,8 @@ class TextTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str = "none"      # a jax.checkpoint_policies name (transformer.REMAT_POLICIES)
     scan: bool = False
+    act: str = "gelu_tanh"   # transformer.ACTIVATIONS
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, tokens, mask):
@@ -55,7 +57,7 @@ class TextTransformer(nn.Module):
         x = x + pos[: tokens.shape[1]].astype(x.dtype)[None]
         mask = mask.astype(bool)
         x, blocks = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, self.remat,
-                              self.scan, name="encoder")(
+                            self.scan, self.act, self.norm_eps, name="encoder")(
             x, attention_mask(mask, self.causal))
         return {"tokens": x, "mask": mask, "pre_logits": pool(x, mask, self.pool),
                 **{f"encoder/{k}": v for k, v in blocks.items()}}

@@ -5,6 +5,7 @@ the config decide how they map onto devices, so these modules never see a mesh.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -18,9 +19,19 @@ def logical(init, names):
     return nn.with_logical_partitioning(init, names)
 
 
-def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+# MLP activations (`model.act`): GELU's tanh approximation (ViT, SigLIP), exact GELU, and
+# CLIP's x * sigmoid(1.702 x).
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
+}
+
+
+def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32,
+               eps: float = 1e-6) -> nn.LayerNorm:
     return nn.LayerNorm(
-        name=name, dtype=dtype, epsilon=1e-6,
+        name=name, dtype=dtype, epsilon=eps,
         scale_init=logical(nn.initializers.ones, ("embed",)),
         bias_init=logical(nn.initializers.zeros, ("embed",)))
 
@@ -64,6 +75,7 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    act: str = "gelu_tanh"
 
     @nn.compact
     def __call__(self, x):
@@ -73,7 +85,7 @@ class Mlp(nn.Module):
         x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1",
                      kernel_init=logical(init, ("embed", "mlp")),
                      bias_init=logical(bias, ("mlp",)))(x)
-        x = constrain(nn.gelu(x), ("batch", "seq", "mlp"))
+        x = constrain(ACTIVATIONS[self.act](x), ("batch", "seq", "mlp"))
         return nn.Dense(d, dtype=self.dtype, name="fc2",
                         kernel_init=logical(init, ("mlp", "embed")),
                         bias_init=logical(bias, ("embed",)))(x)
@@ -86,16 +98,18 @@ class Block(nn.Module):
     mlp_dim: int
     dtype: Dtype = jnp.float32
     scanned: bool = False
+    act: str = "gelu_tanh"
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x, mask=None, context=None, context_mask=None):
+        ln = functools.partial(layer_norm, dtype=self.dtype, eps=self.norm_eps)
         x = constrain(x, ("batch", "seq", "embed"))
-        x = x + Attention(self.heads, self.dtype, name="attn")(
-            layer_norm("ln1", self.dtype)(x), mask=mask)
+        x = x + Attention(self.heads, self.dtype, name="attn")(ln("ln1")(x), mask=mask)
         if context is not None:
             x = x + Attention(self.heads, self.dtype, name="xattn")(
-                layer_norm("ln_x", self.dtype)(x), kv=context, mask=context_mask)
-        x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("ln2", self.dtype)(x))
+                ln("ln_x")(x), kv=context, mask=context_mask)
+        x = x + Mlp(self.mlp_dim, self.dtype, self.act, name="mlp")(ln("ln2")(x))
         x = constrain(x, ("batch", "seq", "embed"))
         return (x, None) if self.scanned else x
 
@@ -108,7 +122,8 @@ REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_bat
 
 
 def stack(x, *, depth: int, heads: int, mlp_dim: int, dtype: Dtype, remat: str = "none",
-          scan: bool = False, mask=None, context=None, context_mask=None):
+          scan: bool = False, mask=None, context=None, context_mask=None,
+          act: str = "gelu_tanh", norm_eps: float = 1e-6):
     """`depth` Blocks over x, created in the calling module: `block0`, `block1`, ... or, with
     `scan`, one `blocks` whose params carry a leading `layers` axis (one compiled block body,
     so compile time does not grow with depth). Returns x and each block's output (looped only).
@@ -123,12 +138,14 @@ def stack(x, *, depth: int, heads: int, mlp_dim: int, dtype: Dtype, remat: str =
         layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=depth,
                          metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = layers(heads, mlp_dim, dtype, scanned=True, name="blocks")(
+        x, _ = layers(heads, mlp_dim, dtype, scanned=True, act=act, norm_eps=norm_eps,
+                      name="blocks")(
             x, mask, context, context_mask)
         return x, {}
     out = {}
     for i in range(depth):
-        x = block(heads, mlp_dim, dtype, name=f"block{i}")(x, mask, context, context_mask)
+        x = block(heads, mlp_dim, dtype, act=act, norm_eps=norm_eps, name=f"block{i}")(
+            x, mask, context, context_mask)
         out[f"block{i}"] = x
     return x, out
 
@@ -142,9 +159,12 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str = "none"
     scan: bool = False
+    act: str = "gelu_tanh"
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x, mask=None):
         x, blocks = stack(x, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim,
-                          dtype=self.dtype, remat=self.remat, scan=self.scan, mask=mask)
-        return layer_norm("ln_final", self.dtype)(x), blocks
+                          dtype=self.dtype, remat=self.remat, scan=self.scan, mask=mask,
+                          act=self.act, norm_eps=self.norm_eps)
+        return layer_norm("ln_final", self.dtype, self.norm_eps)(x), blocks

@@ -24,6 +24,8 @@ class MapHead(nn.Module):
     heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    act: str = "gelu_tanh"
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x):
@@ -31,7 +33,8 @@ class MapHead(nn.Module):
                            (1, 1, x.shape[-1]))
         probe = jnp.broadcast_to(probe, (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
         y = Attention(self.heads, self.dtype, name="attn")(probe, kv=x)
-        y = y + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("ln", self.dtype)(y))
+        y = y + Mlp(self.mlp_dim, self.dtype, self.act, name="mlp")(
+            layer_norm("ln", self.dtype, self.norm_eps)(y))
         return y[:, 0]
 
 
@@ -46,6 +49,10 @@ class ViT(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str = "none"      # a jax.checkpoint_policies name (transformer.REMAT_POLICIES)
     scan: bool = False
+    act: str = "gelu_tanh"   # transformer.ACTIVATIONS
+    norm_eps: float = 1e-6
+    patch_bias: bool = True  # CLIP's patch embedding has none
+    pre_norm: bool = False   # CLIP: a LayerNorm on the embedded tokens, before the blocks
 
     @nn.compact
     def __call__(self, images, visible=None):
@@ -56,7 +63,7 @@ class ViT(nn.Module):
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch {p}")
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="embedding",
-                    dtype=self.dtype,
+                    dtype=self.dtype, use_bias=self.patch_bias,
                     kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")),
                     bias_init=logical(nn.initializers.zeros, ("embed",)))(images.astype(self.dtype))
         b, h, w, c = x.shape
@@ -72,12 +79,15 @@ class ViT(nn.Module):
         if self.pool == "cls":
             cls = self.param("cls", logical(nn.initializers.zeros, (None, None, "embed")), (1, 1, c))
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)).astype(x.dtype), x], axis=1)
+        if self.pre_norm:
+            x = layer_norm("ln_pre", self.dtype, self.norm_eps)(x)
         tokens, blocks = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, self.remat,
-                              self.scan, name="encoder")(x)
+                                 self.scan, self.act, self.norm_eps, name="encoder")(x)
         if self.pool == "gap":
             pooled = tokens.mean(axis=1)
         elif self.pool == "cls":
             pooled = tokens[:, 0]
         else:
-            pooled = MapHead(self.heads, self.mlp_dim, self.dtype, name="map")(tokens)
+            pooled = MapHead(self.heads, self.mlp_dim, self.dtype, self.act, self.norm_eps,
+                             name="map")(tokens)
         return {"tokens": tokens, "pre_logits": pooled, **{f"encoder/{k}": v for k, v in blocks.items()}}

@@ -59,10 +59,11 @@ class VisionLanguageModel(nn.Module):
     mim_decoder: MaeDecoder | None = None
     caption_decoder: FusionEncoder | None = None
     caption_vocab: int = 0
+    proj_bias: bool = False
 
     def setup(self):
-        self.img_proj = Projection(self.embed_dim, self.dtype)
-        self.txt_proj = Projection(self.embed_dim, self.dtype)
+        self.img_proj = Projection(self.embed_dim, self.dtype, self.proj_bias)
+        self.txt_proj = Projection(self.embed_dim, self.dtype, self.proj_bias)
         if self.itm:
             self.itm_head = ItmHead(self.dtype)
         if self.mlm_vocab:
@@ -118,6 +119,7 @@ def build(config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageM
     dtype = jnp.dtype(m.dtype)
     i, t = m.image, m.text
     layers = dict(remat=m.remat, scan=m.scan)
+    arch = dict(act=m.act, norm_eps=m.norm_eps)
     fusion = None
     if config.itm.weight > 0 or config.mlm.weight > 0:
         f = m.fusion
@@ -133,12 +135,12 @@ def build(config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageM
         cap = FusionEncoder(c.depth, c.heads, c.mlp_dim, True, dtype, **layers)
     return VisionLanguageModel(
         img=ViT(i.patch_size, i.width, i.depth, i.heads, i.mlp_dim, i.pool, i.posemb, dtype,
-                **layers),
+                **layers, **arch, patch_bias=i.patch_bias, pre_norm=i.pre_norm),
         txt=TextTransformer(vocab_size, config.tokenizer.max_len, t.width, t.depth, t.heads,
-                            t.mlp_dim, t.causal, t.pool, dtype, **layers),
+                            t.mlp_dim, t.causal, t.pool, dtype, **layers, **arch),
         embed_dim=m.embed_dim,
         scale=ContrastiveScale(loss.name, loss.softmax_scale_init, loss.softmax_scale_max,
                                loss.sigmoid_t_init, loss.sigmoid_bias_init),
         dtype=dtype, pixel_norm=i.pixel_norm, fusion=fusion, itm=config.itm.weight > 0,
         mlm_vocab=vocab_size if config.mlm.weight > 0 else 0, mim_decoder=mim,
-        caption_decoder=cap, caption_vocab=vocab_size)
+        caption_decoder=cap, caption_vocab=vocab_size, proj_bias=m.proj_bias)
