@@ -9,7 +9,12 @@ CONFIG ?= configs/quickstart.py
 JOBS ?= 2
 PY := $(VENV)/bin/python
 comma := ,
-EXTRAS := test$(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
+ACCEL_EXTRA := $(if $(filter-out cpu,$(ACCEL)),[$(ACCEL)])
+# The tests also convert small PyTorch models (the `interop` extra). TORCH pins the torch they
+# get: 2.13.0 here; where pip's index has only CUDA builds of it, a CPU build is far smaller:
+#   make test TORCH="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+TEST_EXTRAS := test,interop$(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
 
 .PHONY: install train test clean
 
@@ -18,7 +23,11 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-$(ACCEL): $(VENV)/bin/python setup.py
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet -e ".$(ACCEL_EXTRA)"
+	touch $@
+
+$(VENV)/.installed-test-$(ACCEL): $(VENV)/.installed-$(ACCEL)
+	$(PY) -m pip install --quiet -e ".[$(TEST_EXTRAS)]" $(TORCH)
 	touch $@
 
 install: $(VENV)/.installed-$(ACCEL)
@@ -27,7 +36,7 @@ install: $(VENV)/.installed-$(ACCEL)
 train: install
 	$(PY) -m launch.train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
 
-test: install
+test: $(VENV)/.installed-test-$(ACCEL)
 	$(PY) -m pytest -q -n $(JOBS) --dist loadfile tests $(ARGS)
 
 clean:

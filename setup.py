@@ -39,6 +39,8 @@ setuptools.setup(
                  # executes notebooks/quickstart.ipynb headless
                  "nbclient>=0.10,<0.11", "nbformat>=5.10,<6", "ipykernel>=6.29,<8",
                  "matplotlib>=3.8,<4"],
+        # launch.convert_weights: PyTorch CLIP/SigLIP checkpoints (not needed to train)
+        "interop": ["torch>=2.4,<3", "safetensors>=0.4,<1", "transformers>=4.45,<6"],
         "cuda12": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },

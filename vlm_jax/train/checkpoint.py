@@ -102,6 +102,20 @@ def read_params(path: str) -> tuple[dict, int]:
     return restored.state["params"], step
 
 
+def write_params(path: str, params: dict, step: int = 0) -> str:
+    """Saves host arrays as a params-only checkpoint `path/checkpoints/<step>` that
+    `read_params` (and so `config.init`) reads; returns that folder."""
+    directory = os.path.join(os.path.abspath(path), "checkpoints")
+    mgr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    try:
+        mgr.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params})),
+                 force=True)
+        mgr.wait_until_finished()
+    finally:
+        mgr.close()
+    return os.path.join(directory, str(step))
+
+
 class InitError(ValueError):
     """config.init cannot supply the params its rules select."""
 

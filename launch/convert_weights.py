@@ -1,0 +1,51 @@
+r"""Converts pretrained PyTorch CLIP/SigLIP weights into a checkpoint `config.init` loads.
+
+  python -m launch.convert_weights --input /models/clip-vit-base-patch32 --output ckpt/clip_b32
+  python -m launch.convert_weights --input /models/siglip-base-patch16-224 --output ckpt/siglip_b16
+  python -m launch.convert_weights --input ViT-B-32.pt --output ckpt/openai_b32 --act quick_gelu
+
+--input is a Hugging Face `CLIPModel`/`SiglipModel` folder (config.json and model.safetensors or
+pytorch_model.bin, as `save_pretrained` writes them) or an open_clip / OpenAI checkpoint file
+(.safetensors, .bin, .pt). Nothing is downloaded. The output holds OUTPUT/checkpoints/0 (params
+only) and OUTPUT/config.json (the matching model config); train from it with
+
+  python -m launch.train --config configs/lit.py:OUTPUT --workdir DIR
+"""
+from __future__ import annotations
+
+from absl import app, flags
+
+INPUT = flags.DEFINE_string("input", None, "Hugging Face folder or open_clip file.", required=True)
+OUTPUT = flags.DEFINE_string("output", None, "Folder for the converted checkpoint.", required=True)
+ACT = flags.DEFINE_enum("act", "gelu", ["gelu", "quick_gelu", "gelu_tanh"],
+                        "open_clip only: the MLP activation (quick_gelu for OpenAI's weights and "
+                        "open_clip's *-quickgelu models).")
+HEAD_WIDTH = flags.DEFINE_integer("head_width", 64, "open_clip only: attention head width.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+    from absl import logging
+
+    from launch.runtime import quiet_libraries
+    from vlm_jax import interop
+    logging.set_verbosity(logging.INFO)
+    quiet_libraries()
+    try:
+        config, params = interop.convert(INPUT.value, OUTPUT.value, ACT.value, HEAD_WIDTH.value)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise SystemExit(f"convert_weights: {e}") from None
+    m = config.model
+    n = sum(v.size for v in jax.tree.leaves(params))
+    print(f"{n / 1e6:.1f}M params -> {OUTPUT.value}/checkpoints/0 and {OUTPUT.value}/config.json")
+    print(f"  image: patch {m.image.patch_size}, width {m.image.width}, depth {m.image.depth}, "
+          f"pool {m.image.pool}; text: width {m.text.width}, depth {m.text.depth}, "
+          f"causal {m.text.causal}; embed {m.embed_dim}; act {m.act}")
+    print(f"train from it: python -m launch.train --config configs/lit.py:{OUTPUT.value} "
+          "--workdir DIR")
+
+
+if __name__ == "__main__":
+    app.run(main)
