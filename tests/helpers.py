@@ -42,11 +42,7 @@ def tiny_config(data_dir: str, base=None, **overrides):
     c.async_checkpointing = False
     c.eval.batch_size = 64
     for key, value in overrides.items():
-        section = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            section = section[p]
-        section[leaf] = value
+        config_lib.assign(c, key, value)
     return c
 
 

@@ -57,18 +57,18 @@ def clip_params(sd: dict, cfg: dict) -> dict:
 
 def clip_config(cfg: dict) -> dict:
     vc, tc = cfg["vision_config"], cfg["text_config"]
-    if _act(vc["hidden_act"]) != _act(tc["hidden_act"]):
-        raise ValueError("the two towers use different activations; model.act is shared")
     return {**_towers(vc, tc), "model.embed_dim": cfg["projection_dim"],
-            "model.act": _act(vc["hidden_act"]), "model.norm_eps": vc["layer_norm_eps"],
             "model.image.pool": "cls", "model.image.patch_bias": False,
             "model.image.pre_norm": True, "model.image.pixel_norm": "clip",
             "model.text.causal": True, "loss.name": "softmax"}
 
 
 def _towers(vc: dict, tc: dict) -> dict:
-    out = {"data.image_size": vc["image_size"],
-           "tokenizer.max_len": tc["max_position_embeddings"]}
+    """The config keys both formats read the same way: sizes, activation, epsilon."""
+    if _act(vc["hidden_act"]) != _act(tc["hidden_act"]):
+        raise ValueError("the two towers use different activations; model.act is shared")
+    out = {"data.image_size": vc["image_size"], "tokenizer.max_len": tc["max_position_embeddings"],
+           "model.act": _act(vc["hidden_act"]), "model.norm_eps": vc["layer_norm_eps"]}
     for name, c in (("image", vc), ("text", tc)):
         out.update({f"model.{name}.width": c["hidden_size"],
                     f"model.{name}.depth": c["num_hidden_layers"],
@@ -106,12 +106,9 @@ def siglip_params(sd: dict, cfg: dict) -> dict:
 
 def siglip_config(cfg: dict) -> dict:
     vc, tc = cfg["vision_config"], cfg["text_config"]
-    if _act(vc["hidden_act"]) != _act(tc["hidden_act"]):
-        raise ValueError("the two towers use different activations; model.act is shared")
     if not vc.get("vision_use_head", True):
         raise ValueError("SigLIP vision towers without the attention-pooling head are not "
                          "supported")
     return {**_towers(vc, tc), "model.embed_dim": vc["hidden_size"],
-            "model.act": _act(vc["hidden_act"]), "model.norm_eps": vc["layer_norm_eps"],
             "model.image.pool": "map", "model.image.pixel_norm": "unit",
             "model.text.causal": False, "model.proj_bias": True, "loss.name": "sigmoid"}
