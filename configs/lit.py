@@ -13,7 +13,7 @@ config.json beside it. The text tower starts fresh. `img/*` is frozen by rule: i
 bit-identical and holds no optimizer moments. Without an argument the locked tower is random, a
 baseline that shows what the pretrained tower brings.
 """
-import json
+import functools
 import os
 
 from configs import quickstart
@@ -24,14 +24,14 @@ IMAGE_KEYS = ("model.image", "model.embed_dim", "model.act", "model.norm_eps", "
               "data.image_size")
 
 
-def _saved_config(path: str) -> dict | None:
+def _saved_config(path: str):
     """The config.json of the run or conversion that `path` (or its parents) belongs to."""
     path = os.path.abspath(path)
     for _ in range(3):    # OUT, OUT/checkpoints, OUT/checkpoints/<step>
         candidate = os.path.join(path, "config.json")
         if os.path.exists(candidate):
             with open(candidate) as f:
-                return json.load(f)
+                return config_lib.from_json(f.read(), where=candidate)
         path = os.path.dirname(path)
     return None
 
@@ -42,14 +42,7 @@ def get_config(arg: str | None = None):
     c.init_rules = (("img/.*", True), ("img_proj/.*", True), (".*", False))
     c.optim.freeze_rules = (("img/.*", True), (".*", False))
     saved = _saved_config(arg) if arg else None
-    if saved:
+    if saved is not None:
         for key in IMAGE_KEYS:
-            value = saved
-            for part in key.split("."):
-                value = value[part]
-            if isinstance(value, dict):
-                for leaf, v in value.items():
-                    config_lib.assign(c, f"{key}.{leaf}", tuple(v) if isinstance(v, list) else v)
-            else:
-                config_lib.assign(c, key, value)
+            config_lib.assign(c, key, functools.reduce(getattr, key.split("."), saved))
     return c

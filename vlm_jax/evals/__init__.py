@@ -29,8 +29,9 @@ class Evaluator:
                                  config.eval.batch_size)
 
     @functools.lru_cache(maxsize=None)
-    def _texts(self, name: str):
-        return pipeline.read_texts(pipeline.builtin_source(name), self.config.data_dir or None)
+    def _texts(self, name: str, split: str = "test"):
+        return pipeline.read_texts(pipeline.builtin_source(name, split),
+                                   self.config.data_dir or None)
 
     def _images(self, params, name: str, tokens: bool = False, split: str = "test",
                 key: str = "img/normed"):
@@ -48,11 +49,10 @@ class Evaluator:
 
     def _linear_probe(self, params, name: str) -> float:
         """Ridge classifier on the train split's `eval.probe_representation`, scored on test."""
-        e, data_dir = self.config.eval, self.config.data_dir or None
+        e = self.config.eval
         feats = {split: self._images(params, name, split=split, key=e.probe_representation)
                  for split in ("train", "test")}
-        labels = {split: pipeline.read_texts(pipeline.builtin_source(name, split), data_dir)[1]
-                  for split in ("train", "test")}
+        labels = {split: self._texts(name, split)[1] for split in ("train", "test")}
         if (labels["train"] < 0).all() or (labels["test"] < 0).all():
             raise ValueError(f"eval.linear_probe: dataset {name!r} has no class labels")
         return probe.ridge_top1(feats["train"], labels["train"], feats["test"], labels["test"],
