@@ -78,24 +78,12 @@ def peak_flops(dtype: str, n: int, repeats: int = 10) -> float:
     return 2 * n ** 3 / min(times)
 
 
-def _batch(cfg, setup, seed: int = 0):
-    import numpy as np
-    from vlm_jax.data import pipeline
-    rng = np.random.default_rng(seed)
-    b, s, L = cfg.batch_size, cfg.data.image_size, cfg.tokenizer.max_len
-    lengths = rng.integers(L // 4, L + 1, b)
-    host = {"image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
-            "tokens": rng.integers(3, setup.tokenizer.vocab_size, (b, L), dtype=np.int32),
-            "mask": np.arange(L)[None] < lengths[:, None],
-            "label": np.full((b,), -1, np.int32)}
-    return pipeline.to_global(host, setup.batch_sh)
-
-
 def _lower(cfg):
     """(setup, the lowered train step, a synthetic batch)."""
-    from vlm_jax.train.trainer import Setup
-    setup = Setup(cfg, data=False)
-    batch = _batch(cfg, setup)
+    from vlm_jax.data import pipeline
+    from vlm_jax.setup import Setup
+    setup = Setup(cfg)
+    batch = pipeline.to_global(setup.synthetic_batch(), setup.batch_sh)
     with setup.context():
         lowered = setup.train_step().lower(setup.abstract_state(), batch, setup.step_rng)
     return setup, lowered, batch

@@ -4,7 +4,8 @@ modelling with the image in context (MLM), through a fusion encoder over the tex
   python -m launch.train --config configs/albef.py --workdir workdirs/albef
 
 Retrieval is evaluated twice: by embedding similarity, and with each query's top
-`eval.rerank_k` candidates re-ranked by the ITM head (the `itm_` metrics).
+`eval.rerank_k` candidates re-ranked by the ITM head (the `itm_rerank` evaluator, `itm_`
+metrics); the `mlm` evaluator scores the MLM head.
 """
 from configs import quickstart
 
@@ -16,4 +17,6 @@ def get_config(arg: str | None = None):
     c.itm.negatives = "global"      # hard negatives mined across every data shard
     c.mlm.weight = 1.0
     c.model.fusion.depth = 2
+    c.eval.itm_rerank = c.eval.retrieval
+    c.eval.mlm = c.eval.retrieval
     return c

@@ -7,16 +7,25 @@ from ml_collections import config_flags
 from launch.runtime import enable_compilation_cache, quiet_libraries
 from vlm_jax import config as config_lib
 
-CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe file, optionally with an argument: configs/quickstart.py[:arg]. "
-    "Override any key with --config.KEY=VALUE.", lock_config=True)
+
+
+def define_config(flag_values=flags.FLAGS, argv=None):
+    """The --config flag (`argv`: the command line it is parsed from; default sys.argv)."""
+    return config_flags.DEFINE_config_file(
+        "config", None, "Recipe file, optionally with an argument: configs/quickstart.py[:arg]. "
+        "Override any key with --config.KEY=VALUE.", flag_values=flag_values, lock_config=True,
+        sys_argv=argv)
+
+
+CONFIG = define_config()
 WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl and config.json.")
 
 
-def config():
-    """The recipe with command-line overrides applied and checked."""
-    cfg = CONFIG.value
-    overridden = config_flags.get_override_values(flags.FLAGS["config"])
+def config(flag_values=flags.FLAGS):
+    """The recipe with command-line overrides applied and checked (`flag_values`: parsed flags
+    holding a `define_config` flag)."""
+    cfg = flag_values["config"].value
+    overridden = config_flags.get_override_values(flag_values["config"])
     cfg.unlock()
     config_lib.apply_duration_overrides(cfg, _flatten(overridden))
     cfg.lock()

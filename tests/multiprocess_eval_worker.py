@@ -29,7 +29,7 @@ embed = Embedder(model, mesh, rules, ByteTokenizer(), L, 48)   # 360 = 7 x 48 + 
 batches, n = pipeline.eval_batches(pipeline.builtin_source("digits"), data_dir, s, embed.batch)
 rows = sum(len(b["index"]) for b in pipeline.eval_batches(
     pipeline.builtin_source("digits"), data_dir, s, embed.batch)[0])
-got = embed.images_from(params, batches, n)
+got = embed.images_from(params, batches, n)["img/normed"]
 want = embed.images(params, pipeline.load_split("digits", "test", data_dir, s)["image"])
 assert got.shape == want.shape == (360, cfg.model.embed_dim), got.shape
 np.testing.assert_allclose(got, want, atol=1e-5)

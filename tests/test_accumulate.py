@@ -9,13 +9,13 @@ from vlm_jax import config as config_lib, rules
 from vlm_jax.data import pipeline
 from vlm_jax.parallel import mesh as mesh_lib
 from vlm_jax.train import accumulate
-from vlm_jax.train.trainer import Setup
+from vlm_jax.setup import Setup
 
 
 def _one_step(cfg, mesh, batch=None):
     s = Setup(cfg, mesh=make_mesh(mesh) if isinstance(mesh, int) else mesh)
     state = s.init_state()
-    host = next(iter(s.dataset)) if batch is None else batch
+    host = s.synthetic_batch() if batch is None else batch
     with s.context():
         state, m = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
     return jax.device_get(state.params), jax.device_get(m), host
@@ -58,7 +58,7 @@ def test_per_example_objectives_accumulate_alongside_gradcache(data_dir):
     from configs import coca
     base = lambda **kw: tiny_config(data_dir, base=coca.get_config(), **kw)
     s = Setup(base(), mesh=make_mesh(1))
-    host = dict(next(iter(s.dataset)))
+    host = s.synthetic_batch()
     host["mask"] = np.ones_like(host["mask"])
     full = _one_step(base(), 1, batch=host)
     micro = _one_step(base(microbatches=2), 1, batch=host)
@@ -81,7 +81,7 @@ def test_microbatches_lower_the_peak_memory_of_the_step(data_dir):
                                        "data.image_size": 32, "model.image.patch_size": 4,
                                        "model.image.mlp_dim": 256})
         s = Setup(cfg, mesh=make_mesh(1))
-        batch = jax.eval_shape(lambda: pipeline.to_global(next(iter(s.dataset)), s.batch_sh))
+        batch = jax.eval_shape(lambda: pipeline.to_global(s.synthetic_batch(), s.batch_sh))
         with s.context():
             compiled = s.train_step().lower(s.abstract_state(), batch, s.step_rng).compile()
         return compiled.memory_analysis().temp_size_in_bytes

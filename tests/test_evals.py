@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
 
+from vlm_jax import evals
 from vlm_jax.evals import retrieval, zeroshot
 
 
@@ -111,28 +112,29 @@ def test_itm_reranking_reorders_each_querys_top_k():
 
 
 def test_evaluator_runs_sharded_with_padding(data_dir):
-    from vlm_jax.train.trainer import Setup
+    from vlm_jax.setup import Setup
     cfg = tiny_config(data_dir, **{"eval.batch_size": 48})   # 360 = 7 x 48 + 24: a padded tail
     s = Setup(cfg, mesh=make_mesh(8))
     params = s.init_state().params
-    out = s.evaluator.run(params)
+    ev = evals.Evaluators(s)
+    out = ev.run(params)
     assert set(out) == {f"eval/{d}/{m}" for d in ("digits", "shapes") for m in (
         "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")} | {"eval/digits/zeroshot_top1"}
     assert all(0.0 <= v <= 1.0 for v in out.values())
     # The eval pipeline's embeddings come back in source order, padding dropped: they equal
     # the same images embedded straight from memory, one at a time.
     from vlm_jax.data import pipeline
-    a = s.evaluator._images(params, "digits")
+    a = ev.data.images(params, "digits")
     imgs = pipeline.load_split("digits", "test", data_dir, cfg.data.image_size)["image"]
     assert a.shape[0] == len(imgs) == 360
-    b = np.concatenate([s.evaluator.embedder.images(params, imgs[i:i + 1]) for i in (0, 200, 359)])
+    b = np.concatenate([ev.data.embedder.images(params, imgs[i:i + 1]) for i in (0, 200, 359)])
     np.testing.assert_allclose(a[[0, 200, 359]], b, atol=1e-5)
 
 
 def test_ridge_probe_predicts_like_sklearn():
     from sklearn.linear_model import RidgeClassifier
 
-    from vlm_jax.evals import probe
+    from vlm_jax.evals import linear_probe as probe
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(5, 12))
     labels = rng.integers(0, 5, 300)
@@ -164,20 +166,21 @@ def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_d
 
     from vlm_jax.data import builtin, pipeline
     from vlm_jax.evals import templates
-    from vlm_jax.train.trainer import Setup
+    from vlm_jax.setup import Setup
     cfg = tiny_config(data_dir, **{"eval.linear_probe": ("digits",), "eval.retrieval": (),
                                    "eval.templates": "clip", "eval.probe_l2": 0.01})
     s = Setup(cfg, mesh=make_mesh(4))
     params = s.init_state().params
-    out = s.evaluator.run(params)
+    ev = evals.Evaluators(s)
+    out = ev.run(params)
     assert set(out) == {"eval/digits/linear_probe_top1", "eval/digits/zeroshot_top1"}
     # The same numbers from the images held in memory, embedded directly, scored by sklearn and
     # by a plain numpy prompt ensemble.
-    emb = s.evaluator.embedder
+    emb = ev.data.embedder
     feats, labels = {}, {}
     for split in ("train", "test"):
         data = pipeline.load_split("digits", split, data_dir, cfg.data.image_size)
-        feats[split] = emb._batched(emb.features("img/pre_logits"), params, data["image"])
+        feats[split] = emb.images(params, data["image"], "img/pre_logits")
         labels[split] = data["label"]
     ref = RidgeClassifier(alpha=0.01 * len(labels["train"])).fit(feats["train"], labels["train"])
     want = float(np.mean(ref.predict(feats["test"]) == labels["test"]))
@@ -194,13 +197,22 @@ def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_d
 def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     import json
 
+    import os
+    import shutil
+
+    from vlm_jax import config as config_lib
+    from vlm_jax.data import builtin
     from vlm_jax.train import evaluate, trainer
+    # Trained on a copy of the digits' train shard, deleted before launch.eval runs.
+    shard = str(tmp_path / "train.array_record")
+    shutil.copy(os.path.join(builtin.dataset_dir("digits", data_dir), "train.array_record"), shard)
     cfg = tiny_config(data_dir, **{
         "total_steps": 4, "log_every_steps": 2, "eval_every_steps": 2,
         "eval.zeroshot": ("digits",), "eval.zeroshot_prefix": "zs/{dataset}/",
         "eval.retrieval": ("shapes",), "eval.retrieval_every_steps": 1,
         "eval.linear_probe": ("digits",), "eval.linear_probe_every_percent": 100.0,
         "eval.linear_probe_prefix": "probe/"})
+    cfg.data.sources["digits"] = config_lib.source(path=shard)
     trainer.train(cfg, str(tmp_path))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     steps = lambda key: sorted({r["step"] for r in rows if key in r})
@@ -208,7 +220,8 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     assert steps("zs/digits/zeroshot_top1") == [2, 4]       # eval_every
     assert steps("probe/linear_probe_top1") == [4]          # 100% of the run
     assert not any(k.startswith("eval/digits") for r in rows for k in r)
-    # launch.eval runs the evaluators asked for, under the same names.
+    # launch.eval runs the evaluators asked for, under the same names, without the training data.
+    os.remove(shard)
     out = evaluate.evaluate_workdir(str(tmp_path), kinds=("zeroshot",))
     assert set(out) == {"step", "zs/digits/zeroshot_top1"} and out["step"] == 4
     assert out["zs/digits/zeroshot_top1"] == pytest.approx(

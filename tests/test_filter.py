@@ -82,8 +82,8 @@ def test_scores_from_a_checkpoint_match_an_independent_computation(dataset, data
     got = score(exs, caps)
     # Independent: the model applied directly, on one device, no mesh, no padding.
     from vlm_jax.data import images, tokenizer
-    s, state, _ = evaluate.restore_workdir(workdir)
-    params = jax_device_get(state.params)
+    s, params, _ = evaluate.restore_workdir(workdir)
+    params = jax_device_get(params)
     tok = tokenizer.build(s.config)
     for ex, cs, g in zip(exs, caps, got):
         img = images.render(ex["image"], cfg.data.image_size, "center")[None]

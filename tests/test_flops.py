@@ -10,9 +10,9 @@ from vlm_jax.train import flops
 
 def _flops(cfg, mesh):
     from vlm_jax.data import pipeline
-    from vlm_jax.train.trainer import Setup
+    from vlm_jax.setup import Setup
     s = Setup(cfg, mesh)
-    batch = pipeline.split_skips(next(iter(s.dataset)))[0]
+    batch = s.synthetic_batch()
     return flops.step_flops(s, pipeline.to_global(batch, s.batch_sh))
 
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_config
 
 from vlm_jax.train import checkpoint, trainer
+from vlm_jax.setup import Setup
 
 
 def _cfg(data_dir, **kw):
@@ -47,7 +48,7 @@ def test_init_image_tower_only_and_locked(run_a, data_dir, tmp_path):
 
 
 def test_init_errors_list_missing_and_misshapen(run_a, data_dir):
-    s = trainer.Setup(_cfg(data_dir, **{"model.embed_dim": 24}))
+    s = Setup(_cfg(data_dir, **{"model.embed_dim": 24}))
     params = s.init_state().params
     loaded, _ = checkpoint.read_params(run_a)
     with pytest.raises(checkpoint.InitError, match=r"(?s)0 selected params are missing.*"
@@ -93,7 +94,7 @@ def test_init_converts_between_looped_and_scanned_blocks(run_a, data_dir):
     """Run A has looped blocks (block0, ...); a scanned model loads them stacked, and back."""
     from vlm_jax.models import layout
     loaded, _ = checkpoint.read_params(run_a)
-    scanned = trainer.Setup(_cfg(data_dir, **{"model.scan": True}))
+    scanned = Setup(_cfg(data_dir, **{"model.scan": True}))
     params, report = checkpoint.load_params(scanned.init_state().params, loaded, ((".*", True),))
     assert not report["kept_init"] and not report["unexpected"]
     fp = _flat(params)
@@ -102,7 +103,7 @@ def test_init_converts_between_looped_and_scanned_blocks(run_a, data_dir):
     assert fp.keys() == want.keys()
     for p in fp:
         np.testing.assert_array_equal(fp[p], want[p], err_msg=p)
-    looped = trainer.Setup(_cfg(data_dir))
+    looped = Setup(_cfg(data_dir))
     back, _ = checkpoint.load_params(looped.init_state().params, jax.device_get(params),
                                      ((".*", True),))
     fa, fb = _flat(loaded), _flat(back)

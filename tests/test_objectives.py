@@ -12,7 +12,8 @@ from conftest import make_mesh, tiny_config
 from vlm_jax import config as config_lib, objectives, rules
 from vlm_jax.data import pipeline
 from vlm_jax.losses.caption import caption_loss
-from vlm_jax.train.trainer import Setup, train
+from vlm_jax.setup import Setup
+from vlm_jax.train.trainer import train
 
 RECIPES = ("clip", "siglip", "lit", "albef", "flava", "coca")
 EXPECTED = {"clip": {"contrastive"}, "siglip": {"contrastive"}, "lit": {"contrastive"},
@@ -26,7 +27,7 @@ def _recipe(name, data_dir, **overrides):
 
 
 def _fixed_batch(s):
-    host, _ = pipeline.split_skips(next(iter(s.dataset)))
+    host = s.synthetic_batch()
     return host, pipeline.to_global(host, s.batch_sh)
 
 
@@ -65,7 +66,8 @@ def test_recipe_trains_every_loss_down(data_dir, name):
 
 def test_flava_runs_through_the_trainer_with_reranking_and_mlm_eval(data_dir, tmp_path):
     cfg = _recipe("flava", data_dir, total_steps=4, checkpoint_every_steps=4,
-                  **{"eval.retrieval": ("digits",), "eval.zeroshot": ()})
+                  **{"eval.retrieval": ("digits",), "eval.itm_rerank": ("digits",),
+                     "eval.mlm": ("digits",), "eval.zeroshot": ()})
     last = train(cfg, str(tmp_path / "run"), mesh=make_mesh(2))
     for key in ("contrastive/loss", "itm/accuracy", "mlm/accuracy", "mim/loss",
                 "eval/digits/i2t_r1", "eval/digits/itm_i2t_r1", "eval/digits/itm_t2i_r1",

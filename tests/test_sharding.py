@@ -12,7 +12,7 @@ from vlm_jax import config as config_lib, objectives, rules
 from vlm_jax.models import layout
 from vlm_jax.data import pipeline
 from vlm_jax.parallel import mesh as mesh_lib, sharding
-from vlm_jax.train.trainer import Setup
+from vlm_jax.setup import Setup
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]      # (data, fsdp, tensor)
 
@@ -26,7 +26,7 @@ def test_meshes_give_the_single_device_loss_and_grads(data_dir):
     cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "loss.name": "sigmoid"})
     ref = Setup(cfg, mesh=make_mesh(1))
     params = jax.device_get(ref.init_state().params)
-    host = next(iter(ref.dataset))
+    host = ref.synthetic_batch()
     want_loss, want = jax.jit(
         lambda p, b: loss_and_grads(ref, p, b, objectives.build(cfg, None)))(
         params, host)
@@ -51,7 +51,7 @@ def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_
     cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "model.text.depth": 2})
     ref = Setup(cfg, mesh=make_mesh(1))
     state = ref.init_state()
-    host = next(iter(ref.dataset))
+    host = ref.synthetic_batch()
     with ref.context():
         state, m1 = ref.train_step()(state, pipeline.to_global(host, ref.batch_sh), ref.step_rng)
     p1 = jax.device_get(state.params)

@@ -11,12 +11,7 @@ from helpers import loss_and_grads
 from vlm_jax import objectives, rules
 from vlm_jax.data import pipeline
 from vlm_jax.train import checkpoint, optim
-from vlm_jax.train.trainer import Setup
-
-
-def _batch(setup, n=1):
-    it = iter(setup.dataset)
-    return it, [next(it) for _ in range(n)]
+from vlm_jax.setup import Setup
 
 
 @pytest.mark.slow
@@ -29,7 +24,7 @@ def test_sharded_model_grads_match_single_device_reference(data_dir, kind, impl,
                                    "loss.impl": impl})
     ref_setup = Setup(cfg, mesh=make_mesh(1))
     params = jax.device_get(ref_setup.init_state().params)
-    _, (host_batch,) = _batch(ref_setup)
+    host_batch = ref_setup.synthetic_batch()
     # The reference: the whole batch on one device, no mesh, no shard_map, no jit.
     want_loss, want_g = jax.jit(
         lambda p, b: loss_and_grads(ref_setup, p, b, objectives.build(cfg, None)))(
@@ -57,7 +52,7 @@ def test_full_train_step_ring_equals_gather(data_dir):
         cfg = tiny_config(data_dir, **{"loss.name": "sigmoid", "loss.impl": impl})
         s = Setup(cfg, mesh=make_mesh(8))
         state = s.init_state()
-        _, (b,) = _batch(s)
+        b = s.synthetic_batch()
         with s.context():
             state, m = s.train_step()(state, pipeline.to_global(b, s.batch_sh), s.step_rng)
         results[impl] = (jax.device_get(state.params), jax.device_get(m))
@@ -74,7 +69,7 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(data_dir):
     cfg = tiny_config(data_dir, **{"optim.lr": 3e-3})
     s = Setup(cfg, mesh=make_mesh(4))
     state = s.init_state()
-    _, (b,) = _batch(s)
+    b = s.synthetic_batch()
     batch = pipeline.to_global(b, s.batch_sh)
     step = s.train_step()
     with s.context():
@@ -98,7 +93,7 @@ def test_freeze_wd_and_lr_rules(data_dir):
     s = Setup(cfg, mesh=make_mesh(2))
     state = s.init_state()
     before = jax.device_get(state.params)
-    _, (b,) = _batch(s)
+    b = s.synthetic_batch()
     with s.context():
         state, _ = s.train_step()(state, pipeline.to_global(b, s.batch_sh), s.step_rng)
     after = jax.device_get(state.params)
@@ -134,7 +129,9 @@ def test_checkpoint_round_trip_with_data_iterator(data_dir, tmp_path):
     cfg = tiny_config(data_dir)
     s = Setup(cfg, mesh=make_mesh(4))
     state = s.init_state()
-    it, _ = _batch(s, 3)
+    it = iter(pipeline.train_dataset(cfg, s.tokenizer)[0])
+    for _ in range(3):
+        next(it)
     ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2, async_save=True)
     ckpt.save(3, state, it)
     ckpt.wait()
@@ -144,7 +141,7 @@ def test_checkpoint_round_trip_with_data_iterator(data_dir, tmp_path):
     s2 = Setup(cfg, mesh=make_mesh(8))       # restore onto a different mesh
     ckpt2 = checkpoint.Checkpointer(str(tmp_path))
     assert ckpt2.latest_step() == 3
-    fresh = iter(s2.dataset)
+    fresh = iter(pipeline.train_dataset(cfg, s2.tokenizer)[0])
     restored = ckpt2.restore(3, s2.abstract_state(), fresh)
     ckpt2.close()
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
@@ -178,7 +175,7 @@ def test_nan_mid_run_keeps_the_last_good_checkpoint_and_keep_every(data_dir, tmp
     trainer.train(cfg, str(tmp_path))
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     assert ckpt.manager.all_steps() == [4, 7, 8]      # the last two, and every 4th kept for good
-    good = ckpt.restore(8, trainer.Setup(cfg).abstract_state())
+    good = ckpt.restore(8, Setup(cfg).abstract_state())
     ckpt.close()
     # Resumed with a learning rate that overflows: step 9's update makes the params infinite.
     cfg.total_steps, cfg.optim.lr = 12, 1e39
@@ -187,7 +184,7 @@ def test_nan_mid_run_keeps_the_last_good_checkpoint_and_keep_every(data_dir, tmp
         trainer.train(cfg, str(tmp_path))
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     assert ckpt.manager.all_steps() == [4, 7, 8]
-    again = ckpt.restore(8, trainer.Setup(cfg).abstract_state())
+    again = ckpt.restore(8, Setup(cfg).abstract_state())
     ckpt.close()
     for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(again.params)):
         np.testing.assert_array_equal(a, b)
@@ -204,7 +201,7 @@ def test_skip_mode_leaves_the_state_untouched(data_dir, tmp_path):
     trainer.train(cfg, str(tmp_path))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["skipped_updates"] for r in rows if "loss" in r] == [2, 2]
-    s = trainer.Setup(cfg)
+    s = Setup(cfg)
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     saved = ckpt.restore(4, s.abstract_state())
     ckpt.close()
@@ -221,7 +218,7 @@ def test_frozen_tower_has_no_backward_pass(data_dir):
         cfg = tiny_config(data_dir, **{"optim.freeze_rules": (("img/.*", frozen), (".*", False))})
         s = Setup(cfg, mesh=make_mesh(1))
         state = s.abstract_state()
-        _, (b,) = _batch(s)
+        b = s.synthetic_batch()
         with s.context():
             compiled = s.train_step().lower(state, pipeline.to_global(b, s.batch_sh),
                                             s.step_rng).compile()

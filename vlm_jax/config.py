@@ -5,7 +5,10 @@ key the schema lacks (naming the closest valid key), any value of the wrong type
 outside its allowed choices, before anything is computed.
 
 Durations (`total`, `log_every`, `checkpoint_every`, `eval_every`, `optim.warmup`,
-`eval.<evaluator>_every`) are given in exactly one unit: `<name>_steps | _epochs | _examples | _percent` (percent of the total steps).
+`eval.<evaluator>_every`) are given in at most one unit: `<name>_steps | _epochs | _examples |
+_percent` (percent of the total steps). No unit holds a value in `defaults()`, so a recipe sets
+the unit it wants without undoing another, and the command line can set any unit of any recipe.
+`DURATIONS` says what an unset duration means; `total` must be set to train.
 """
 from __future__ import annotations
 
@@ -21,13 +24,15 @@ from vlm_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
 
 UNITS = ("steps", "epochs", "examples", "percent")
 UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
-# name -> whether exactly one unit must be set (otherwise at most one).
-DURATIONS = {"total": True, "log_every": False, "checkpoint_every": False, "eval_every": False,
-             "optim.warmup": False, "eval.zeroshot_every": False, "eval.retrieval_every": False,
-             "eval.linear_probe_every": False}
-
-# Evaluators: their datasets are eval.<name>; retrieval includes ITM re-ranking and MLM accuracy.
-EVALUATORS = ("zeroshot", "retrieval", "linear_probe")
+# Evaluators (modules of vlm_jax/evals): each has eval.<name> (datasets), eval.<name>_every_*
+# and eval.<name>_prefix; options of their own follow their datasets in `defaults()`.
+EVALUATORS = ("zeroshot", "retrieval", "itm_rerank", "mlm", "linear_probe")
+REQUIRED = "required"
+# Duration -> what leaving it unset means: REQUIRED, (unit, value), or None (the caller decides:
+# eval_every unset evaluates at the last step only; eval.<name>_every unset follows eval_every).
+DURATIONS = {"total": REQUIRED, "log_every": ("steps", 10), "checkpoint_every": ("steps", 200),
+             "eval_every": None, "optim.warmup": ("steps", 50),
+             **{f"eval.{name}_every": None for name in EVALUATORS}}
 
 CHOICES = {
     "nonfinite": ("stop", "skip"),
@@ -55,10 +60,10 @@ class ConfigError(ValueError):
     """A config key is unknown, mistyped or out of range."""
 
 
-def _durations(c: ml_collections.ConfigDict, name: str, defaults: dict[str, object]) -> None:
+def _durations(c: ml_collections.ConfigDict, name: str) -> None:
+    # Typed placeholders: None until set, settable from the command line, back to None anytime.
     for unit in UNITS:
-        value = defaults.get(unit)
-        c[f"{name}_{unit}"] = value if value is not None else config_dict.placeholder(UNIT_TYPES[unit])
+        c[f"{name}_{unit}"] = config_dict.placeholder(UNIT_TYPES[unit])
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -70,10 +75,10 @@ def defaults() -> ml_collections.ConfigDict:
     # memory of batch_size / microbatches, every contrastive negative kept (GradCache).
     c.microbatches = 1
     c.data_dir = ""                 # "" -> $VLM_JAX_DATA_DIR or ~/.cache/vlm_jax
-    _durations(c, "total", {"steps": 1000})
-    _durations(c, "log_every", {"steps": 10})
-    _durations(c, "checkpoint_every", {"steps": 200})
-    _durations(c, "eval_every", {})  # unset: evaluate at the end only
+    _durations(c, "total")          # required
+    _durations(c, "log_every")      # unset: 10 steps
+    _durations(c, "checkpoint_every")  # unset: 200 steps
+    _durations(c, "eval_every")     # unset: evaluate at the end only
     c.keep_checkpoints = 2          # the most recent checkpoints kept (orbax max_to_keep)
     # Where a run with no checkpoint of its own starts (its own latest checkpoint comes first):
     c.resume = ""                   # another run's workdir or checkpoint: state + data position
@@ -225,7 +230,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.optim.mu_dtype = "float32"    # Adam's first moment; bfloat16 halves its memory
     c.optim.weight_decay = 0.05
     c.optim.clip_norm = 1.0         # global-norm clipping; 0 disables
-    _durations(c.optim, "warmup", {"steps": 50})
+    _durations(c.optim, "warmup")   # unset: 50 steps
     # (regex over '/'-joined param paths, value); first match wins; every param must match.
     c.optim.wd_rules = ((".*/kernel$", 1.0), (".*", 0.0))
     c.optim.lr_rules = ((".*", 1.0),)
@@ -235,7 +240,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.zeroshot = ("digits",)
     c.eval.retrieval = ("digits", "shapes")
     c.eval.batch_size = 256
-    c.eval.rerank_k = 16            # with ITM: retrieval also re-ranks each query's top k by ITM
+    # Retrieval re-ranked by the ITM head (needs itm.weight > 0): each query's top k by
+    # similarity reordered by the ITM score, metrics itm_i2t_r1, ...
+    c.eval.itm_rerank = ()
+    c.eval.rerank_k = 16
+    c.eval.mlm = ()                 # MLM accuracy (needs mlm.weight > 0)
     # Zero-shot prompts: the dataset's own (builtin), CLIP's 80 ImageNet ones (clip), or
     # custom_templates ('{}' stands for the class name); class_names replaces the dataset's names.
     c.eval.templates = "builtin"
@@ -248,7 +257,7 @@ def defaults() -> ml_collections.ConfigDict:
     # Each evaluator's cadence (unset: eval_every; every evaluator also runs at the last step)
     # and its metric prefix ('{dataset}' stands for the dataset's name).
     for kind in EVALUATORS:
-        _durations(c.eval, f"{kind}_every", {})
+        _durations(c.eval, f"{kind}_every")
         c.eval[f"{kind}_prefix"] = "eval/{dataset}/"
     return c
 
@@ -364,14 +373,11 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     """Raises ConfigError naming the first bad key; returns None when the config is sound."""
     schema = schema if schema is not None else defaults()
     _walk(cfg, schema, "", _paths(schema))
-    for name, required in DURATIONS.items():
+    for name in DURATIONS:
         section, leaf = _section(cfg, name)
         set_ = [f"{name}_{u}" for u in UNITS if section.get(f"{leaf}_{u}") is not None]
         if len(set_) > 1:
             raise ConfigError(f"duration '{name}' is given twice ({', '.join(set_)}); set one")
-        if required and not set_:
-            raise ConfigError(f"duration '{name}' is not set; set one of "
-                              f"{', '.join(f'{name}_{u}' for u in UNITS)}")
     if cfg.total_percent is not None:
         raise ConfigError("'total_percent' has no meaning; use total_steps|epochs|examples")
     _check_objectives(cfg)
@@ -460,18 +466,27 @@ def apply_duration_overrides(cfg: ml_collections.ConfigDict, overridden: Iterabl
                         section[f"{leaf}_{u}"] = None
 
 
-def steps(cfg: ml_collections.ConfigDict, name: str, *, steps_per_epoch: float,
+def steps(cfg: ml_collections.ConfigDict, name: str, *, steps_per_epoch: float | None,
           total_steps: int | None = None) -> int | None:
-    """Resolves duration `name` to a number of steps (None when unset)."""
+    """Resolves duration `name` to a number of steps (unset: what DURATIONS says, or None).
+    `steps_per_epoch` is None where no training data was read: a duration in epochs is then an
+    error."""
     section, leaf = _section(cfg, name)
     batch = cfg.batch_size
-    for unit in UNITS:
-        value = section.get(f"{leaf}_{unit}")
-        if value is None:
-            continue
+    given = [(u, section.get(f"{leaf}_{u}")) for u in UNITS
+             if section.get(f"{leaf}_{u}") is not None]
+    if not given and isinstance(DURATIONS.get(name), tuple):
+        given = [DURATIONS[name]]
+    if not given and DURATIONS.get(name) == REQUIRED:
+        raise ConfigError(f"duration '{name}' is not set; set one of "
+                          f"{', '.join(f'{name}_{u}' for u in UNITS if u != 'percent')}")
+    for unit, value in given:
         if unit == "steps":
             return int(value)
         if unit == "epochs":
+            if steps_per_epoch is None:
+                raise ConfigError(f"'{name}_epochs' needs the size of the training data, which "
+                                  f"this command does not read; give it in steps or examples")
             return max(1, int(math.ceil(value * steps_per_epoch)))
         if unit == "examples":
             return max(1, int(math.ceil(value / batch)))

@@ -96,10 +96,13 @@ class Mlm:
     name: str = "mlm"
     cross_example = False
 
+    def mask(self, rng, tokens, mask):
+        """(inputs with the chosen tokens replaced, chosen positions), as in training."""
+        return mlm_mask(rng, tokens, mask, mask_id=self.mask_id, vocab_size=self.vocab_size,
+                        first_regular=self.first_regular, keep=self.keep, rate=self.rate)
+
     def __call__(self, out: dict, batch: dict, ctx: Context):
-        inputs, chosen = mlm_mask(ctx.rng, batch["tokens"], batch["mask"], mask_id=self.mask_id,
-                                  vocab_size=self.vocab_size, first_regular=self.first_regular,
-                                  keep=self.keep, rate=self.rate)
+        inputs, chosen = self.mask(ctx.rng, batch["tokens"], batch["mask"])
         logits = ctx.call("mlm_logits", inputs, batch["mask"], out["img/tokens"])
         return mlm_loss(logits, batch["tokens"], chosen)
 

@@ -62,6 +62,18 @@ def tree_map_rules(rules: Rules, tree, what: str = "param"):
         lambda path, _: first(compiled, rules, path_str(path), what)[1], tree)
 
 
+def summary(rules: Rules, tree, what: str) -> list[str]:
+    """One line per rule: how many params (and values) it took, for the console."""
+    compiled = compile_rules(rules, what)
+    count, size = [0] * len(rules), [0] * len(rules)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        i, _ = first(compiled, rules, path_str(path), what)
+        count[i] += 1
+        size[i] += int(getattr(leaf, "size", 1))
+    return [f"{what}: rule #{i} {rule[0]!r} = {rule[1]!r} took {count[i]} params "
+            f"({size[i]:,} values)" for i, rule in enumerate(rules)]
+
+
 def describe(rules: Rules, tree, what: str) -> list[str]:
     """One line per param: which rule matched it (logged once at start)."""
     compiled = compile_rules(rules, what)

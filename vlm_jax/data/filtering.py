@@ -156,9 +156,10 @@ def _rewrite(record: bytes, captions: list[str]) -> bytes:
 def model_scorer(workdir: str, step: int | None = None, crop: str = "center", chunk: int = 2048):
     """score_fn from a training workdir's checkpoint: the cosine between each record's image (its
     eval view at the model's image size) and its best caption."""
+    from vlm_jax.evals.common import Embedder
     from vlm_jax.train import evaluate
-    s, state, _ = evaluate.restore_workdir(workdir, step)
-    embed, size = s.evaluator.embedder, s.config.data.image_size
+    s, params, _ = evaluate.restore_workdir(workdir, step)
+    embed, size = Embedder.from_setup(s), s.config.data.image_size
 
     def score(examples: list[dict], captions: list[list[str]]) -> np.ndarray:
         out = np.empty(len(examples), np.float32)
@@ -166,8 +167,8 @@ def model_scorer(workdir: str, step: int | None = None, crop: str = "center", ch
             exs, caps = examples[a:a + chunk], captions[a:a + chunk]
             imgs = np.stack([images.render(ex["image"], size, crop) for ex in exs])
             with s.context():
-                zi = embed.images(state.params, imgs)
-                zt = embed.texts(state.params, [c for cs in caps for c in cs])
+                zi = embed.images(params, imgs)
+                zt = embed.texts(params, [c for cs in caps for c in cs])
             pos = 0
             for i, cs in enumerate(caps):
                 out[a + i] = float((zt[pos:pos + len(cs)] @ zi[i]).max())

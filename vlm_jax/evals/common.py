@@ -1,4 +1,5 @@
-"""Embedding whole eval sets on the mesh, in fixed-size padded batches (one compile each)."""
+"""What every evaluator shares: the model's towers and heads run over whole eval sets on the
+mesh in fixed-size padded batches (one compile each), and the eval sets themselves."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
+from vlm_jax.data import builtin, pipeline
 from vlm_jax.data.tokenizer import Tokenizer, tokenize
 from vlm_jax.progress import Ticker
 from vlm_jax.parallel import sharding
@@ -30,37 +32,45 @@ def _pick(out: dict, *keys):
 
 
 class Embedder:
+    """The model's towers and heads as jitted functions over whole eval sets on the mesh."""
+
     def __init__(self, model: nn.Module, mesh: Mesh, rules, tokenizer: Tokenizer, max_len: int,
                  batch_size: int):
         self.axes = sharding.batch_axes(rules)
-        n_shards = int(np.prod([mesh.shape[a] for a in self.axes]))
+        n_shards = sharding.batch_shards(mesh, rules)
         self.batch = max(n_shards, batch_size // n_shards * n_shards)
         self.sharding = sharding.batch_sharding(mesh, rules)
         self.tokenizer, self.max_len, self.mesh, self.rules = tokenizer, max_len, mesh, rules
         self.model = model
-        self._img = self.features("img/normed")
         self._txt = jax.jit(lambda p, t, m: model.apply(
             {"params": p}, t, m, method=model.encode_text)["txt/normed"])
-        self._img_tokens = jax.jit(lambda p, x: _pick(model.apply(
-            {"params": p}, x, method=model.encode_image), "img/normed", "img/tokens"))
         self._txt_tokens = jax.jit(lambda p, t, m: _pick(model.apply(
             {"params": p}, t, m, method=model.encode_text), "txt/normed", "txt/tokens"))
-        self.has_itm = getattr(model, "itm", False)
-        self.has_mlm = bool(getattr(model, "mlm_vocab", 0))
-        if self.has_mlm:
-            self._mlm = jax.jit(lambda p, t, m, img: model.apply(
-                {"params": p}, t, m, img, method="mlm_logits").argmax(-1))
-        if self.has_itm:
-            def itm(p, txt, mask, img):
-                logits = model.apply({"params": p}, txt, mask, img, method="itm_logits")
-                return logits[:, 1] - logits[:, 0]
-            self._itm = jax.jit(itm)
+
+    @classmethod
+    def from_setup(cls, s) -> "Embedder":
+        """The embedder of a vlm_jax.setup.Setup's model, on its mesh, at config.eval.batch_size."""
+        return cls(s.model, s.mesh, s.rules, s.tokenizer, s.config.tokenizer.max_len,
+                   s.config.eval.batch_size)
+
+    def has(self, method: str) -> bool:
+        """Whether the model has the head behind `method` ('itm_logits', 'mlm_logits', ...)."""
+        return self.model.has_head(method)
 
     @functools.lru_cache(maxsize=None)
-    def features(self, key: str):
-        """A jitted (params, images) -> the image tower's output `key` ('img/pre_logits', ...)."""
+    def features(self, keys: tuple[str, ...] = ("img/normed",)):
+        """A jitted (params, images) -> {key: the image tower's output} for `keys`
+        ('img/normed', 'img/tokens', 'img/pre_logits', ...)."""
         model = self.model
-        return jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image)[key])
+        return jax.jit(lambda p, x: {k: v for k, v in model.apply(
+            {"params": p}, x, method=model.encode_image).items() if k in keys})
+
+    @functools.lru_cache(maxsize=None)
+    def head(self, method: str, reduce=None):
+        """A jitted (params, *inputs) -> the model method's output (`reduce` applied)."""
+        model = self.model
+        return jax.jit(lambda p, *args: (reduce or (lambda x: x))(
+            model.apply({"params": p}, *args, method=method)))
 
     def _batched(self, fn, params, *arrays, what: str = "embedding"):
         """fn over fixed-size padded chunks of `arrays`; its output (an array or a tuple of
@@ -78,13 +88,12 @@ class Embedder:
         ticker.close()
         return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
-    def images_from(self, params, batches, n: int, tokens: bool = False, key: str = "img/normed",
-                    what: str = "embedding images"):
-        """Eval-pipeline batches (this process's rows, with `index` and `valid`) -> [n, D] in
-        source order on every process; rows never seen (unreadable examples) are zero.
-        With `tokens`, (embeddings, image tower tokens [n, T, W]); `key` picks another output."""
+    def images_from(self, params, batches, n: int, keys=("img/normed",),
+                    what: str = "embedding images") -> dict:
+        """Eval-pipeline batches (this process's rows, with `index` and `valid`) -> {key: [n, ...]}
+        in source order on every process; rows never seen (unreadable examples) are zero."""
         out, ticker = None, Ticker(what, n, "images")
-        fn = self._img_tokens if tokens else self.features(key)
+        fn = self.features(tuple(keys))
         for b in batches:
             g = {k: jax.make_array_from_process_local_data(self.sharding, np.asarray(b[k]))
                  for k in ("image", "index", "valid")}
@@ -93,15 +102,16 @@ class Embedder:
             index, valid = _host(g["index"]), _host(g["valid"])
             if out is None:
                 out = jax.tree.map(lambda a: np.zeros((n, *a.shape[1:]), a.dtype), y)
-            for o, a in zip(jax.tree.leaves(out), jax.tree.leaves(y)):
-                o[index[valid]] = a[valid]
+            for k in y:
+                out[k][index[valid]] = y[k][valid]
             ticker.update(int(valid.sum()))
         ticker.close()
         return out
 
-    def images(self, params, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, S, S, 3] -> normalised [N, D]."""
-        return self._batched(self._img, params, images, what="embedding images")
+    def images(self, params, images: np.ndarray, key: str = "img/normed") -> np.ndarray:
+        """uint8 [N, S, S, 3] -> the image tower's `key` [N, ...] (default: normalised [N, D])."""
+        return self._batched(self.features((key,)), params, images,
+                             what="embedding images")[key]
 
     def texts(self, params, texts: list[str], tokens: bool = False):
         """N strings -> normalised [N, D]; with `tokens`, (embeddings, text tower tokens
@@ -112,11 +122,43 @@ class Embedder:
         emb, tok = self._batched(self._txt_tokens, params, ids, mask, what="embedding texts")
         return emb, tok, mask
 
-    def mlm_predictions(self, params, ids, mask, img_tokens) -> np.ndarray:
-        """The MLM head's most likely id at every position [N, L]."""
-        return self._batched(self._mlm, params, ids, mask, img_tokens, what="MLM predictions")
 
-    def itm_scores(self, params, txt_tokens, txt_mask, img_tokens) -> np.ndarray:
-        """ITM match logit minus no-match logit for each (text row, image row) pair."""
-        return self._batched(self._itm, params, txt_tokens, txt_mask, img_tokens,
-                             what="ITM re-ranking")
+class EvalData:
+    """The eval sets as evaluators read them: captions and labels (read once), class info, and
+    image-tower outputs of the params under evaluation, computed once per dataset and split for
+    all the evaluators of one run (`reset` between runs)."""
+
+    def __init__(self, config, embedder: Embedder):
+        self.config, self.embedder = config, embedder
+        self._images: dict[tuple[str, str, str], np.ndarray] = {}
+
+    def reset(self) -> None:
+        self._images.clear()
+
+    def embed_images(self, params, name: str, split: str, keys) -> None:
+        """One pass over a split's images for every output in `keys` not embedded yet."""
+        keys = tuple(sorted(k for k in keys if (name, split, k) not in self._images))
+        if not keys:
+            return
+        c = self.config
+        batches, n = pipeline.eval_batches(
+            pipeline.builtin_source(name, split), c.data_dir or None, c.data.image_size,
+            self.embedder.batch, num_threads=c.data.num_threads)
+        out = self.embedder.images_from(params, batches, n, keys,
+                                        what=f"embedding {name} {split} images")
+        self._images.update({(name, split, k): v for k, v in out.items()})
+
+    def images(self, params, name: str, split: str = "test", key: str = "img/normed"):
+        """The image tower's `key` for every example of the split [N, ...], in source order."""
+        self.embed_images(params, name, split, (key,))
+        return self._images[name, split, key]
+
+    @functools.lru_cache(maxsize=None)
+    def texts(self, name: str, split: str = "test"):
+        """(each example's captions, labels [N] with -1 where there is none)."""
+        return pipeline.read_texts(pipeline.builtin_source(name, split),
+                                   self.config.data_dir or None)
+
+    def info(self, name: str) -> dict:
+        """The dataset's metadata: classes, prompt templates."""
+        return builtin.info(name, self.config.data_dir or None)

@@ -123,3 +123,17 @@ def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1,
             for k in ks:
                 out[f"{prefix}{name}_r{k}"] = float(hits[:, :k].any(axis=1).mean())
     return out
+
+
+class Evaluator:
+    """Image->text and text->image recall@1/5/10 by embedding similarity on a test split."""
+    image_keys = ("img/normed",)
+
+    def __init__(self, data, config):
+        self.data = data
+
+    def run(self, params, dataset: str) -> dict[str, float]:
+        emb = self.data.embedder
+        captions, _ = self.data.texts(dataset)
+        return recall(self.data.images(params, dataset), captions,
+                      lambda t: emb.texts(params, t), mesh=emb.mesh, axes=emb.axes)

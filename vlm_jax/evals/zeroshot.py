@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vlm_jax.evals import templates
+
 
 def class_name(c: dict) -> str:
     return str(c.get("name", next(iter(c.values()))))
@@ -34,3 +36,25 @@ def class_embeddings(embed_texts, classes: list[dict], templates: Sequence[str],
 
 def top1(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray) -> float:
     return float(np.mean(np.argmax(image_emb @ class_emb.T, axis=1) == labels))
+
+
+class Evaluator:
+    """Zero-shot top-1 on a dataset's test split: `eval.templates` (the dataset's own, CLIP's 80,
+    or `eval.custom_templates`), `eval.class_names` replacing the dataset's class names."""
+    image_keys = ("img/normed",)
+
+    def __init__(self, data, config):
+        self.data, self.config = data, config
+
+    def _templates(self, meta: dict) -> tuple:
+        e = self.config.eval
+        return {"builtin": tuple(meta["templates"]), "clip": templates.CLIP,
+                "custom": tuple(e.custom_templates)}[e.templates]
+
+    def run(self, params, dataset: str) -> dict[str, float]:
+        meta = self.data.info(dataset)
+        texts = lambda t: self.data.embedder.texts(params, t)
+        classes = class_embeddings(texts, meta["classes"], self._templates(meta),
+                                   tuple(self.config.eval.class_names))
+        _, labels = self.data.texts(dataset)
+        return {"zeroshot_top1": top1(self.data.images(params, dataset), labels, classes)}

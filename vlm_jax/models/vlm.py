@@ -94,6 +94,12 @@ class VisionLanguageModel(nn.Module):
                 self.caption_logits(txt, mask, img)
         return out
 
+    def has_head(self, method: str) -> bool:
+        """Whether the head behind `method` exists (its objective is on)."""
+        return {"itm_logits": self.itm, "mlm_logits": bool(self.mlm_vocab),
+                "mim_pixels": self.mim_decoder is not None,
+                "caption_logits": self.caption_decoder is not None}.get(method, hasattr(self, method))
+
     def itm_logits(self, txt_tokens, txt_mask, img_tokens):
         """Text tower tokens and image tower tokens of matched rows -> [B, 2] (no, yes)."""
         return self.itm_head(self.fusion(txt_tokens, txt_mask, img_tokens)["cls"])

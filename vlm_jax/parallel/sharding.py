@@ -48,6 +48,11 @@ def batch_axes(rules: Sequence) -> tuple[str, ...]:
     raise ValueError("the mesh rules do not place the logical axis 'batch'")
 
 
+def batch_shards(mesh, rules: Sequence) -> int:
+    """How many shards the batch dimension is split into on `mesh` (a Mesh or AbstractMesh)."""
+    return math.prod(mesh.shape[a] for a in batch_axes(rules))
+
+
 def batch_sharding(mesh: Mesh, rules: Sequence) -> NamedSharding:
     return NamedSharding(mesh, P(batch_axes(rules)))
 

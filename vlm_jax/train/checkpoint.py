@@ -87,14 +87,19 @@ def resolve(path: str) -> tuple[str, int]:
     return path, steps[-1]
 
 
-def read_params(path: str) -> tuple[dict, int]:
-    """The params of a checkpoint as host numpy arrays (nothing else is read), and its step."""
+def read_params(path: str, abstract=None) -> tuple[dict, int]:
+    """The params of a checkpoint (nothing else is read) and its step: host numpy arrays, or
+    placed on the shardings of `abstract` (ShapeDtypeStructs shaped like the params)."""
     directory, step = resolve(path)
     mgr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
     try:
-        meta = mgr.item_metadata(step)["state"]
-        tree = {"params": getattr(meta, "tree", meta)["params"]}
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        if abstract is None:
+            meta = mgr.item_metadata(step)["state"]
+            tree = {"params": getattr(meta, "tree", meta)["params"]}
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        else:
+            tree = {"params": abstract}
+            args = ocp.checkpoint_utils.construct_restore_args(tree)
         restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=tree, restore_args=args, partial_restore=True)))
     finally:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax
 
+from vlm_jax.setup import Setup
+
 # Dense bfloat16 peak TFLOP/s per chip from the vendors' data sheets, by a substring of
 # `device_kind` (longest match first). MFU is quoted against it whatever the model's dtype.
 PEAK_TFLOPS = {
@@ -43,18 +45,13 @@ def is_plain(config) -> bool:
 
 
 def step_flops(setup, batch, step_fn=None) -> float:
-    """Global FLOPs of one plain train step of `setup` (a trainer.Setup) on batches shaped like
-    `batch`: its jitted `step_fn` (default: a new one) when plain, else the step of a plain
-    variant built without data."""
+    """Global FLOPs of one plain train step of `setup` (a vlm_jax.setup.Setup) on batches shaped
+    like `batch`: its jitted `step_fn` (default: a new one) when plain, else the step of a plain
+    variant of the same config."""
     if not is_plain(setup.config):
         step_fn = None
-        from vlm_jax.train.trainer import Setup
-        c = plain(setup.config)
-        # The step's FLOPs do not depend on durations; data-free Setups count in steps.
-        c.total_steps = setup.total_steps
-        for unit in ("epochs", "examples", "percent"):
-            c[f"total_{unit}"] = None
-        setup = Setup(c, setup.mesh, data=False)
+        setup = Setup(plain(setup.config), setup.mesh, num_train=setup.num_train,
+                      tokenizer=setup.tokenizer)
     step_fn = step_fn or setup.train_step()
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
     with setup.context():

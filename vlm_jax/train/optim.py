@@ -66,9 +66,17 @@ def build(config, params, total_steps: int, warmup_steps: int):
     return optax.partition({"train": train, "frozen": optax.set_to_zero()}, labels), sched
 
 
-def describe(config, params) -> list[str]:
-    """Which rule matched each param, for the start-of-run log."""
+def _rule_sets(config):
     o = config.optim
-    return (rules.describe(o.freeze_rules, params, "freeze")
-            + rules.describe(o.wd_rules, params, "weight-decay")
-            + rules.describe(o.lr_rules, params, "learning-rate"))
+    return ((o.freeze_rules, "freeze"), (o.wd_rules, "weight-decay"),
+            (o.lr_rules, "learning-rate"))
+
+
+def describe(config, params) -> list[str]:
+    """Which rule matched each param (the workdir's rule table)."""
+    return [line for r, what in _rule_sets(config) for line in rules.describe(r, params, what)]
+
+
+def summary(config, params) -> list[str]:
+    """How many params each rule took (the console's short form of `describe`)."""
+    return [line for r, what in _rule_sets(config) for line in rules.summary(r, params, what)]

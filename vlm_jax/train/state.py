@@ -40,10 +40,12 @@ def balanced(config) -> list[str]:
 
 
 def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules,
-              config) -> TrainState:
-    """NamedShardings for every leaf of the TrainState."""
-    param_sh = sharding.param_shardings(boxed_params, mesh, rules, config.mesh.param_rules,
-                                        config.mesh.fsdp_min_mib)
+              config, param_sh=None) -> TrainState:
+    """NamedShardings for every leaf of the TrainState (`param_sh`: the params' own, when
+    already computed)."""
+    if param_sh is None:
+        param_sh = sharding.param_shardings(boxed_params, mesh, rules, config.mesh.param_rules,
+                                            config.mesh.fsdp_min_mib)
     repl = sharding.replicated(mesh)
     abs_opt = jax.eval_shape(tx.init, nn.unbox(boxed_params))
     # Slots shaped like the params (Adam's moments) follow the params; the rest is replicated.

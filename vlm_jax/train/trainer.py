@@ -7,7 +7,6 @@ is saved, so the last good checkpoint stays the latest.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import signal
@@ -16,19 +15,13 @@ import time
 
 import flax.linen as nn
 import jax
-import numpy as np
 from absl import logging
 
-from vlm_jax import config as config_lib
-from vlm_jax import evals, models, objectives, rules
+from vlm_jax import config as config_lib, evals, rules, workdir as workdir_lib
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
-from vlm_jax.parallel import mesh as mesh_lib, sharding
-from vlm_jax.train import checkpoint, flops as flops_lib, metrics as metrics_lib, optim
-from vlm_jax.train import state as state_lib, step as step_lib
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss, the gradients or the updated params stopped being finite (nonfinite='stop')."""
+from vlm_jax.setup import Setup
+from vlm_jax.train import checkpoint, metrics as metrics_lib, optim, state as state_lib
+from vlm_jax.train.monitor import Monitor, NonFiniteLossError  # noqa: F401  (raised by train)
 
 
 class StoppedEarly(Exception):
@@ -83,92 +76,6 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _save_config(config, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    text = config.to_json_best_effort(indent=1, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            if f.read() != text:
-                logging.warning("config differs from the one this workdir was started with; "
-                                "the old one is kept as config.json.prev")
-                os.replace(path, path + ".prev")
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def load_config(workdir: str):
-    """The config a workdir was trained with."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-    with open(path) as f:
-        return config_lib.from_json(f.read(), where=path)
-
-
-class Setup:
-    """Everything a run derives from its config: mesh, data, model, optimizer, step, evals.
-    `data=False` leaves out the dataset and the evaluators (benchmarks on synthetic batches;
-    durations must then be given in steps or examples)."""
-
-    def __init__(self, config, mesh=None, data: bool = True):
-        config_lib.validate(config)
-        self.config = config
-        self.mesh = mesh_lib.from_config(config) if mesh is None else mesh
-        self.rules = sharding.logical_rules(config)
-        self.tokenizer = tokenizer_lib.build(config)
-        self.dataset, self.num_train = (pipeline.train_dataset(config, self.tokenizer) if data
-                                        else (None, 0))
-        steps_per_epoch = self.num_train / config.batch_size
-        self.total_steps = config_lib.steps(config, "total", steps_per_epoch=steps_per_epoch)
-        dur = lambda name: config_lib.steps(config, name, steps_per_epoch=steps_per_epoch,
-                                            total_steps=self.total_steps)
-        self.warmup_steps = dur("optim.warmup") or 0
-        self.log_every = dur("log_every") or self.total_steps
-        self.checkpoint_every = dur("checkpoint_every") or self.total_steps
-        # evaluator -> its cadence in steps (None: the last step only)
-        self.eval_every = {k: dur(f"eval.{k}_every") or dur("eval_every")
-                           for k in config_lib.EVALUATORS}
-        self.model = models.build(config, self.tokenizer.vocab_size)
-        self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
-        boxed = state_lib.abstract_params(self.model, config, self.init_rng)
-        self.boxed_params = boxed
-        self.tx, self.schedule = optim.build(config, nn.unbox(boxed), self.total_steps,
-                                             self.warmup_steps)
-        self.state_sh = state_lib.shardings(boxed, self.tx, self.mesh, self.rules, config)
-        self.frozen = rules.tree_map_rules(config.optim.freeze_rules, nn.unbox(boxed), "freeze")
-        self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
-        self.objectives = objectives.build(config, self.mesh, self.tokenizer, self.total_steps)
-        self.evaluator = (evals.Evaluator(config, self.model, self.mesh, self.rules, self.tokenizer)
-                          if data else None)
-
-    def context(self):
-        stack = contextlib.ExitStack()
-        stack.enter_context(jax.set_mesh(self.mesh))
-        stack.enter_context(nn.logical_axis_rules(self.rules))
-        return stack
-
-    def describe_sharding(self) -> list[str]:
-        return [f"mesh {dict(self.mesh.shape)}"] + sharding.describe(
-            self.boxed_params, self.mesh, self.rules, self.config.mesh.param_rules,
-            self.config.mesh.fsdp_min_mib)
-
-    def init_state(self):
-        return state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
-                                self.init_rng, self.state_sh)
-
-    def abstract_state(self):
-        return state_lib.abstract(self.state_sh, self.model, self.tx, self.config, self.init_rng)
-
-    def train_step(self):
-        fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
-                           skip_nonfinite=self.config.nonfinite == "skip",
-                           balance_decay=self.config.balance.decay, frozen=self.frozen,
-                           microbatches=self.config.microbatches, mesh=self.mesh,
-                           batch_axes=sharding.batch_axes(self.rules))
-        batch_sh = {k: self.batch_sh for k in ("image", "tokens", "mask", "label")}
-        return step_lib.jit(fn, self.state_sh, batch_sh, self.mesh)
-
-
 def _start(s: Setup, ckpt, data_iter, workdir: str):
     """(step, state): the workdir's latest checkpoint, else config.resume (another run's
     checkpoint, data position included), else config.init (params selected by config.init_rules
@@ -204,13 +111,23 @@ def _start(s: Setup, ckpt, data_iter, workdir: str):
             logging.info("  kept from initialisation: %s", p)
         for p in report["unexpected"][:50]:
             logging.info("  unused from the checkpoint: %s", p)
-    for line in optim.describe(config, state.params):
-        logging.log_first_n(logging.INFO, line, 10_000)
     return 0, state
 
 
 def _due(step: int, every: int | None, total: int) -> bool:
     return step == total or (every is not None and every > 0 and step % every == 0)
+
+
+def _rule_table(s: Setup, workdir: str) -> None:
+    """Writes which rule placed, froze, decayed and scaled each param to the workdir; logs how
+    many params each rule took."""
+    c, params = s.config, nn.unbox(s.boxed_params)
+    lines = s.describe_sharding() + optim.describe(c, params)
+    path = workdir_lib.write_rule_table(workdir, lines) if jax.process_index() == 0 else None
+    summary = (rules.summary(c.mesh.param_rules, params, "sharding")
+               + optim.summary(c, params))
+    logging.info("mesh %s; per-param rules in %s:\n  %s", dict(s.mesh.shape), path,
+                 "\n  ".join(summary))
 
 
 def train(config, workdir: str, mesh=None) -> dict:
@@ -220,88 +137,54 @@ def train(config, workdir: str, mesh=None) -> dict:
     this run has (resharded), so a run can move between device counts."""
     os.makedirs(workdir, exist_ok=True)
     t_start = time.perf_counter()
-    s = Setup(config, mesh)
+    tokenizer = tokenizer_lib.build(config)
+    dataset, num_train = pipeline.train_dataset(config, tokenizer)
+    s = Setup(config, mesh, num_train=num_train, tokenizer=tokenizer)
+    total, log_every, ckpt_every = s.total_steps, s.steps("log_every"), s.steps("checkpoint_every")
+    # evaluator -> its cadence in steps (None: the last step only)
+    eval_every = {k: s.steps(f"eval.{k}_every") or s.steps("eval_every")
+                  for k in config_lib.EVALUATORS}
+    evaluator, step_fn = evals.Evaluators(s), s.train_step()
     if jax.process_index() == 0:
-        _save_config(config, workdir)
-    ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpointing,
-                                   config.keep_every_steps)
-    data_iter = iter(s.dataset)
-    for line in s.describe_sharding():
-        logging.info("%s", line)
-    start, state = _start(s, ckpt, data_iter, workdir)
-    writer = metrics_lib.Writers(workdir, config, resume_step=start)
-    step_fn = s.train_step()
-    progress = metrics_lib.Progress(start, s.total_steps, config.batch_size)
-    last, window, step = {}, [], start
-    step_flops, peak = None, flops_lib.peak_per_device(config.log.peak_tflops)
-    try:
-        with s.context(), _StopRequest() as stop:
-            data_wait, window_start = 0.0, time.perf_counter()
-            skipped, skipped_updates = collections.Counter(), 0
-            while step < s.total_steps:
-                t0 = time.perf_counter()
+        workdir_lib.save_config(config, workdir)
+    _rule_table(s, workdir)
+    data_iter = iter(dataset)
+    with contextlib.ExitStack() as run:
+        ckpt = run.enter_context(contextlib.closing(checkpoint.Checkpointer(
+            workdir, config.keep_checkpoints, config.async_checkpointing,
+            config.keep_every_steps)))
+        start, state = _start(s, ckpt, data_iter, workdir)
+        writer = run.enter_context(contextlib.closing(
+            metrics_lib.Writers(workdir, config, resume_step=start)))
+        monitor = Monitor(s, writer, start)
+        run.enter_context(s.context())
+        stop = run.enter_context(_StopRequest())
+        last, step = {}, start
+        while step < total:
+            with monitor.waiting_for_data():
                 batch, skips = pipeline.split_skips(next(data_iter))
                 batch = pipeline.to_global(batch, s.batch_sh)
-                data_wait += time.perf_counter() - t0   # the step runs async: this is pure wait
-                skipped.update(skips)
-                state, m = step_fn(state, batch, s.step_rng)
-                window.append(m)
-                step += 1
-                stopping = stop.due(step)
-                if _due(step, s.log_every, s.total_steps) or stopping or _due(
-                        step, s.checkpoint_every, s.total_steps):
-                    host = jax.device_get(window)
-                    bad = [w["nonfinite"] for w in host]
-                    if any(bad) and config.nonfinite == "stop":
-                        first = step - len(bad) + int(np.argmax(bad)) + 1
-                        good = ckpt.latest_step()
-                        raise NonFiniteLossError(
-                            f"non-finite loss or gradients at step {first}; stopped without "
-                            "saving. " + (
-                                f"The last good checkpoint is step {good} in {ckpt.directory}"
-                                if good is not None else "No checkpoint had been saved yet."))
-                    skipped_updates += int(sum(bad))
-                    if _due(step, s.log_every, s.total_steps) or stopping:
-                        mean = metrics_lib.mean_window(host)
-                        line, ex_s = progress.line(step, mean["loss"])
-                        now = time.perf_counter()
-                        wait = data_wait / max(now - window_start, 1e-9)
-                        data_wait, window_start = 0.0, now
-                        logging.info("%s | data wait %.0f%%", line, 100 * wait)
-                        if skipped_updates:
-                            logging.warning("%d non-finite steps skipped (nonfinite='skip')",
-                                            skipped_updates)
-                        mean["skipped_updates"], skipped_updates = skipped_updates, 0
-                        if step_flops is None:
-                            step_flops = flops_lib.step_flops(s, batch, step_fn)
-                        achieved = step_flops * ex_s / config.batch_size
-                        mean["tflops_per_sec"] = achieved / 1e12
-                        if peak:
-                            mean["mfu"] = achieved / (peak * jax.device_count())
-                        last = {**mean, "examples_per_sec": ex_s, "data_wait_fraction": wait,
-                                **metrics_lib.memory(),
-                                "epoch": step * config.batch_size / s.num_train,
-                                **{k: skipped[k] for k in pipeline.SKIP_METRICS}}
-                        if sum(skipped.values()):
-                            logging.warning("skipped since the last log line: %s", dict(skipped))
-                        skipped.clear()
-                        writer.write(step, last)
-                    window = []
-                if _due(step, s.checkpoint_every, s.total_steps) or stopping:
-                    ckpt.save(step, state, data_iter)
-                if stopping:
-                    break
-                due = [k for k, every in s.eval_every.items() if _due(step, every, s.total_steps)]
-                if due:
-                    results = s.evaluator.run(state.params, due)
-                    writer.write(step, results)
-                    last.update(results)
-            if start == s.total_steps:   # resumed a finished run: report its evaluation again
-                last = s.evaluator.run(state.params)
-                writer.write(step, last)
-    finally:
-        ckpt.close()
-        writer.close()
+            state, metrics = step_fn(state, batch, s.step_rng)
+            step += 1
+            monitor.record(metrics, skips)
+            stopping = stop.due(step)
+            log, save = _due(step, log_every, total), _due(step, ckpt_every, total)
+            if log or save or stopping:
+                monitor.check_finite(step, ckpt.latest_step(), ckpt.directory)
+            if log or stopping:
+                last = monitor.log(step, batch, step_fn)
+            if save or stopping:
+                ckpt.save(step, state, data_iter)
+            if stopping:
+                break
+            due = [k for k, every in eval_every.items() if _due(step, every, total)]
+            if due:
+                results = evaluator.run(state.params, due)
+                writer.write(step, results)
+                last.update(results)
+        if start == total:   # resumed a finished run: report its evaluation again
+            last = evaluator.run(state.params)
+            writer.write(step, last)
     if stop.requested is not None:
         raise StoppedEarly(step, stop.requested)
     logging.info("Done at step %d in %.0fs", step, time.perf_counter() - t_start)

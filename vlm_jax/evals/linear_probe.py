@@ -29,3 +29,22 @@ def ridge_top1(train_x, train_labels, test_x, test_labels, l2: float = 1e-3) -> 
     pred = np.argmax(np.asarray(test_x, np.float64) @ w + b, axis=1)
     scored = test_labels >= 0
     return float(np.mean(pred[scored] == test_labels[scored]))
+
+
+class Evaluator:
+    """A ridge classifier fit on a dataset's train split of `eval.probe_representation` (any
+    image-tower output), top-1 on its test split."""
+    image_keys = ()     # it reads its own representation, of both splits
+
+    def __init__(self, data, config):
+        self.data, self.config = data, config
+
+    def run(self, params, dataset: str) -> dict[str, float]:
+        e = self.config.eval
+        feats = {split: self.data.images(params, dataset, split, e.probe_representation)
+                 for split in ("train", "test")}
+        labels = {split: self.data.texts(dataset, split)[1] for split in ("train", "test")}
+        if (labels["train"] < 0).all() or (labels["test"] < 0).all():
+            raise ValueError(f"eval.linear_probe: dataset {dataset!r} has no class labels")
+        return {"linear_probe_top1": ridge_top1(feats["train"], labels["train"], feats["test"],
+                                                labels["test"], e.probe_l2)}

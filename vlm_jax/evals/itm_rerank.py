@@ -1,0 +1,37 @@
+"""Retrieval re-ranked by the ITM head (ALBEF): each query's top `eval.rerank_k` candidates by
+embedding similarity reordered by the fusion encoder's match score; the `itm_` recalls."""
+from __future__ import annotations
+
+from vlm_jax.evals import retrieval
+
+
+def _match_score(logits):
+    return logits[:, 1] - logits[:, 0]      # match minus no-match
+
+
+class Evaluator:
+    image_keys = ("img/normed", "img/tokens")
+    needs = "itm_logits"
+
+    def __init__(self, data, config):
+        self.data, self.k = data, config.eval.rerank_k
+
+    def run(self, params, dataset: str) -> dict[str, float]:
+        emb = self.data.embedder
+        captions, _ = self.data.texts(dataset)
+        img_tokens = self.data.images(params, dataset, key="img/tokens")
+        itm = emb.head("itm_logits", _match_score)
+        cache = {}      # the texts go through the tower once; their tokens are kept for ITM
+
+        def embed(texts):
+            z, tok, mask = emb.texts(params, texts, tokens=True)
+            cache["tok"], cache["mask"] = tok, mask
+            return z
+
+        def score(texts, img_idx, txt_idx):
+            return emb._batched(itm, params, cache["tok"][txt_idx], cache["mask"][txt_idx],
+                                img_tokens[img_idx], what="ITM re-ranking")
+
+        out = retrieval.recall(self.data.images(params, dataset), captions, embed, itm=score,
+                               rerank_k=self.k, mesh=emb.mesh, axes=emb.axes)
+        return {k: v for k, v in out.items() if k.startswith("itm_")}

@@ -1,0 +1,146 @@
+"""The data-free setup: everything a run derives from its config without reading any data.
+
+Mesh, logical rules, tokenizer, model, abstract and sharded state, optimizer, objectives and the
+jitted train step. Training, evaluation, filtering, FLOP counting and the benchmarks all build
+this one object; the trainer adds the data pipeline and the evaluators on top. Each part is
+built on first use, so evaluating a checkpoint never builds an optimizer.
+
+Durations in epochs need the size of the training set: pass `num_train` (the trainer does);
+without it, asking for a duration given in epochs is a ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from vlm_jax import config as config_lib
+from vlm_jax import models, objectives as objectives_lib, rules as rules_lib
+from vlm_jax.data import tokenizer as tokenizer_lib
+from vlm_jax.parallel import mesh as mesh_lib, sharding
+from vlm_jax.train import optim, state as state_lib, step as step_lib
+
+BATCH_KEYS = ("image", "tokens", "mask", "label")
+
+
+class Setup:
+    def __init__(self, config, mesh=None, *, num_train: int | None = None, tokenizer=None):
+        config_lib.validate(config)
+        self.config = config
+        self.mesh = mesh_lib.from_config(config) if mesh is None else mesh
+        self.rules = sharding.logical_rules(config)
+        self.tokenizer = tokenizer_lib.build(config) if tokenizer is None else tokenizer
+        self.num_train = num_train
+        self.model = models.build(config, self.tokenizer.vocab_size)
+        self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
+        self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
+
+    def context(self):
+        """The run's one mesh and logical rules, entered around everything that runs on them."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(self.rules))
+        return stack
+
+    # Durations -------------------------------------------------------------------------------
+
+    def steps(self, name: str) -> int | None:
+        """Duration `name` (e.g. 'log_every', 'eval.zeroshot_every') in steps; None when unset."""
+        spe = None if self.num_train is None else self.num_train / self.config.batch_size
+        total = None if name == "total" else self.total_steps
+        return config_lib.steps(self.config, name, steps_per_epoch=spe, total_steps=total)
+
+    @functools.cached_property
+    def total_steps(self) -> int:
+        return self.steps("total")
+
+    @functools.cached_property
+    def warmup_steps(self) -> int:
+        return self.steps("optim.warmup") or 0
+
+    # Params and state ------------------------------------------------------------------------
+
+    @functools.cached_property
+    def boxed_params(self):
+        """Logically annotated param shapes; nothing is computed."""
+        return state_lib.abstract_params(self.model, self.config, self.init_rng)
+
+    @functools.cached_property
+    def param_sh(self):
+        c = self.config.mesh
+        return sharding.param_shardings(self.boxed_params, self.mesh, self.rules, c.param_rules,
+                                        c.fsdp_min_mib)
+
+    def abstract_params(self):
+        """ShapeDtypeStructs of the params on their shardings (what a checkpoint's params
+        restore onto)."""
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.unbox(self.boxed_params), self.param_sh)
+
+    def describe_sharding(self) -> list[str]:
+        return [f"mesh {dict(self.mesh.shape)}"] + sharding.describe(
+            self.boxed_params, self.mesh, self.rules, self.config.mesh.param_rules,
+            self.config.mesh.fsdp_min_mib)
+
+    @functools.cached_property
+    def _optimizer(self):
+        return optim.build(self.config, nn.unbox(self.boxed_params), self.total_steps,
+                           self.warmup_steps)
+
+    @property
+    def tx(self):
+        return self._optimizer[0]
+
+    @property
+    def schedule(self):
+        return self._optimizer[1]
+
+    @functools.cached_property
+    def state_sh(self):
+        return state_lib.shardings(self.boxed_params, self.tx, self.mesh, self.rules, self.config,
+                                   param_sh=self.param_sh)
+
+    @functools.cached_property
+    def frozen(self):
+        return rules_lib.tree_map_rules(self.config.optim.freeze_rules,
+                                        nn.unbox(self.boxed_params), "freeze")
+
+    def init_state(self):
+        return state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
+                                self.init_rng, self.state_sh)
+
+    def abstract_state(self):
+        return state_lib.abstract(self.state_sh, self.model, self.tx, self.config, self.init_rng)
+
+    # The step --------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def objectives(self):
+        return objectives_lib.build(self.config, self.mesh, self.tokenizer, self.total_steps)
+
+    def train_step(self):
+        """The jitted `(state, batch, rng) -> (state, metrics)`, the state donated."""
+        c = self.config
+        fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
+                           skip_nonfinite=c.nonfinite == "skip", balance_decay=c.balance.decay,
+                           frozen=self.frozen, microbatches=c.microbatches, mesh=self.mesh,
+                           batch_axes=sharding.batch_axes(self.rules))
+        return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in BATCH_KEYS}, self.mesh)
+
+    def synthetic_batch(self, seed: int = 0, classes: int = 10) -> dict:
+        """A random batch (host arrays) shaped like the pipeline's: uint8 images, tokenized
+        captions of random length (BOS/EOS and padding as the tokenizer makes them), labels in
+        [0, classes). For benchmarks, compile checks and tests of everything but the data;
+        `pipeline.to_global(batch, setup.batch_sh)` puts it on the mesh."""
+        c, rng = self.config, np.random.default_rng(seed)
+        b, size = c.batch_size, c.data.image_size
+        words = [f"w{i}" for i in range(50)]
+        captions = [" ".join(rng.choice(words, rng.integers(1, c.tokenizer.max_len)))
+                    for _ in range(b)]
+        tokens, mask = tokenizer_lib.tokenize(self.tokenizer, captions, c.tokenizer.max_len)
+        return {"image": rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8),
+                "tokens": tokens, "mask": mask,
+                "label": rng.integers(0, classes, b).astype(np.int32)}
