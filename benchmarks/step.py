@@ -42,8 +42,8 @@ def config(size: str, loss: str, batch: int, args):
     c.batch_size = batch
     c.total_steps = 1000
     c.microbatches = args.microbatches
-    c.loss.name = loss
-    c.loss.impl = args.impl
+    c.contrastive.name = loss
+    c.contrastive.impl = args.impl
     c.data.image_size = image
     c.tokenizer.max_len = length
     c.model.embed_dim = embed
@@ -57,7 +57,7 @@ def config(size: str, loss: str, batch: int, args):
     i.pool = "cls" if loss == "softmax" else "map"
     t.causal = loss == "softmax"
     if loss == "sigmoid":
-        c.loss.sigmoid_bias_init = -math.log(batch)
+        c.contrastive.sigmoid_bias_init = -math.log(batch)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = args.mesh
     c.optim.mu_dtype = args.mu_dtype
     return c

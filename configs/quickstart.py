@@ -11,7 +11,7 @@ from vlm_jax import config as config_lib
 
 def get_config(arg: str | None = None):
     c = config_lib.defaults()
-    c.loss.name = arg or "softmax"
+    c.contrastive.name = arg or "softmax"
     c.data.name = "digits"
     c.data.crop_padding = 0     # in a run this short, crops cost more accuracy than they add
     c.batch_size = 256

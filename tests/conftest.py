@@ -1,12 +1,22 @@
 """8 fake CPU devices for every test, set before JAX initialises its backend."""
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+from helpers import device_flags
+
+# The tests' programs are tiny and compile far longer than they run: LLVM's optimisation passes
+# are skipped (about a third of each compile; XLA's own HLO passes, which decide fusion,
+# memory and FLOP counts, still run).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + device_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA:CPU compiles threefry key derivation slowly (seconds per model init on 2 cores); the rbg
 # generator compiles ~2x faster. Nothing here depends on which generator produces the bits.
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
+# One persistent compilation cache for every process of a test session (the xdist workers and the
+# runs they start): tests rebuild the same tiny programs many times over. It lives in the
+# checkout (a fresh clone starts cold) and holds every program, however quick to compile.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -1,5 +1,22 @@
 """Helpers shared by tests and the processes they start (no environment set-up here)."""
+import os
+
 import jax
+
+# LLVM's optimisation passes skipped: the tests' programs are tiny and compile far longer than
+# they run (a third of each compile; XLA's HLO passes, which decide fusion, memory and FLOP
+# counts, still run).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def device_flags(n: int) -> str:
+    return f"--xla_force_host_platform_device_count={n} {FAST_COMPILE}"
+
+
+def process_env(devices: int, **extra) -> dict:
+    """The environment of a process a test starts: `devices` fake CPU devices, the suite's
+    compile flags and compilation cache (inherited)."""
+    return {**os.environ, "XLA_FLAGS": device_flags(devices), **extra}
 
 
 def make_mesh(n: int):

@@ -40,7 +40,7 @@ def test_gradcache_gives_the_full_batch_update(data_dir, kind, negatives, impl, 
     """k micro-batches against the one-pass step on the same (data, fsdp, tensor) mesh: 2 rows
     per shard and micro-batch (the ring case also with fsdp-sharded params, scanned blocks and
     remat)."""
-    over = {"loss.name": kind, "loss.negatives": negatives, "loss.impl": impl,
+    over = {"contrastive.name": kind, "contrastive.negatives": negatives, "contrastive.impl": impl,
             "mesh.fsdp_min_mib": 0.0}
     if mesh == (2, 2, 2):
         over.update({"model.scan": True, "model.remat": "nothing_saveable"})
@@ -95,7 +95,9 @@ def test_microbatch_config_errors(data_dir):
         with pytest.raises(config_lib.ConfigError, match=match):
             config_lib.validate(cfg)
     check("positive divisor of batch_size 16", microbatches=3)
-    check("does not support ITM", microbatches=2, **{"itm.weight": 1.0})
+    # Declared by the objective (reads=None), refused when the step is built.
+    with pytest.raises(config_lib.ConfigError, match="does not support the 'itm' objective"):
+        Setup(tiny_config(data_dir, microbatches=2, **{"itm.weight": 1.0})).train_step()
     check("does not support balance", microbatches=2, **{"balance.enabled": True})
     # A per-shard batch that does not split: 16 rows on 8 devices, 4 micro-batches.
     with pytest.raises(ValueError, match="does not split into microbatches=4 on each of 8"):

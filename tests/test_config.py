@@ -23,7 +23,7 @@ def test_defaults_and_recipe_validate():
     sys.path.insert(0, ".")
     from configs import quickstart
     config_lib.validate(quickstart.get_config())
-    assert quickstart.get_config("sigmoid").loss.name == "sigmoid"
+    assert quickstart.get_config("sigmoid").contrastive.name == "sigmoid"
 
 
 def test_unknown_key_names_closest_valid_key():
@@ -37,8 +37,8 @@ def test_wrong_type_and_bad_choice():
     c = config_lib.defaults()
     with pytest.raises(TypeError, match="batch_size"):
         c.batch_size = "big"  # ConfigDict itself refuses a str for an int field
-    with pytest.raises(ConfigError, match=r"'loss.name' is 'hinge'"):
-        c.loss.name = "hinge"
+    with pytest.raises(ConfigError, match=r"'contrastive.name' is 'hinge'"):
+        c.contrastive.name = "hinge"
         config_lib.validate(c)
     schema = config_lib.defaults()
     bad = config_lib.defaults()
@@ -107,18 +107,18 @@ def test_cli_rejects_misspelt_key_and_bad_type_before_compute():
     from absl import flags
     with pytest.raises((flags.Error, AttributeError), match="(?s)totl_steps.*total_steps"):
         _parse("--config=configs/quickstart.py", "--config.totl_steps=5")
-    with pytest.raises(ConfigError, match=r"'loss.name' is 'hinge'.*softmax"):
-        _parse("--config=configs/quickstart.py", "--config.loss.name=hinge")
+    with pytest.raises(ConfigError, match=r"'contrastive.name' is 'hinge'.*softmax"):
+        _parse("--config=configs/quickstart.py", "--config.contrastive.name=hinge")
     with pytest.raises(flags.Error, match="batch_size"):
         _parse("--config=configs/quickstart.py", "--config.batch_size=abc")
 
 
 def test_json_round_trip():
     c = _defaults()
-    c.loss.name = "sigmoid"
+    c.contrastive.name = "sigmoid"
     c.optim.freeze_rules = (("img/.*", True), (".*", False))
     back = config_lib.from_json(c.to_json_best_effort())
-    assert back.loss.name == "sigmoid" and back.optim.freeze_rules == c.optim.freeze_rules
+    assert back.contrastive.name == "sigmoid" and back.optim.freeze_rules == c.optim.freeze_rules
     assert back.mesh.rules == c.mesh.rules
-    with pytest.raises(ConfigError, match="unknown config key 'loss.nme' in run/config.json"):
-        config_lib.from_json('{"loss": {"nme": "softmax"}}', where="run/config.json")
+    with pytest.raises(ConfigError, match="unknown config key 'itm.nme' in run/config.json"):
+        config_lib.from_json('{"itm": {"nme": "softmax"}}', where="run/config.json")

@@ -117,7 +117,7 @@ def test_hugging_face_siglip_embeddings_match(tmp_path):
     hf = _perturb(transformers.SiglipModel(cfg))
     hf.save_pretrained(tmp_path / "hf")
     config, params = interop.convert(str(tmp_path / "hf"), str(tmp_path / "out"))
-    assert (config.model.image.pool, config.model.act, config.loss.name) == (
+    assert (config.model.image.pool, config.model.act, config.contrastive.name) == (
         "map", "gelu_tanh", "sigmoid")
     images = _images(seed=1)
     # SigLIP reads every position (pads included, no attention mask) and pools the last one.

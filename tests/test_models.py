@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vlm_jax import models
+from vlm_jax import models, objectives
 from vlm_jax.data.tokenizer import ByteTokenizer, tokenize
 from vlm_jax.models.vit import ViT
 
 
 def _model(**kw):
     cfg = tiny_config("/unused", **kw)
-    return models.build(cfg, ByteTokenizer.vocab_size), cfg
+    return models.build(cfg, ByteTokenizer.vocab_size, objectives.heads(cfg)), cfg
 
 
 def _init(model, cfg, n=3):

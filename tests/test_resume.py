@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import free_port
+from helpers import free_port, process_env
 
 TOTAL, EVERY = 40, 10
 
@@ -37,11 +37,9 @@ def _losses(workdir):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Two devices (the suite's 8 would be inherited otherwise) and a compilation cache shared
-    by this module's runs: each run compiles the same programs."""
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    """Two devices (the suite's 8 would be inherited otherwise); the suite's compilation cache,
+    shared by the runs (each compiles the same programs)."""
+    return process_env(2)
 
 
 def _run(args, env):
@@ -182,7 +180,7 @@ def test_two_processes_train_like_one(data_dir, tmp_path, env):
     short = ["--config.total_steps=6", "--config.checkpoint_every_steps=3"]
     two = str(tmp_path / "two")
     port = free_port()
-    env2 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env2 = process_env(2)
     procs = [subprocess.Popen(_args(data_dir, two) + short + [
         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         env=env2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
@@ -191,7 +189,7 @@ def test_two_processes_train_like_one(data_dir, tmp_path, env):
         assert p.returncode == 0, err[-3000:]
     one = str(tmp_path / "one")
     _run(_args(data_dir, one) + short,
-         {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+         process_env(4))
     got, rows = _losses(two)
     want, _ = _losses(one)
     assert sorted(got) == list(range(1, 7))
@@ -224,7 +222,7 @@ def test_cluster_detection_initialises_only_for_several_processes():
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(data_dir, tmp_path, env):
     workdir = str(tmp_path)
     port = free_port()
-    env2 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env2 = process_env(2)
     procs = [subprocess.Popen(_args(data_dir, workdir) + [
         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         env=env2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in (0, 1)]

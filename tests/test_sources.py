@@ -228,11 +228,11 @@ def test_eval_pipeline_on_two_real_processes(data_dir):
     import subprocess
     import sys
 
-    from helpers import free_port
+    from helpers import free_port, process_env
     port = free_port()
     here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here)])}
+    env = process_env(1, JAX_PLATFORMS="cpu",
+                      PYTHONPATH=os.pathsep.join([here, os.path.dirname(here)]))
     procs = [subprocess.Popen([sys.executable, os.path.join(here, "multiprocess_eval_worker.py"),
                                str(pid), str(port), data_dir], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]

@@ -19,21 +19,21 @@ TINY = ["total_steps=2", "batch_size=16", "log_every_steps=1", "checkpoint_every
 
 
 def test_points_grid_zip_product_and_names():
-    g = sweeps.grid(**{"optim.lr": [1, 2], "loss.name": ["a", "b"]})
-    assert g == [{"optim.lr": 1, "loss.name": "a"}, {"optim.lr": 1, "loss.name": "b"},
-                 {"optim.lr": 2, "loss.name": "a"}, {"optim.lr": 2, "loss.name": "b"}]
+    g = sweeps.grid(**{"optim.lr": [1, 2], "contrastive.name": ["a", "b"]})
+    assert g == [{"optim.lr": 1, "contrastive.name": "a"}, {"optim.lr": 1, "contrastive.name": "b"},
+                 {"optim.lr": 2, "contrastive.name": "a"}, {"optim.lr": 2, "contrastive.name": "b"}]
     z = sweeps.zipped(**{"seed": [0, 1], "optim.lr": [0.1, 0.2]})
     assert z == [{"seed": 0, "optim.lr": 0.1}, {"seed": 1, "optim.lr": 0.2}]
     assert len(sweeps.product(g, z)) == 8 and sweeps.product(g, z)[-1] == {
-        "optim.lr": 0.2, "loss.name": "b", "seed": 1}
+        "optim.lr": 0.2, "contrastive.name": "b", "seed": 1}
     with pytest.raises(ValueError, match="one length"):
         sweeps.zipped(a=[1, 2], b=[1])
     assert sweeps.point_name({"optim.lr": 0.001, "eval.zeroshot": ("digits",)}) == \
         "lr_0.001-zeroshot_digits"
-    s = sweeps.Sweep("configs/quickstart.py", [{"optim.lr": 0.001, "loss.name": "sigmoid"}])
+    s = sweeps.Sweep("configs/quickstart.py", [{"optim.lr": 0.001, "contrastive.name": "sigmoid"}])
     assert sweeps.train_args(s, s.points[0], "W", {"total_steps": 2}) == [
         "--config", "configs/quickstart.py", "--workdir", "W", "--config.total_steps=2",
-        "--config.optim.lr=0.001", "--config.loss.name=sigmoid"]
+        "--config.optim.lr=0.001", "--config.contrastive.name=sigmoid"]
 
 
 def test_bad_sweep_files_are_named(tmp_path):

@@ -36,9 +36,9 @@ DURATIONS = {"total": REQUIRED, "log_every": ("steps", 10), "checkpoint_every": 
 
 CHOICES = {
     "nonfinite": ("stop", "skip"),
-    "loss.name": ("softmax", "sigmoid"),
-    "loss.negatives": ("local", "global"),
-    "loss.impl": ("gather", "ring"),
+    "contrastive.name": ("softmax", "sigmoid"),
+    "contrastive.negatives": ("local", "global"),
+    "contrastive.impl": ("gather", "ring"),
     "itm.negatives": ("local", "global"),
     "data.crop": ("resize", "center", "random_resized"),
     "source.kind": ("builtin", "array_record", "tfds"),
@@ -190,31 +190,31 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.caption_decoder.heads = 4
     c.model.caption_decoder.mlp_dim = 512
 
-    c.loss = ml_collections.ConfigDict()
-    c.loss.name = "softmax"
-    c.loss.negatives = "global"
-    c.loss.impl = "gather"          # global negatives: gather (all-gather) | ring (ppermute)
-    c.loss.softmax_scale_init = 1 / 0.07
-    c.loss.softmax_scale_max = 100.0
-    c.loss.sigmoid_t_init = 10.0
-    c.loss.sigmoid_bias_init = -10.0
-    _objective(c.loss, weight=1.0)
+    # Objectives (vlm_jax/objectives/<section>.py): each is off while its weight is 0.
+    c.contrastive = ml_collections.ConfigDict()     # CLIP (softmax) or SigLIP (sigmoid)
+    c.contrastive.name = "softmax"
+    c.contrastive.negatives = "global"
+    c.contrastive.impl = "gather"   # global negatives: gather (all-gather) | ring (ppermute)
+    c.contrastive.softmax_scale_init = 1 / 0.07
+    c.contrastive.softmax_scale_max = 100.0
+    c.contrastive.sigmoid_t_init = 10.0
+    c.contrastive.sigmoid_bias_init = -10.0
+    objective(c.contrastive, weight=1.0)
 
-    # Further objectives (models/fusion.py, losses/): each is off while its weight is 0.
     # The fusion encoder exists when ITM or MLM is on; the MIM decoder and the caption decoder
     # when their objective is.
     c.itm = ml_collections.ConfigDict()             # image-text matching, hard negatives
-    _objective(c.itm)
+    objective(c.itm)
     c.itm.negatives = "global"      # mined within the shard (local) or the whole batch (global)
     c.mlm = ml_collections.ConfigDict()             # masked language modelling, image in context
-    _objective(c.mlm)
+    objective(c.mlm)
     c.mlm.rate = 0.15               # share of tokens chosen; of those 80% [MASK], 10% random, 10% kept
     c.mim = ml_collections.ConfigDict()             # masked image modelling (MAE)
-    _objective(c.mim)
+    objective(c.mim)
     c.mim.ratio = 0.75              # share of patches hidden from the image tower
     c.mim.norm_pix = True           # targets: each patch normalised by its own mean and variance
     c.caption = ml_collections.ConfigDict()         # captioning (CoCa); needs model.text.causal
-    _objective(c.caption)
+    objective(c.caption)
     # Balancing: each loss divided by the stop-gradient of its running mean (bias-corrected EMA),
     # so objectives of different scales pull with their weights, not their magnitudes.
     c.balance = ml_collections.ConfigDict()
@@ -257,15 +257,25 @@ def defaults() -> ml_collections.ConfigDict:
     # Each evaluator's cadence (unset: eval_every; every evaluator also runs at the last step)
     # and its metric prefix ('{dataset}' stands for the dataset's name).
     for kind in EVALUATORS:
-        _durations(c.eval, f"{kind}_every")
-        c.eval[f"{kind}_prefix"] = "eval/{dataset}/"
+        evaluator(c.eval, kind)
     return c
 
 
-OBJECTIVES = ("loss", "itm", "mlm", "mim", "caption")   # config sections; 'loss' is contrastive
+def evaluator(section: ml_collections.ConfigDict, name: str) -> None:
+    """An evaluator's cadence (unset: eval_every) and metric prefix, next to its datasets."""
+    if name not in section:
+        section[name] = ()
+    _durations(section, f"{name}_every")
+    section[f"{name}_prefix"] = "eval/{dataset}/"
 
 
-def _objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
+# Config sections = modules of vlm_jax/objectives = metric prefixes, in the order they are summed.
+OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption")
+# Sections renamed since: old name -> new name (a config using the old one gets told).
+RENAMED = {"loss": "contrastive"}
+
+
+def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
     section.weight = weight         # w in sum_k w_k(step) * loss_k; 0 turns the objective off
     # Curriculum: ((percent of the run, factor), ...), the factor piecewise-linear in between and
     # constant outside, multiplying `weight`; () keeps it constant. ((0, 0.), (20, 1.)) ramps the
@@ -322,6 +332,10 @@ def _type_ok(expected: type, value) -> bool:
 def _walk(cfg, schema, prefix: str, all_paths: list[str]) -> None:
     for key in cfg.keys():
         path = prefix + key
+        if key not in schema and path in RENAMED:
+            raise ConfigError(f"config section '{path}' is now '{RENAMED[path]}': rename "
+                              f"{path}.KEY to {RENAMED[path]}.KEY (e.g. --config.{RENAMED[path]}"
+                              f".name=sigmoid)")
         if key not in schema:
             close = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -405,10 +419,6 @@ def _check_microbatches(cfg) -> None:
     if k < 1 or cfg.batch_size % k:
         raise ConfigError(f"'microbatches' must be a positive divisor of batch_size "
                           f"{cfg.batch_size}, got {k}")
-    if k > 1 and cfg.itm.weight > 0:
-        raise ConfigError("'microbatches' > 1 does not support ITM: it mines negatives and fuses "
-                          "image-text pairs across the whole batch; set itm.weight=0 or "
-                          "microbatches=1")
     if k > 1 and cfg.balance.enabled:
         raise ConfigError("'microbatches' > 1 does not support balance.enabled: the running "
                           "means need every loss of the step before any micro-batch's gradient")
@@ -433,8 +443,8 @@ def _check_mesh(cfg) -> None:
 
 def _check_objectives(cfg) -> None:
     if not any(cfg[name].weight > 0 for name in OBJECTIVES):
-        raise ConfigError("every objective's weight is 0; set loss.weight (contrastive), "
-                          "itm.weight, mlm.weight, mim.weight or caption.weight")
+        raise ConfigError("every objective's weight is 0; set one of "
+                          + ", ".join(f"{name}.weight" for name in OBJECTIVES))
     for name in OBJECTIVES:
         if cfg[name].weight < 0:
             raise ConfigError(f"'{name}.weight' must be >= 0, got {cfg[name].weight}")
@@ -446,11 +456,6 @@ def _check_objectives(cfg) -> None:
                 not 0 <= w <= 100 for w in where):
             raise ConfigError(f"'{name}.schedule' must be ((percent, factor), ...) with percents "
                               f"rising within [0, 100], got {points!r}")
-    if cfg.caption.weight > 0 and not cfg.model.text.causal:
-        raise ConfigError("'caption.weight' > 0 needs model.text.causal=True: a bidirectional "
-                          "text tower would show the captioner the tokens it predicts")
-    if not 0 < cfg.mim.ratio < 1 or not 0 < cfg.mlm.rate < 1:
-        raise ConfigError("'mim.ratio' and 'mlm.rate' must lie strictly between 0 and 1")
     if not 0 <= cfg.balance.decay < 1:
         raise ConfigError(f"'balance.decay' must lie in [0, 1), got {cfg.balance.decay}")
 
@@ -464,6 +469,15 @@ def apply_duration_overrides(cfg: ml_collections.ConfigDict, overridden: Iterabl
                 for u in UNITS:
                     if f"{name}_{u}" != key:
                         section[f"{leaf}_{u}"] = None
+
+
+def unit(cfg: ml_collections.ConfigDict, name: str) -> str | None:
+    """The unit duration `name` is given in (unset: its DURATIONS default's, or None)."""
+    section, leaf = _section(cfg, name)
+    given = [u for u in UNITS if section.get(f"{leaf}_{u}") is not None]
+    if given:
+        return given[0]
+    return DURATIONS[name][0] if isinstance(DURATIONS.get(name), tuple) else None
 
 
 def steps(cfg: ml_collections.ConfigDict, name: str, *, steps_per_epoch: float | None,
@@ -506,6 +520,7 @@ def from_json(text: str, where: str = "config.json") -> ml_collections.ConfigDic
 
 def _update(cfg, raw: dict, prefix: str, where: str) -> None:
     for key, value in raw.items():
+        key = RENAMED.get(prefix + key, key) if not prefix else key   # older workdirs
         if prefix == "data." and key == "sources":
             for name, entry in value.items():
                 cfg.sources[name] = source()

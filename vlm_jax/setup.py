@@ -2,8 +2,9 @@
 
 Mesh, logical rules, tokenizer, model, abstract and sharded state, optimizer, objectives and the
 jitted train step. Training, evaluation, filtering, FLOP counting and the benchmarks all build
-this one object; the trainer adds the data pipeline and the evaluators on top. Each part is
-built on first use, so evaluating a checkpoint never builds an optimizer.
+this one object; the trainer adds the data pipeline and the evaluators on top. The optimizer,
+state shardings, objectives and step are built on first use, so evaluating a checkpoint never
+builds an optimizer.
 
 Durations in epochs need the size of the training set: pass `num_train` (the trainer does);
 without it, asking for a duration given in epochs is a ConfigError naming the key.
@@ -29,14 +30,18 @@ BATCH_KEYS = ("image", "tokens", "mask", "label")
 class Setup:
     def __init__(self, config, mesh=None, *, num_train: int | None = None, tokenizer=None):
         config_lib.validate(config)
+        objectives_lib.check(config)
         self.config = config
         self.mesh = mesh_lib.from_config(config) if mesh is None else mesh
         self.rules = sharding.logical_rules(config)
         self.tokenizer = tokenizer_lib.build(config) if tokenizer is None else tokenizer
         self.num_train = num_train
-        self.model = models.build(config, self.tokenizer.vocab_size)
+        self.model = models.build(config, self.tokenizer.vocab_size, objectives_lib.heads(config))
         self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
         self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
+        # Logically annotated param shapes (tracing only), taken outside any ambient mesh.
+        self.boxed_params = state_lib.abstract_params(self.model, config, self.init_rng)
+        self.param_shapes = sharding.shapes(self.boxed_params)
 
     def context(self):
         """The run's one mesh and logical rules, entered around everything that runs on them."""
@@ -50,7 +55,7 @@ class Setup:
     def steps(self, name: str) -> int | None:
         """Duration `name` (e.g. 'log_every', 'eval.zeroshot_every') in steps; None when unset."""
         spe = None if self.num_train is None else self.num_train / self.config.batch_size
-        total = None if name == "total" else self.total_steps
+        total = self.total_steps if config_lib.unit(self.config, name) == "percent" else None
         return config_lib.steps(self.config, name, steps_per_epoch=spe, total_steps=total)
 
     @functools.cached_property
@@ -64,11 +69,6 @@ class Setup:
     # Params and state ------------------------------------------------------------------------
 
     @functools.cached_property
-    def boxed_params(self):
-        """Logically annotated param shapes; nothing is computed."""
-        return state_lib.abstract_params(self.model, self.config, self.init_rng)
-
-    @functools.cached_property
     def param_sh(self):
         c = self.config.mesh
         return sharding.param_shardings(self.boxed_params, self.mesh, self.rules, c.param_rules,
@@ -78,7 +78,7 @@ class Setup:
         """ShapeDtypeStructs of the params on their shardings (what a checkpoint's params
         restore onto)."""
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            nn.unbox(self.boxed_params), self.param_sh)
+                            self.param_shapes, self.param_sh)
 
     def describe_sharding(self) -> list[str]:
         return [f"mesh {dict(self.mesh.shape)}"] + sharding.describe(
@@ -87,7 +87,7 @@ class Setup:
 
     @functools.cached_property
     def _optimizer(self):
-        return optim.build(self.config, nn.unbox(self.boxed_params), self.total_steps,
+        return optim.build(self.config, self.param_shapes, self.total_steps,
                            self.warmup_steps)
 
     @property
@@ -106,7 +106,7 @@ class Setup:
     @functools.cached_property
     def frozen(self):
         return rules_lib.tree_map_rules(self.config.optim.freeze_rules,
-                                        nn.unbox(self.boxed_params), "freeze")
+                                        self.param_shapes, "freeze")
 
     def init_state(self):
         return state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
@@ -119,15 +119,14 @@ class Setup:
 
     @functools.cached_property
     def objectives(self):
-        return objectives_lib.build(self.config, self.mesh, self.tokenizer, self.total_steps)
+        return objectives_lib.build(self.config, self.tokenizer, self.total_steps)
 
     def train_step(self):
         """The jitted `(state, batch, rng) -> (state, metrics)`, the state donated."""
         c = self.config
         fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
                            skip_nonfinite=c.nonfinite == "skip", balance_decay=c.balance.decay,
-                           frozen=self.frozen, microbatches=c.microbatches, mesh=self.mesh,
-                           batch_axes=sharding.batch_axes(self.rules))
+                           frozen=self.frozen, microbatches=c.microbatches)
         return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in BATCH_KEYS}, self.mesh)
 
     def synthetic_batch(self, seed: int = 0, classes: int = 10) -> dict:

@@ -3,7 +3,7 @@
 A sweep file (`configs/sweeps/NAME.py`) defines `get_sweep()` returning
 `Sweep(config="configs/quickstart.py", points=...)`, with the points built from
 
-  grid(**{"optim.lr": [1e-3, 3e-3], "loss.name": ["softmax", "sigmoid"]})   # 4 points
+  grid(**{"optim.lr": [1e-3, 3e-3], "contrastive.name": ["softmax", "sigmoid"]})   # 4 points
   zipped(**{"optim.lr": [1e-3, 3e-3], "optim.warmup_steps": [10, 50]})      # 2 points
   [{"optim.lr": 1e-3}, {"optim.lr": 1e-2, "optim.clip_norm": 0.5}]          # a plain list
   product(grid(...), zipped(...))                                           # every combination
@@ -79,7 +79,7 @@ def load(path: str) -> Sweep:
 
 
 def point_name(point: Point) -> str:
-    """'optim.lr=0.001,loss.name=sigmoid' -> a folder name: lr_0.001-name_sigmoid."""
+    """'optim.lr=0.001,contrastive.name=sigmoid' -> a folder name: lr_0.001-name_sigmoid."""
     parts = [f"{key.split('.')[-1]}_{_flag_value(value)}" for key, value in point.items()]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "", "-".join(parts)) or "base"
 

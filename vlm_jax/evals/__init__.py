@@ -54,9 +54,10 @@ class Evaluators:
                     f"{needs.removesuffix('_logits').upper()} head (its objective's weight is 0)")
             self.evaluators[name] = cls(self.data, self.config)
 
-    def run(self, params, names=config_lib.EVALUATORS) -> dict[str, float]:
-        """The evaluators in `names` on every dataset they list; each metric is named
-        `eval.<evaluator>_prefix` (with the dataset) + the metric."""
+    def run(self, params, names=None) -> dict[str, float]:
+        """The evaluators in `names` (default: all) on every dataset they list; each metric is
+        named `eval.<evaluator>_prefix` (with the dataset) + the metric."""
+        names = config_lib.EVALUATORS if names is None else names
         unknown = set(names) - set(config_lib.EVALUATORS)
         if unknown:
             raise ValueError(f"unknown evaluators {sorted(unknown)}; "

@@ -20,7 +20,8 @@ class Evaluator:
 
     def __init__(self, data, config):
         self.data = data
-        self.objective = objectives.mlm_objective(config, data.embedder.tokenizer)
+        self.objective = objectives.objective_class("mlm").from_config(
+            config, data.embedder.tokenizer)
 
     def run(self, params, dataset: str) -> dict[str, float]:
         emb = self.data.embedder

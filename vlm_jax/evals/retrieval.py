@@ -16,13 +16,14 @@ by the ITM head's score of the (image, text) pair; the rest keep their order.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vlm_jax.parallel import sharding
 
 # (texts, image indices, text indices) -> one ITM score per pair, higher = better match
 PairScorer = Callable[[list[str], np.ndarray, np.ndarray], np.ndarray]
@@ -51,7 +52,7 @@ def top_k(queries: np.ndarray, keys: np.ndarray, k: int, mesh: Mesh | None = Non
     """[Q, k] indices of each query's k highest-scoring keys (dot product), best first, ties to
     the lower index. With a mesh the keys are split over `axes`: top-k per shard, then merged."""
     axes = tuple(axes) if mesh is not None else ()
-    n = math.prod(mesh.shape[a] for a in axes) if axes else 1
+    n = sharding.shards(mesh, axes) if axes else 1
     m = len(keys)
     k = min(k, m)
     shard_len = -(-m // n)

@@ -60,7 +60,7 @@ def clip_config(cfg: dict) -> dict:
     return {**_towers(vc, tc), "model.embed_dim": cfg["projection_dim"],
             "model.image.pool": "cls", "model.image.patch_bias": False,
             "model.image.pre_norm": True, "model.image.pixel_norm": "clip",
-            "model.text.causal": True, "loss.name": "softmax"}
+            "model.text.causal": True, "contrastive.name": "softmax"}
 
 
 def _towers(vc: dict, tc: dict) -> dict:
@@ -111,4 +111,4 @@ def siglip_config(cfg: dict) -> dict:
                          "supported")
     return {**_towers(vc, tc), "model.embed_dim": vc["hidden_size"],
             "model.image.pool": "map", "model.image.pixel_norm": "unit",
-            "model.text.causal": False, "model.proj_bias": True, "loss.name": "sigmoid"}
+            "model.text.causal": False, "model.proj_bias": True, "contrastive.name": "sigmoid"}

@@ -73,4 +73,4 @@ def config(sd: dict, act: str = "gelu", head_width: int = 64) -> dict:
             "model.embed_dim": sd["text_projection"].shape[1], "model.act": act,
             "model.norm_eps": 1e-5, "model.image.pool": "cls", "model.image.patch_bias": False,
             "model.image.pre_norm": True, "model.image.pixel_norm": "clip",
-            "model.text.causal": True, "loss.name": "softmax"}
+            "model.text.causal": True, "contrastive.name": "softmax"}

@@ -24,10 +24,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vlm_jax.losses import ring
+from vlm_jax.parallel import sharding
 
 Axis = str | tuple[str, ...] | None
 
@@ -143,7 +143,7 @@ def contrastive_loss(kind: str, zimg, ztxt, scale, bias=None, *, negatives: str 
         raise ValueError(f"unknown contrastive impl {impl!r}; choose gather or ring")
     bias = jnp.zeros((), jnp.float32) if bias is None else bias
     axes = tuple(batch_axes) if mesh is not None else None
-    n = int(np.prod([mesh.shape[a] for a in axes])) if mesh is not None else 1
+    n = sharding.shards(mesh, axes)
     if zimg.shape[0] % n:
         raise ValueError(f"global batch {zimg.shape[0]} is not divisible by the {n} shards of "
                          f"mesh axes {axes}")

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
+
+from vlm_jax.parallel import sharding
 
 
 def _threefry(rng):
@@ -64,7 +65,7 @@ def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: M
 
     if mesh is None:
         return body(zimg, ztxt, groups, scale)
-    n = int(np.prod([mesh.shape[a] for a in axes]))
+    n = sharding.shards(mesh, axes)
     if zimg.shape[0] % n:
         raise ValueError(f"global batch {zimg.shape[0]} is not divisible by {n} shards")
     spec = P(axes)

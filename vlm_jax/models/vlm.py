@@ -120,23 +120,26 @@ class VisionLanguageModel(nn.Module):
             self.caption_decoder(txt_tokens, txt_mask, img_tokens)["tokens"])
 
 
-def build(config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageModel:
-    m, loss = config.model, config.loss
+def build(config: ml_collections.ConfigDict, vocab_size: int,
+          heads=frozenset()) -> VisionLanguageModel:
+    """The towers from `config.model`, plus the `heads` (method names: itm_logits, mlm_logits,
+    mim_pixels, caption_logits) that the enabled objectives declare."""
+    m, con = config.model, config.contrastive
     dtype = jnp.dtype(m.dtype)
     i, t = m.image, m.text
     layers = dict(remat=m.remat, scan=m.scan)
     arch = dict(act=m.act, norm_eps=m.norm_eps)
     fusion = None
-    if config.itm.weight > 0 or config.mlm.weight > 0:
+    if {"itm_logits", "mlm_logits"} & heads:
         f = m.fusion
         fusion = FusionEncoder(f.depth, f.heads, f.mlp_dim, False, dtype, **layers)
     mim = None
-    if config.mim.weight > 0:
+    if "mim_pixels" in heads:
         d, grid = m.mim_decoder, config.data.image_size // i.patch_size
         mim = MaeDecoder((grid, grid), i.patch_size ** 2 * 3, d.width, d.depth, d.heads,
                          d.mlp_dim, dtype, **layers)
     cap = None
-    if config.caption.weight > 0:
+    if "caption_logits" in heads:
         c = m.caption_decoder
         cap = FusionEncoder(c.depth, c.heads, c.mlp_dim, True, dtype, **layers)
     return VisionLanguageModel(
@@ -145,8 +148,8 @@ def build(config: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageM
         txt=TextTransformer(vocab_size, config.tokenizer.max_len, t.width, t.depth, t.heads,
                             t.mlp_dim, t.causal, t.pool, dtype, **layers, **arch),
         embed_dim=m.embed_dim,
-        scale=ContrastiveScale(loss.name, loss.softmax_scale_init, loss.softmax_scale_max,
-                               loss.sigmoid_t_init, loss.sigmoid_bias_init),
-        dtype=dtype, pixel_norm=i.pixel_norm, fusion=fusion, itm=config.itm.weight > 0,
-        mlm_vocab=vocab_size if config.mlm.weight > 0 else 0, mim_decoder=mim,
+        scale=ContrastiveScale(con.name, con.softmax_scale_init, con.softmax_scale_max,
+                               con.sigmoid_t_init, con.sigmoid_bias_init),
+        dtype=dtype, pixel_norm=i.pixel_norm, fusion=fusion, itm="itm_logits" in heads,
+        mlm_vocab=vocab_size if "mlm_logits" in heads else 0, mim_decoder=mim,
         caption_decoder=cap, caption_vocab=vocab_size, proj_bias=m.proj_bias)

@@ -20,6 +20,7 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
+from flax.core import meta
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -27,6 +28,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from vlm_jax import rules as rules_lib
 
 STRATEGY_STEPS = ("logical", "fsdp", "replicate")
+
+
+def shapes(boxed_params):
+    """The plain param shapes of logically annotated (boxed) ones, without applying sharding
+    constraints (nn.unbox would, under an ambient mesh)."""
+    return meta.map_axis_meta(lambda x: x.unbox(apply_constraint=False), boxed_params)
 
 
 def logical_rules(config) -> tuple:
@@ -48,9 +55,23 @@ def batch_axes(rules: Sequence) -> tuple[str, ...]:
     raise ValueError("the mesh rules do not place the logical axis 'batch'")
 
 
+def shards(mesh, axes: Sequence[str]) -> int:
+    """How many pieces `mesh` axes `axes` split a dimension into (1 without a mesh)."""
+    return 1 if mesh is None else math.prod(mesh.shape[a] for a in axes)
+
+
 def batch_shards(mesh, rules: Sequence) -> int:
     """How many shards the batch dimension is split into on `mesh` (a Mesh or AbstractMesh)."""
-    return math.prod(mesh.shape[a] for a in batch_axes(rules))
+    return shards(mesh, batch_axes(rules))
+
+
+def ambient_batch() -> tuple:
+    """(the mesh installed by jax.set_mesh, the mesh axes the logical 'batch' axis maps to under
+    the logical rules installed by nn.logical_axis_rules); (None, ()) outside any mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None, ()
+    return mesh, _axes(nn.logical_to_mesh_axes(("batch",))[0])
 
 
 def batch_sharding(mesh: Mesh, rules: Sequence) -> NamedSharding:
@@ -82,7 +103,7 @@ def _divisible(spec: list, shape: Sequence[int], mesh: Mesh) -> list:
     out = []
     for entry, size in zip(spec, shape):
         axes = _axes(entry)
-        if axes and size % math.prod(mesh.shape[a] for a in axes):
+        if axes and size % shards(mesh, axes):
             entry = None
         out.append(entry)
     return out
@@ -122,7 +143,7 @@ def _specs(boxed_params, mesh: Mesh, rules: Sequence, param_rules: Sequence,
         check_strategy(strategy, f"mesh.param_rules #{i}")
     names, treedef = jax.tree.flatten(nn.get_partition_spec(boxed_params),
                                       is_leaf=lambda x: isinstance(x, P))
-    leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_params))[0]
+    leaves = jax.tree_util.tree_flatten_with_path(shapes(boxed_params))[0]
     compiled = rules_lib.compile_rules(param_rules, "sharding")
     out = []
     for (path, x), logical in zip(leaves, names):

@@ -20,16 +20,30 @@ merging never move data between devices.
 """
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlm_jax import objectives as objectives_lib
+from vlm_jax.config import ConfigError
+from vlm_jax.parallel import sharding
 
-# What the contrastive objective reads from the towers, per example.
-EMBEDDINGS = ("img/normed", "txt/normed", "img/norm", "txt/norm")
+
+def check(objectives) -> None:
+    """Refuses, at build time, a cross-example objective that cannot be micro-batched: one that
+    declares no per-example `reads` (ITM mines negatives and fuses pairs across the batch)."""
+    for w in objectives:
+        o = w.objective
+        if o.cross_example and o.reads is None:
+            raise ConfigError(f"'microbatches' > 1 does not support the {o.name!r} objective: it "
+                              f"works across the whole batch beyond per-example embeddings; set "
+                              f"{o.name}.weight=0 or microbatches=1")
+
+
+def _reads(objectives) -> tuple[str, ...]:
+    """The tower outputs the cross-example objectives read, per example."""
+    return tuple(sorted({k for w in objectives for k in w.objective.reads}))
 
 
 def split(tree, k: int, n_shards: int, constrain=lambda x: x):
@@ -48,15 +62,17 @@ def merge(tree, k: int, n_shards: int):
     return jax.tree.map(one, tree)
 
 
-def grads(model, objectives, params, batch, rng, step, *, k: int, mesh: Mesh | None,
-          batch_axes=(), prepare=lambda p: p):
-    """(gradients, metrics) of the weighted objectives on `batch`, in `k` micro-batches.
+def grads(model, objectives, params, batch, rng, step, *, k: int, prepare=lambda p: p):
+    """(gradients, metrics) of the weighted objectives on `batch`, in `k` micro-batches, on the
+    ambient mesh.
 
-    Objectives flagged `cross_example` must be computable from `EMBEDDINGS` and the model's
-    scale/bias alone (the contrastive one); ITM, which also mines and fuses across examples,
-    is refused by the config check. `prepare` maps the params before use (inside the
-    differentiated functions: the train step's stop-gradient on frozen params)."""
-    n_shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in batch_axes)
+    Objectives flagged `cross_example` must be computable from the tower outputs they declare in
+    `reads` and the model's scale/bias alone (`check` refuses the others). `prepare` maps the
+    params before use (inside the differentiated functions: the train step's stop-gradient on
+    frozen params)."""
+    check(objectives)
+    mesh, batch_axes = sharding.ambient_batch()
+    n_shards = sharding.shards(mesh, batch_axes)
     rows = jax.tree.leaves(batch)[0].shape[0]
     if rows % (n_shards * k):
         raise ValueError(f"batch_size {rows} does not split into microbatches={k} on each of "
@@ -68,6 +84,7 @@ def grads(model, objectives, params, batch, rng, step, *, k: int, mesh: Mesh | N
     micro = split(batch, k, n_shards, constrain)
     cross = [w for w in objectives if w.objective.cross_example]
     local = [w for w in objectives if not w.objective.cross_example]
+    reads = _reads(cross)
     apply = lambda p, b: model.apply({"params": p}, b["image"], b["tokens"], b["mask"])
     call_with = lambda p: (lambda method, *args: model.apply({"params": p}, *args, method=method))
     scale = lambda p: model.apply({"params": p}, method=lambda m: m.scale())
@@ -79,7 +96,7 @@ def grads(model, objectives, params, batch, rng, step, *, k: int, mesh: Mesh | N
         # 1. Embeddings of every micro-batch, no activations kept for a backward pass.
         def embed(_, b):
             out = apply(jax.lax.stop_gradient(params), b)
-            return None, {key: out[key] for key in EMBEDDINGS}
+            return None, {key: out[key] for key in reads}
         _, emb = jax.lax.scan(embed, None, micro)
         emb = merge(emb, k, n_shards)
 
@@ -93,8 +110,7 @@ def grads(model, objectives, params, batch, rng, step, *, k: int, mesh: Mesh | N
         (loss, metrics), (direct, g_emb) = jax.value_and_grad(
             cross_loss, argnums=(0, 1), has_aux=True)(params, emb)
         total = total + loss
-        emb_grads = split({key: g_emb[key] for key in ("img/normed", "txt/normed")}, k, n_shards,
-                          constrain)
+        emb_grads = split(g_emb, k, n_shards, constrain)
 
     # 3. Each micro-batch again, now with its VJP: the embeddings' pulled-back gradients plus
     #    the per-example objectives' mean over micro-batches.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from vlm_jax import config as config_lib, evals, workdir as workdir_lib
+from vlm_jax import evals, workdir as workdir_lib
 from vlm_jax.setup import Setup
 from vlm_jax.train import checkpoint, metrics as metrics_lib
 
@@ -17,9 +17,9 @@ def restore_workdir(workdir: str, step: int | None = None):
     return s, params, step
 
 
-def evaluate_workdir(workdir: str, step: int | None = None,
-                     kinds=config_lib.EVALUATORS) -> dict:
-    """Runs the evaluators `kinds` on a checkpoint; appends the results to metrics.jsonl."""
+def evaluate_workdir(workdir: str, step: int | None = None, kinds=None) -> dict:
+    """Runs the evaluators `kinds` (default: all) on a checkpoint; appends the results to
+    metrics.jsonl."""
     s, params, step = restore_workdir(workdir, step)
     with s.context():
         results = evals.Evaluators(s).run(params, kinds)

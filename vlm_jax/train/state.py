@@ -47,7 +47,7 @@ def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules,
         param_sh = sharding.param_shardings(boxed_params, mesh, rules, config.mesh.param_rules,
                                             config.mesh.fsdp_min_mib)
     repl = sharding.replicated(mesh)
-    abs_opt = jax.eval_shape(tx.init, nn.unbox(boxed_params))
+    abs_opt = jax.eval_shape(tx.init, sharding.shapes(boxed_params))
     # Slots shaped like the params (Adam's moments) follow the params; the rest is replicated.
     # Frozen params (optax.partition) hold a MaskedNode placeholder instead of a slot.
     opt_sh = optax.tree_map_params(

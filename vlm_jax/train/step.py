@@ -14,14 +14,17 @@ from vlm_jax.train.state import TrainState
 
 def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
          skip_nonfinite: bool = False, balance_decay: float = 0.99, frozen=None,
-         microbatches: int = 1, mesh=None, batch_axes=()):
+         microbatches: int = 1):
     """`nonfinite` in the metrics is 1.0 when the loss, the gradients or the updated params are
     not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged.
     A state with `loss_ema` entries balances the objectives (see objectives.total_loss).
     `frozen` (bools like the params) stops gradients at frozen params, so XLA drops the backward
     pass of a frozen tower instead of computing gradients that the optimizer zeroes.
     `microbatches` > 1 computes the gradient in that many sequential micro-batches, keeping
-    every contrastive negative (train/accumulate.py; no balancing then)."""
+    every contrastive negative (train/accumulate.py; no balancing then). The mesh is the
+    ambient one (jax.set_mesh) when the step is traced."""
+    if microbatches > 1:
+        accumulate.check(objectives)
     def prepare(params):
         if frozen is None:
             return params
@@ -42,8 +45,7 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
 
         if microbatches > 1:
             grads, metrics = accumulate.grads(model, objectives, state.params, batch, rng,
-                                              state.step, k=microbatches, mesh=mesh,
-                                              batch_axes=batch_axes, prepare=prepare)
+                                              state.step, k=microbatches, prepare=prepare)
             running = state.loss_ema
         else:
             (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 
-import flax.linen as nn
 import jax
 from absl import logging
 
@@ -121,7 +120,7 @@ def _due(step: int, every: int | None, total: int) -> bool:
 def _rule_table(s: Setup, workdir: str) -> None:
     """Writes which rule placed, froze, decayed and scaled each param to the workdir; logs how
     many params each rule took."""
-    c, params = s.config, nn.unbox(s.boxed_params)
+    c, params = s.config, s.param_shapes
     lines = s.describe_sharding() + optim.describe(c, params)
     path = workdir_lib.write_rule_table(workdir, lines) if jax.process_index() == 0 else None
     summary = (rules.summary(c.mesh.param_rules, params, "sharding")

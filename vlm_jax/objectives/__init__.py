@@ -1,0 +1,123 @@
+"""Objectives: which losses run, their weights over the run, and the metrics they log.
+
+One module per objective, named for its config section, which is also its metric prefix
+(`contrastive`, `itm`, `mlm`, `mim`, `caption`). Each defines
+
+    @dataclasses.dataclass(frozen=True)
+    class Objective:
+        name = "itm"                # module = config section = metric prefix
+        cross_example = True        # compares examples across the batch
+        reads = None                # per-example tower outputs a cross-example objective reads,
+                                    # which micro-batching gathers; None: not micro-batchable
+        heads = ("itm_logits",)     # model heads it calls through ctx.call
+        @classmethod
+        def from_config(cls, config, tokenizer) -> "Objective": ...
+        @staticmethod
+        def check(config) -> None: ...   # optional: its config rules (raise ConfigError)
+        def __call__(self, out, batch, ctx) -> tuple[loss, metrics]: ...
+
+The model builds the heads the enabled objectives declare, micro-batching (train/accumulate.py)
+follows `cross_example` and `reads`, and the config section needs `weight` and `schedule` (see
+config.py). Objectives take the mesh from the context (`jax.set_mesh`) and the batch axes from
+the logical rules. The total is
+
+    sum_k w_k(step) * loss_k        (with balancing: loss_k / stop_gradient(running mean of loss_k))
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vlm_jax import config as config_lib
+from vlm_jax.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What an objective may use beyond the tower outputs and the batch."""
+    call: Callable[..., Any] | None = None   # call(method name, *args) with this step's params
+    rng: jax.Array | None = None             # this objective's randomness at this step
+
+
+def objective_class(section: str):
+    """The Objective class of module vlm_jax.objectives.<section>."""
+    if section not in config_lib.OBJECTIVES:
+        raise ConfigError(f"unknown objective {section!r}; choose from {config_lib.OBJECTIVES}")
+    return importlib.import_module(f"vlm_jax.objectives.{section}").Objective
+
+
+def enabled(config) -> list[str]:
+    """The config sections of the objectives with weight > 0, in OBJECTIVES order."""
+    return [s for s in config_lib.OBJECTIVES if config[s].weight > 0]
+
+
+def names(config) -> list[str]:
+    """The names the enabled objectives log under (no tokenizer or mesh needed)."""
+    return enabled(config)
+
+
+def heads(config) -> frozenset[str]:
+    """The model heads the enabled objectives call."""
+    return frozenset(h for s in enabled(config) for h in objective_class(s).heads)
+
+
+def check(config) -> None:
+    """Each enabled objective's own config rules."""
+    for section in enabled(config):
+        getattr(objective_class(section), "check", lambda c: None)(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Weighted:
+    objective: Any
+    weight: float
+    schedule: tuple = ()            # ((step, factor), ...), piecewise linear
+
+    def at(self, step):
+        if not self.schedule:
+            return jnp.float32(self.weight)
+        xs, ys = zip(*self.schedule)
+        return self.weight * jnp.interp(jnp.asarray(step, jnp.float32), jnp.asarray(xs, jnp.float32),
+                                        jnp.asarray(ys, jnp.float32))
+
+
+def build(config, tokenizer=None, total_steps: int = 1) -> list[Weighted]:
+    """The config's objectives with weight > 0, in `OBJECTIVES` order; schedules are given in
+    percent of the run and turned into steps here."""
+    check(config)
+    out = []
+    for section in enabled(config):
+        c = config[section]
+        schedule = tuple((p / 100 * total_steps, f) for p, f in c.schedule)
+        out.append(Weighted(objective_class(section).from_config(config, tokenizer), c.weight,
+                            schedule))
+    return out
+
+
+def total_loss(objectives: Sequence[Weighted], out: dict, batch: dict, *, call=None, rng=None,
+               step=0, running=None, decay: float = 0.99):
+    """(total, metrics, running means). Metrics are keyed '<objective>/<metric>' plus 'loss'.
+
+    `running` ({name: raw EMA}, or None to not balance) turns on balancing: each loss is divided
+    by the stop-gradient of its bias-corrected EMA, this step's loss included."""
+    total, metrics, new_running = 0.0, {}, {}
+    for i, w in enumerate(objectives):
+        obj = w.objective
+        ctx = Context(call, None if rng is None else jax.random.fold_in(rng, i))
+        loss, m = obj(out, batch, ctx)
+        weight = w.at(step)
+        term = loss
+        if running is not None:
+            ema = decay * running[obj.name] + (1 - decay) * jax.lax.stop_gradient(loss)
+            new_running[obj.name] = ema
+            term = loss / jax.lax.stop_gradient(ema / (1 - decay ** (step + 1.0)))
+        total = total + weight * term
+        metrics[f"{obj.name}/loss"] = loss
+        metrics[f"{obj.name}/weight"] = weight
+        metrics.update({f"{obj.name}/{k}": v for k, v in m.items() if k != "loss"})
+    metrics["loss"] = total
+    return total, metrics, new_running

@@ -1,0 +1,30 @@
+"""CoCa captioning: the causal text tower's tokens, decoded against the image tokens
+(losses/caption.py)."""
+from __future__ import annotations
+
+import dataclasses
+
+from vlm_jax.config import ConfigError
+from vlm_jax.losses.caption import caption_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name = "caption"
+    cross_example = False
+    reads = ()
+    heads = ("caption_logits",)
+
+    @classmethod
+    def from_config(cls, config, tokenizer=None):
+        return cls()
+
+    @staticmethod
+    def check(config) -> None:
+        if not config.model.text.causal:
+            raise ConfigError("'caption.weight' > 0 needs model.text.causal=True: a bidirectional "
+                              "text tower would show the captioner the tokens it predicts")
+
+    def __call__(self, out: dict, batch: dict, ctx):
+        logits = ctx.call("caption_logits", out["txt/tokens"], batch["mask"], out["img/tokens"])
+        return caption_loss(logits, batch["tokens"], batch["mask"])

@@ -1,0 +1,46 @@
+"""Image-text matching on b positives, b hard-negative texts and b hard-negative images
+(ALBEF; losses/itm.py), through the fusion encoder."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from vlm_jax.losses.itm import itm_loss, mine_negatives
+from vlm_jax.parallel import sharding
+
+
+def match_groups(batch: dict):
+    """Examples that match each other's captions: the same class label where the data has one
+    (label >= 0), else the very same caption (a 30-bit hash of its ids, kept apart from labels)."""
+    tokens = batch["tokens"]
+    weights = jnp.asarray(np.random.default_rng(0).integers(1, 2**31 - 1, tokens.shape[1]),
+                          jnp.uint32)
+    caption = ((tokens.astype(jnp.uint32) * weights).sum(axis=1) >> 2).astype(jnp.int32)
+    label = batch.get("label", jnp.full(tokens.shape[:1], -1, jnp.int32))
+    return jnp.where(label >= 0, label, caption | (1 << 30))
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    negatives: str = "global"       # mined within the shard (local) or the whole batch (global)
+    name = "itm"
+    cross_example = True
+    reads = None                    # mines and fuses across the batch: not micro-batchable
+    heads = ("itm_logits",)
+
+    @classmethod
+    def from_config(cls, config, tokenizer=None):
+        return cls(config.itm.negatives)
+
+    def __call__(self, out: dict, batch: dict, ctx):
+        mesh, axes = sharding.ambient_batch()
+        neg_txt, neg_img = mine_negatives(
+            ctx.rng, out["img/normed"], out["txt/normed"], out["scale"], negatives=self.negatives,
+            mesh=mesh, batch_axes=axes, groups=match_groups(batch))
+        img, txt, mask = out["img/tokens"], out["txt/tokens"], batch["mask"]
+        pos = ctx.call("itm_logits", txt, mask, img)
+        neg_t = ctx.call("itm_logits", txt[neg_txt], mask[neg_txt], img)
+        neg_i = ctx.call("itm_logits", txt, mask, img[neg_img])
+        return itm_loss(pos, neg_t, neg_i)
