@@ -35,32 +35,31 @@ def loss_and_grads(setup, params, batch, objs):
     return jax.value_and_grad(loss_fn)(params)
 
 
+# The suite's one tiny model and run: a train step in well under a second on one CPU core.
+TINY = {"batch_size": 16, "data.image_size": 16, "data.num_threads": 1, "tokenizer.max_len": 24,
+        "model.embed_dim": 16, "model.image.patch_size": 8, "model.mim_decoder.width": 32,
+        **{f"model.{part}.{k}": v
+           for part in ("image", "text", "fusion", "caption_decoder", "mim_decoder")
+           for k, v in (("depth", 1), ("heads", 2), ("mlp_dim", 64))},
+        **{f"model.{tower}.width": 32 for tower in ("image", "text")},
+        "total_steps": 8, "log_every_steps": 2, "checkpoint_every_steps": 4,
+        "optim.warmup_steps": 0, "async_checkpointing": False, "eval.batch_size": 64}
+
+
 def tiny_config(data_dir: str, base=None, **overrides):
-    """A model small enough for a train step in well under a second on one CPU core: `base` (a
-    recipe's config; the defaults when None) with its sizes shrunk, its objectives kept."""
+    """`base` (a recipe's config; the defaults when None) with the TINY sizes and run, its
+    objectives kept, then `overrides` (dotted keys)."""
     from vlm_jax import config as config_lib
     c = config_lib.defaults() if base is None else base
-    c.data_dir = data_dir
-    c.batch_size = 16
-    c.data.image_size = 16
-    c.data.num_threads = 1
-    c.tokenizer.max_len = 24
-    c.model.embed_dim = 16
-    for tower in (c.model.image, c.model.text):
-        tower.width, tower.depth, tower.heads, tower.mlp_dim = 32, 1, 2, 64
-    c.model.image.patch_size = 8
-    for dec in (c.model.fusion, c.model.caption_decoder, c.model.mim_decoder):
-        dec.depth, dec.heads, dec.mlp_dim = 1, 2, 64
-    c.model.mim_decoder.width = 32
-    c.total_steps = 8
-    c.log_every_steps = 2
-    c.checkpoint_every_steps = 4
-    c.optim.warmup_steps = 0
-    c.async_checkpointing = False
-    c.eval.batch_size = 64
-    for key, value in overrides.items():
+    for key, value in {"data_dir": data_dir, **TINY, **overrides}.items():
         config_lib.assign(c, key, value)
     return c
+
+
+def tiny_flags(data_dir: str, **overrides) -> list[str]:
+    """The same as `--config.KEY=VALUE` flags, for the entry points the tests start."""
+    values = {"data_dir": data_dir, **TINY, **overrides}
+    return [f"--config.{k}={v}" for k, v in values.items()]
 
 
 def free_port() -> int:

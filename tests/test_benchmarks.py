@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from helpers import process_env
+
 
 def test_loss_memory_benchmark_json_and_scaling():
     r = subprocess.run([sys.executable, "benchmarks/loss_memory.py", "--devices", "4,16",
@@ -34,7 +36,7 @@ def test_step_benchmark_json_reports_throughput_and_mfu():
     r = subprocess.run([sys.executable, "benchmarks/step.py", "--losses", "sigmoid", "--batch",
                         "16", "--steps", "1", "--warmup", "1", "--probe", "256", "--scan",
                         "--remat", "nothing_saveable", "--microbatches", "2", "--json"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=process_env(1))
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["size"] == "tiny" and out["batch"] == 16 and out["microbatches"] == 2

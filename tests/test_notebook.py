@@ -2,6 +2,7 @@
 import os
 
 import pytest
+from helpers import device_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
@@ -15,6 +16,7 @@ def test_quickstart_notebook_executes(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VLM_JAX_DATA_DIR", data_dir)
     monkeypatch.setenv("VLM_JAX_NOTEBOOK_STEPS", "6")
     monkeypatch.setenv("VLM_JAX_NOTEBOOK_WORKDIR", str(workdir))
+    monkeypatch.setenv("XLA_FLAGS", device_flags(1))     # a Colab runtime's one device
     # The kernel imports this checkout (its install cell then installs nothing).
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(NOTEBOOK, as_version=4)

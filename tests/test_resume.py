@@ -9,22 +9,16 @@ import sys
 import time
 
 import pytest
-from helpers import free_port, process_env
+from helpers import free_port, process_env, tiny_flags
 
 TOTAL, EVERY = 40, 10
 
 
 def _args(data_dir, workdir):
-    overrides = {"data_dir": data_dir, "batch_size": 16, "data.image_size": 16,
-                 "data.num_threads": 1, "tokenizer.max_len": 24, "model.embed_dim": 16,
-                 "model.image.patch_size": 8, "total_steps": TOTAL, "log_every_steps": 1,
-                 "checkpoint_every_steps": EVERY, "optim.warmup_steps": 2,
-                 "eval.batch_size": 64, "eval.retrieval": "()"}
-    for tower in ("image", "text"):
-        overrides.update({f"model.{tower}.width": 32, f"model.{tower}.depth": 1,
-                          f"model.{tower}.heads": 2, f"model.{tower}.mlp_dim": 64})
     return [sys.executable, "-m", "launch.train", "--config", "configs/quickstart.py",
-            "--workdir", workdir, *[f"--config.{k}={v}" for k, v in overrides.items()]]
+            "--workdir", workdir, *tiny_flags(
+                data_dir, total_steps=TOTAL, log_every_steps=1, checkpoint_every_steps=EVERY,
+                async_checkpointing=True, **{"optim.warmup_steps": 2, "eval.retrieval": "()"})]
 
 
 def _losses(workdir):

@@ -6,16 +6,15 @@ import subprocess
 import sys
 
 import pytest
+import helpers
+from helpers import process_env
 
 from vlm_jax import sweeps
 
 SWEEP = "configs/sweeps/quickstart.py"
-# A smoke run of every point: tiny model, 2 steps, zero-shot digits only.
-TINY = ["total_steps=2", "batch_size=16", "log_every_steps=1", "checkpoint_every_steps=2",
-        "optim.warmup_steps=0", "model.embed_dim=16", "eval.retrieval=()", "data.num_threads=1",
-        "async_checkpointing=False"] + [
-    f"model.{t}.{k}={v}" for t in ("image", "text")
-    for k, v in (("width", 32), ("depth", 1), ("heads", 2), ("mlp_dim", 64))]
+# A smoke run of every point: the suite's tiny model, 2 steps, zero-shot digits only.
+TINY = [f"{k}={v}" for k, v in {**helpers.TINY, "total_steps": 2, "log_every_steps": 1,
+                                "checkpoint_every_steps": 2, "eval.retrieval": "()"}.items()]
 
 
 def test_points_grid_zip_product_and_names():
@@ -81,7 +80,7 @@ def test_local_sweep_of_four_points_collects_a_table(tmp_path, data_dir):
     root = str(tmp_path / "sw")
     sets = [a for kv in TINY + [f"data_dir={data_dir}", "eval.zeroshot_prefix=zs/{dataset}/"]
             for a in ("--set", kv)]
-    r = _sweep_cli("--run", "local", "--root", root, *sets)
+    r = _sweep_cli("--run", "local", "--root", root, *sets, env=process_env(1))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(open(os.path.join(root, "results.csv")).read())))
     assert [(row["optim.lr"], row["data.crop_padding"]) for row in rows] == [
