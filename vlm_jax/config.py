@@ -1,6 +1,7 @@
 """The config schema: every key the framework reads, its type, its default, and the checks.
 
-A recipe (`configs/*.py`) starts from `defaults()` and changes values; `validate` then rejects any
+Each key is declared once in `defaults()` (or `source()`): its default gives its type, a key with
+a closed set of values declares them there (`_choice`), and a comment says what it does. A recipe (`configs/*.py`) starts from `defaults()` and changes values; `validate` then rejects any
 key the schema lacks (naming the closest valid key), any value of the wrong type and any value
 outside its allowed choices, before anything is computed.
 
@@ -23,6 +24,7 @@ from ml_collections import config_dict
 from vlm_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
 
 UNITS = ("steps", "epochs", "examples", "percent")
+CROPS = ("resize", "center", "random_resized")
 UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
 # Evaluators (modules of vlm_jax/evals): each has eval.<name> (datasets), eval.<name>_every_*
 # and eval.<name>_prefix; options of their own follow their datasets in `defaults()`.
@@ -34,26 +36,9 @@ DURATIONS = {"total": REQUIRED, "log_every": ("steps", 10), "checkpoint_every": 
              "eval_every": None, "optim.warmup": ("steps", 50),
              **{f"eval.{name}_every": None for name in EVALUATORS}}
 
-CHOICES = {
-    "nonfinite": ("stop", "skip"),
-    "contrastive.name": ("softmax", "sigmoid"),
-    "contrastive.negatives": ("local", "global"),
-    "contrastive.impl": ("gather", "ring"),
-    "itm.negatives": ("local", "global"),
-    "data.crop": ("resize", "center", "random_resized"),
-    "source.kind": ("builtin", "array_record", "tfds"),
-    "source.crop": ("resize", "center", "random_resized"),
-    "model.image.pool": ("gap", "cls", "map"),
-    "model.image.posemb": ("learn", "sincos2d"),
-    "model.image.pixel_norm": ("unit", "clip", "imagenet"),
-    "model.text.pool": ("last", "first", "mean"),
-    "model.dtype": ("float32", "bfloat16"),
-    "optim.mu_dtype": ("float32", "bfloat16"),
-    "model.remat": REMAT_POLICIES,
-    "model.act": tuple(ACTIVATIONS),
-    "tokenizer.name": ("bytes", "sentencepiece", "hf"),
-    "eval.templates": ("builtin", "clip", "custom"),
-}
+# Keys with a closed set of values: dotted path -> the values. Filled where `defaults()` and
+# `source()` declare each key (`_choice`), next to its default and its comment.
+CHOICES: dict[str, tuple] = {}
 
 
 class ConfigError(ValueError):
@@ -64,6 +49,13 @@ def _durations(c: ml_collections.ConfigDict, name: str) -> None:
     # Typed placeholders: None until set, settable from the command line, back to None anytime.
     for unit in UNITS:
         c[f"{name}_{unit}"] = config_dict.placeholder(UNIT_TYPES[unit])
+
+
+def _choice(section: ml_collections.ConfigDict, key: str, default, values, path: str) -> None:
+    """section[key] = default, one of `values` (checked by validate under `path`)."""
+    assert default in values, (path, default)
+    section[key] = default
+    CHOICES[path] = tuple(values)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -85,7 +77,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.init = ""                     # a checkpoint whose params seed this run, chosen by:
     c.init_rules = ((".*", True),)  # (regex, load?) over param paths, first match wins
     c.keep_every_steps = 0          # also keep every checkpoint at a multiple of this; 0: none
-    c.nonfinite = "stop"            # non-finite loss/grads: stop (last good checkpoint kept) | skip
+    # non-finite loss/grads: stop (last good checkpoint kept) | skip
+    _choice(c, "nonfinite", "stop", ("stop", "skip"), "nonfinite")
     c.async_checkpointing = True
 
     c.log = ml_collections.ConfigDict()  # metrics.jsonl is always written
@@ -125,7 +118,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.sources = ml_collections.ConfigDict()  # name -> source(...); several form a mixture
     c.data.image_size = 32
     # Transforms; each source may override crop, crop_scale_min, crop_padding and flip.
-    c.data.crop = "resize"          # resize (whole image) | center | random_resized
+    # resize (whole image) | center | random_resized
+    _choice(c.data, "crop", "resize", CROPS, "data.crop")
     c.data.crop_scale_min = 0.4     # random_resized: smallest area fraction kept
     c.data.crop_padding = 2         # jitter: pad by this many pixels, crop back; 0 disables
     c.data.flip = False             # random horizontal flip (off for digits: a mirrored 7 is no 7)
@@ -135,7 +129,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.num_workers = 0          # grain worker processes; 0 keeps decoding in-process
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.name = "bytes"      # bytes | sentencepiece (.model file) | hf (tokenizer.json)
+    # bytes | sentencepiece (.model file) | hf (tokenizer.json)
+    _choice(c.tokenizer, "name", "bytes", ("bytes", "sentencepiece", "hf"), "tokenizer.name")
     c.tokenizer.path = ""           # the local file, for sentencepiece and hf
     c.tokenizer.max_len = 32        # ids per caption, BOS/EOS included; longer texts keep EOS
     c.tokenizer.bos = True          # prepend the vocab's BOS token
@@ -143,16 +138,18 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 128
-    c.model.dtype = "float32"       # activation/matmul dtype; params stay float32
+    # activation/matmul dtype; params stay float32
+    _choice(c.model, "dtype", "float32", ("float32", "bfloat16"), "model.dtype")
     # Every transformer stack: recompute activations in the backward pass by this
     # jax.checkpoint_policies policy ("none": store them all), and scan over the blocks (one
     # compiled body; params gain a leading layers axis under `.../blocks/`, and checkpoints
     # convert between the two layouts on load).
-    c.model.remat = "none"
+    _choice(c.model, "remat", "none", REMAT_POLICIES, "model.remat")
     c.model.scan = False
     # The towers' architecture details (pretrained CLIP: quick_gelu, 1e-5, proj_bias False;
     # SigLIP: gelu_tanh, 1e-6, the text projection with a bias).
-    c.model.act = "gelu_tanh"       # MLP activation: gelu_tanh | gelu (exact) | quick_gelu
+    # MLP activation: gelu_tanh | gelu (exact) | quick_gelu
+    _choice(c.model, "act", "gelu_tanh", tuple(ACTIVATIONS), "model.act")
     c.model.norm_eps = 1e-6         # LayerNorm epsilon of the towers
     c.model.proj_bias = False       # the embedding projections have a bias
     c.model.image = ml_collections.ConfigDict()
@@ -161,9 +158,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.image.depth = 4
     c.model.image.heads = 4
     c.model.image.mlp_dim = 512
-    c.model.image.pool = "gap"
-    c.model.image.posemb = "learn"
-    c.model.image.pixel_norm = "unit"   # uint8 -> unit: [-1, 1] | clip | imagenet mean/std
+    _choice(c.model.image, "pool", "gap", ("gap", "cls", "map"), "model.image.pool")
+    _choice(c.model.image, "posemb", "learn", ("learn", "sincos2d"), "model.image.posemb")
+    # uint8 -> unit: [-1, 1] | clip | imagenet mean/std
+    _choice(c.model.image, "pixel_norm", "unit", ("unit", "clip", "imagenet"),
+            "model.image.pixel_norm")
     c.model.image.patch_bias = True     # the patch embedding has a bias (CLIP's has none)
     c.model.image.pre_norm = False      # LayerNorm before the blocks (CLIP's ln_pre)
     c.model.text = ml_collections.ConfigDict()
@@ -172,7 +171,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.text.heads = 4
     c.model.text.mlp_dim = 512
     c.model.text.causal = False
-    c.model.text.pool = "last"      # the true last token, found from the padding mask
+    # the true last token, found from the padding mask
+    _choice(c.model.text, "pool", "last", ("last", "first", "mean"), "model.text.pool")
     # Text tokens attending to image tokens (ITM, MLM); its width is the text tower's.
     c.model.fusion = ml_collections.ConfigDict()
     c.model.fusion.depth = 2
@@ -192,9 +192,10 @@ def defaults() -> ml_collections.ConfigDict:
 
     # Objectives (vlm_jax/objectives/<section>.py): each is off while its weight is 0.
     c.contrastive = ml_collections.ConfigDict()     # CLIP (softmax) or SigLIP (sigmoid)
-    c.contrastive.name = "softmax"
-    c.contrastive.negatives = "global"
-    c.contrastive.impl = "gather"   # global negatives: gather (all-gather) | ring (ppermute)
+    _choice(c.contrastive, "name", "softmax", ("softmax", "sigmoid"), "contrastive.name")
+    _choice(c.contrastive, "negatives", "global", ("local", "global"), "contrastive.negatives")
+    # global negatives: gather (all-gather) | ring (ppermute)
+    _choice(c.contrastive, "impl", "gather", ("gather", "ring"), "contrastive.impl")
     c.contrastive.softmax_scale_init = 1 / 0.07
     c.contrastive.softmax_scale_max = 100.0
     c.contrastive.sigmoid_t_init = 10.0
@@ -205,7 +206,8 @@ def defaults() -> ml_collections.ConfigDict:
     # when their objective is.
     c.itm = ml_collections.ConfigDict()             # image-text matching, hard negatives
     objective(c.itm)
-    c.itm.negatives = "global"      # mined within the shard (local) or the whole batch (global)
+    # mined within the shard (local) or the whole batch (global)
+    _choice(c.itm, "negatives", "global", ("local", "global"), "itm.negatives")
     c.mlm = ml_collections.ConfigDict()             # masked language modelling, image in context
     objective(c.mlm)
     c.mlm.rate = 0.15               # share of tokens chosen; of those 80% [MASK], 10% random, 10% kept
@@ -227,7 +229,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.98
     c.optim.eps = 1e-6
-    c.optim.mu_dtype = "float32"    # Adam's first moment; bfloat16 halves its memory
+    # Adam's first moment; bfloat16 halves its memory
+    _choice(c.optim, "mu_dtype", "float32", ("float32", "bfloat16"), "optim.mu_dtype")
     c.optim.weight_decay = 0.05
     c.optim.clip_norm = 1.0         # global-norm clipping; 0 disables
     _durations(c.optim, "warmup")   # unset: 50 steps
@@ -247,7 +250,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.mlm = ()                 # MLM accuracy (needs mlm.weight > 0)
     # Zero-shot prompts: the dataset's own (builtin), CLIP's 80 ImageNet ones (clip), or
     # custom_templates ('{}' stands for the class name); class_names replaces the dataset's names.
-    c.eval.templates = "builtin"
+    _choice(c.eval, "templates", "builtin", ("builtin", "clip", "custom"), "eval.templates")
     c.eval.custom_templates = ()
     c.eval.class_names = ()
     # Linear probe: a ridge classifier fit on each dataset's train split, scored on its test split.
@@ -286,7 +289,8 @@ def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
 def source(**values) -> ml_collections.ConfigDict:
     """One entry of `data.sources`: where the records are and how to read and transform them."""
     s = ml_collections.ConfigDict()
-    s.kind = "array_record"         # builtin | array_record | tfds
+    # builtin | array_record | tfds
+    _choice(s, "kind", "array_record", ("builtin", "array_record", "tfds"), "source.kind")
     # builtin: the dataset name; array_record: files, globs allowed, comma-separated;
     # tfds: a prepared dataset's folder (.../name/version), or its name under data_dir.
     s.path = ""
@@ -349,9 +353,9 @@ def _walk(cfg, schema, prefix: str, all_paths: list[str]) -> None:
                 if src.kind not in CHOICES["source.kind"]:
                     raise ConfigError(f"'data.sources.{name}.kind' is {src.kind!r}; "
                                       f"choose one of {CHOICES['source.kind']}")
-                if src.crop is not None and src.crop not in CHOICES["source.crop"]:
+                if src.crop is not None and src.crop not in CROPS:
                     raise ConfigError(f"'data.sources.{name}.crop' is {src.crop!r}; "
-                                      f"choose one of {CHOICES['source.crop']}")
+                                      f"choose one of {CROPS}")
                 if not src.path:
                     raise ConfigError(f"'data.sources.{name}.path' is empty")
                 if src.weight <= 0:

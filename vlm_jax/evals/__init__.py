@@ -32,7 +32,8 @@ def evaluator_class(name: str):
     except ModuleNotFoundError as e:
         if e.name != f"vlm_jax.evals.{name}":
             raise
-        raise ValueError(f"unknown evaluator {name!r}; choose from {config_lib.EVALUATORS}") from None
+        raise ValueError(f"unknown evaluator {name!r}; "
+                         f"choose from {config_lib.EVALUATORS}") from None
     return module.Evaluator
 
 

@@ -81,8 +81,8 @@ class Weighted:
         if not self.schedule:
             return jnp.float32(self.weight)
         xs, ys = zip(*self.schedule)
-        return self.weight * jnp.interp(jnp.asarray(step, jnp.float32), jnp.asarray(xs, jnp.float32),
-                                        jnp.asarray(ys, jnp.float32))
+        return self.weight * jnp.interp(jnp.asarray(step, jnp.float32),
+                                        jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32))
 
 
 def build(config, tokenizer=None, total_steps: int = 1) -> list[Weighted]:

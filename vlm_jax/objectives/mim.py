@@ -28,7 +28,8 @@ class Objective:
     @staticmethod
     def check(config) -> None:
         if not 0 < config.mim.ratio < 1:
-            raise ConfigError(f"'mim.ratio' must lie strictly between 0 and 1, got {config.mim.ratio}")
+            raise ConfigError(f"'mim.ratio' must lie strictly between 0 and 1, "
+                              f"got {config.mim.ratio}")
 
     def __call__(self, out: dict, batch: dict, ctx):
         images = batch["image"]

@@ -32,7 +32,8 @@ class Objective:
     @staticmethod
     def check(config) -> None:
         if not 0 < config.mlm.rate < 1:
-            raise ConfigError(f"'mlm.rate' must lie strictly between 0 and 1, got {config.mlm.rate}")
+            raise ConfigError(f"'mlm.rate' must lie strictly between 0 and 1, "
+                              f"got {config.mlm.rate}")
 
     def mask(self, rng, tokens, mask):
         """(inputs with the chosen tokens replaced, chosen positions), as in training."""
