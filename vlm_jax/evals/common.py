@@ -72,7 +72,7 @@ class Embedder:
         return jax.jit(lambda p, *args: (reduce or (lambda x: x))(
             model.apply({"params": p}, *args, method=method)))
 
-    def _batched(self, fn, params, *arrays, what: str = "embedding"):
+    def batched(self, fn, params, *arrays, what: str = "embedding"):
         """fn over fixed-size padded chunks of `arrays`; its output (an array or a tuple of
         arrays) concatenated back to len(arrays[0]) rows."""
         n = len(arrays[0])
@@ -110,7 +110,7 @@ class Embedder:
 
     def images(self, params, images: np.ndarray, key: str = "img/normed") -> np.ndarray:
         """uint8 [N, S, S, 3] -> the image tower's `key` [N, ...] (default: normalised [N, D])."""
-        return self._batched(self.features((key,)), params, images,
+        return self.batched(self.features((key,)), params, images,
                              what="embedding images")[key]
 
     def texts(self, params, texts: list[str], tokens: bool = False):
@@ -118,8 +118,8 @@ class Embedder:
         [N, L, W], mask [N, L])."""
         ids, mask = tokenize(self.tokenizer, texts, self.max_len)
         if not tokens:
-            return self._batched(self._txt, params, ids, mask, what="embedding texts")
-        emb, tok = self._batched(self._txt_tokens, params, ids, mask, what="embedding texts")
+            return self.batched(self._txt, params, ids, mask, what="embedding texts")
+        emb, tok = self.batched(self._txt_tokens, params, ids, mask, what="embedding texts")
         return emb, tok, mask
 
 

@@ -29,7 +29,7 @@ class Evaluator:
             return z
 
         def score(texts, img_idx, txt_idx):
-            return emb._batched(itm, params, cache["tok"][txt_idx], cache["mask"][txt_idx],
+            return emb.batched(itm, params, cache["tok"][txt_idx], cache["mask"][txt_idx],
                                 img_tokens[img_idx], what="ITM re-ranking")
 
         out = retrieval.recall(self.data.images(params, dataset), captions, embed, itm=score,

@@ -29,7 +29,7 @@ class Evaluator:
         ids, mask = tokenize(emb.tokenizer, [c[0] for c in captions], emb.max_len)
         inputs, chosen = self.objective.mask(jax.random.key(0), jnp.asarray(ids),
                                              jnp.asarray(mask))
-        pred = emb._batched(emb.head("mlm_logits", _argmax), params, np.asarray(inputs), mask,
+        pred = emb.batched(emb.head("mlm_logits", _argmax), params, np.asarray(inputs), mask,
                             self.data.images(params, dataset, key="img/tokens"),
                             what="MLM predictions")
         return {"mlm_accuracy": float((pred == ids)[np.asarray(chosen)].mean())}

@@ -50,24 +50,20 @@ def objective_class(section: str):
     return importlib.import_module(f"vlm_jax.objectives.{section}").Objective
 
 
-def enabled(config) -> list[str]:
-    """The config sections of the objectives with weight > 0, in OBJECTIVES order."""
-    return [s for s in config_lib.OBJECTIVES if config[s].weight > 0]
-
-
 def names(config) -> list[str]:
-    """The names the enabled objectives log under (no tokenizer or mesh needed)."""
-    return enabled(config)
+    """The enabled objectives (weight > 0), in OBJECTIVES order: their config sections, which
+    are also the names they log under."""
+    return [s for s in config_lib.OBJECTIVES if config[s].weight > 0]
 
 
 def heads(config) -> frozenset[str]:
     """The model heads the enabled objectives call."""
-    return frozenset(h for s in enabled(config) for h in objective_class(s).heads)
+    return frozenset(h for s in names(config) for h in objective_class(s).heads)
 
 
 def check(config) -> None:
     """Each enabled objective's own config rules."""
-    for section in enabled(config):
+    for section in names(config):
         getattr(objective_class(section), "check", lambda c: None)(config)
 
 
@@ -90,7 +86,7 @@ def build(config, tokenizer=None, total_steps: int = 1) -> list[Weighted]:
     percent of the run and turned into steps here."""
     check(config)
     out = []
-    for section in enabled(config):
+    for section in names(config):
         c = config[section]
         schedule = tuple((p / 100 * total_steps, f) for p, f in c.schedule)
         out.append(Weighted(objective_class(section).from_config(config, tokenizer), c.weight,
