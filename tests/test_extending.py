@@ -1,5 +1,6 @@
 """Adding an evaluator or an objective is its own module plus a config entry (README:
-Extending): a module the package has never seen, registered only by name in the config, runs."""
+Extending): a module the package has never seen, registered only by name in the config, runs.
+And the package's import graph has no cycle."""
 import ast
 import sys
 import types
@@ -126,3 +127,43 @@ def test_the_generic_machinery_names_no_evaluator_or_objective():
     names = set(config_lib.EVALUATORS + config_lib.OBJECTIVES)
     found = [m for path in files for m in _mentions(path, names)]
     assert not found, "\n".join(found)
+
+
+def _imports(root: Path) -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at any level (function-level imports too)."""
+    mods = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in root.rglob("*.py")}
+
+    def owner(name):
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+    edges = {m: set() for m in mods}
+    for m, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(root.name):
+                targets = [owner(f"{node.module}.{a.name}") for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [owner(a.name) for a in node.names if a.name.startswith(root.name)]
+            else:
+                continue
+            edges[m].update(t for t in targets if t and t != m)
+    return edges
+
+
+def test_no_import_cycle_in_the_package():
+    edges = _imports(Path(__file__).resolve().parents[1] / "vlm_jax")
+    state, cycles = {}, []
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(edges[m]):
+            if state.get(n) == "open":
+                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
