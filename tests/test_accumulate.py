@@ -8,8 +8,8 @@ from conftest import make_mesh, tiny_config
 from vlm_jax import config as config_lib, rules
 from vlm_jax.data import pipeline
 from vlm_jax.parallel import mesh as mesh_lib
-from vlm_jax.train import accumulate
 from vlm_jax.setup import Setup
+from vlm_jax.train import accumulate
 
 
 def _one_step(cfg, mesh, batch=None):

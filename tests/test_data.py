@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vlm_jax.data import builtin, pipeline, records
-from vlm_jax.data.tokenizer import ByteTokenizer, tokenize
+from vlm_jax.data import builtin, pipeline
+from vlm_jax.data.tokenizer import ByteTokenizer
 
 
 def test_builtin_datasets_are_real_and_split_as_documented(data_dir):

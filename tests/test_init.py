@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vlm_jax.train import checkpoint, trainer
 from vlm_jax.setup import Setup
+from vlm_jax.train import checkpoint, trainer
 
 
 def _cfg(data_dir, **kw):

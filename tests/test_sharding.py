@@ -9,8 +9,8 @@ from helpers import loss_and_grads
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax import config as config_lib, objectives, rules
-from vlm_jax.models import layout
 from vlm_jax.data import pipeline
+from vlm_jax.models import layout
 from vlm_jax.parallel import mesh as mesh_lib, sharding
 from vlm_jax.setup import Setup
 

@@ -1,7 +1,6 @@
 """Sources, transforms, bad data, mixtures and eval pipelines over real JPEG shards."""
 import collections
 
-import grain
 import numpy as np
 import pytest
 from absl import flags

@@ -1,7 +1,6 @@
 """Every tokenizer kind, with its asset built here: round trips, specials, truncation, padding."""
 import json
 
-import numpy as np
 import pytest
 
 from vlm_jax import config as config_lib

@@ -1,5 +1,4 @@
 """The train step, the optimizer rules and checkpoints."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +9,8 @@ from helpers import loss_and_grads
 
 from vlm_jax import objectives, rules
 from vlm_jax.data import pipeline
-from vlm_jax.train import checkpoint, optim
 from vlm_jax.setup import Setup
+from vlm_jax.train import checkpoint, optim
 
 
 @pytest.mark.slow
