@@ -3,14 +3,9 @@ import os
 
 from helpers import device_flags
 
-# The tests' programs are tiny and compile far longer than they run: LLVM's optimisation passes
-# are skipped (about a third of each compile; XLA's own HLO passes, which decide fusion,
-# memory and FLOP counts, still run).
+# The suite's compile flags (helpers.FAST_COMPILE says which and why).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + device_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# XLA:CPU compiles threefry key derivation slowly (seconds per model init on 2 cores); the rbg
-# generator compiles ~2x faster. Nothing here depends on which generator produces the bits.
-os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
 # One persistent compilation cache for every process of a test session (the xdist workers and the
 # runs they start): tests rebuild the same tiny programs many times over. It lives in the
 # checkout (a fresh clone starts cold) and holds every program, however quick to compile.
@@ -26,6 +21,8 @@ from helpers import make_mesh, tiny_config  # noqa: E402,F401  (tests import the
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
     assert jax.device_count() == 8, jax.devices()
+    # JAX reads these variables when it is first imported: nothing may import it before this file.
+    assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,18 @@ class CheckpointSaveError(OSError):
     """A save failed; the checkpoints completed before it are intact (saves are atomic)."""
 
 
+def _single_writer_arrays() -> None:
+    """In a single process, each replicated array is written from one replica. (Orbax's
+    replica-parallel writes split it across replicas so that several hosts share the work; in one
+    process that shares nothing and compiles a slice program per array and replica.)"""
+    if jax.process_count() == 1:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, keep_every: int = 0):
+        _single_writer_arrays()
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_every or None,
