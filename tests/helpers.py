@@ -40,7 +40,9 @@ def loss_and_grads(setup, params, batch, objs):
 
 
 # The suite's one tiny model and run: a train step in well under a second on one CPU core.
-TINY = {"batch_size": 16, "data.image_size": 16, "data.num_threads": 1, "tokenizer.max_len": 24,
+# TensorBoard is off (tensorboardX imports PyTorch where it is installed, seconds per process)
+# except in the test of its events.
+TINY = {"log.tensorboard": False, "batch_size": 16, "data.image_size": 16, "data.num_threads": 1, "tokenizer.max_len": 24,
         "model.embed_dim": 16, "model.image.patch_size": 8, "model.mim_decoder.width": 32,
         **{f"model.{part}.{k}": v
            for part in ("image", "text", "fusion", "caption_decoder", "mim_decoder")

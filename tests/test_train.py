@@ -251,7 +251,7 @@ def test_tensorboard_events_hold_the_logged_scalars_and_survive_a_resume(data_di
     from vlm_jax.train import trainer
     cfg = tiny_config(data_dir, **{"total_steps": 4, "log_every_steps": 1,
                                    "checkpoint_every_steps": 2, "keep_checkpoints": 3,
-                                   "eval.retrieval": ()})
+                                   "eval.retrieval": (), "log.tensorboard": True})
     trainer.train(cfg, str(tmp_path))
     shutil.rmtree(tmp_path / "checkpoints" / "4")          # as if stopped after step 2
     trainer.train(cfg, str(tmp_path))                      # resumes at 2, logs 3 and 4 again

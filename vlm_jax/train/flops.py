@@ -53,7 +53,10 @@ def step_flops(setup, batch, step_fn=None) -> float:
         setup = Setup(plain(setup.config), setup.mesh, num_train=setup.num_train,
                       tokenizer=setup.tokenizer)
     step_fn = step_fn or setup.train_step()
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+    # With the batch's own sharding the signature is the train loop's: the step's trace and
+    # lowering are reused, not redone.
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, "sharding", None)), batch)
     with setup.context():
         lowered = step_fn.lower(setup.abstract_state(), shapes, setup.step_rng)
     return float(lowered.cost_analysis()["flops"])
