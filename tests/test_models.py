@@ -117,14 +117,15 @@ def test_fusion_encoder_and_heads():
     image = jnp.asarray(rng.normal(size=(2, 5, 48)), jnp.float32)     # another width
     enc = FusionEncoder(depth=2, heads=4, mlp_dim=64)
     params = nn.unbox(enc.init(jax.random.key(0), text, mask, image)["params"])
-    out = enc.apply({"params": params}, text, mask, image)
+    apply = jax.jit(lambda *a: enc.apply({"params": params}, *a))   # one program, not op by op
+    out = apply(text, mask, image)
     assert out["tokens"].shape == (2, 6, 32) and out["cls"].shape == (2, 32)
     assert params["block0"]["xattn"]["k"]["kernel"].shape == (48, 4, 8)
     # Padding is invisible to the real tokens; the image is not.
     noisy = text.at[0, 3:].set(99.0)
-    again = enc.apply({"params": params}, noisy, mask, image)["tokens"]
+    again = apply(noisy, mask, image)["tokens"]
     np.testing.assert_allclose(again[0, :3], out["tokens"][0, :3], atol=1e-5)
-    other = enc.apply({"params": params}, text, mask, image[::-1])["tokens"]
+    other = apply(text, mask, image[::-1])["tokens"]
     assert np.abs(np.asarray(other - out["tokens"])).max() > 1e-3
     itm = ItmHead()
     logits = itm.apply(itm.init(jax.random.key(1), out["cls"]), out["cls"])
@@ -146,7 +147,8 @@ def test_objective_heads_exist_only_when_their_objective_is_on():
 def test_mae_encoder_sees_only_visible_patches():
     model, cfg = _model(**{"mim.weight": 1.0, "model.image.patch_size": 4})   # 16 patches
     params, img, ids, mask = _init(model, cfg)
-    apply = lambda *a, **kw: model.apply({"params": nn.unbox(params)}, *a, **kw)
+    apply = jax.jit(lambda *a, method: model.apply({"params": nn.unbox(params)}, *a,
+                                                   method=method), static_argnames="method")
     visible = jnp.asarray([[0, 5, 9, 15]] * 3)
     pred = apply(img, visible, method="mim_pixels")
     assert pred.shape == (3, 16, 4 * 4 * 3)
@@ -170,6 +172,7 @@ def test_captioner_is_causal():
     params, img, ids, mask = _init(model, cfg)
     params = nn.unbox(params)
 
+    @jax.jit
     def logits(tokens):
         out = model.apply({"params": params}, img, tokens, mask)
         return model.apply({"params": params}, out["txt/tokens"], mask, out["img/tokens"],

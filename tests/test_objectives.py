@@ -65,9 +65,10 @@ def test_recipe_trains_every_loss_down(data_dir, name):
 
 
 def test_flava_runs_through_the_trainer_with_reranking_and_mlm_eval(data_dir, tmp_path):
-    cfg = _recipe("flava", data_dir, total_steps=4, checkpoint_every_steps=4,
-                  **{"eval.retrieval": ("digits",), "eval.itm_rerank": ("digits",),
-                     "eval.mlm": ("digits",), "eval.zeroshot": ()})
+    # The run of test_recipe_trains_every_loss_down[flava]: the same programs (compiled once).
+    cfg = _recipe("flava", data_dir, checkpoint_every_steps=8,
+                  **{"optim.lr": 3e-3, "eval.retrieval": ("digits",),
+                     "eval.itm_rerank": ("digits",), "eval.mlm": ("digits",), "eval.zeroshot": ()})
     last = train(cfg, str(tmp_path / "run"), mesh=make_mesh(2))
     for key in ("contrastive/loss", "itm/accuracy", "mlm/accuracy", "mim/loss",
                 "eval/digits/i2t_r1", "eval/digits/itm_i2t_r1", "eval/digits/itm_t2i_r1",

@@ -44,8 +44,8 @@ def test_bad_sweep_files_are_named(tmp_path):
         sweeps.load(str(bad))
 
 
-def _sweep_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "launch.sweep", "--sweep", SWEEP, *args],
+def _sweep_cli(*args, sweep=SWEEP, env=None):
+    return subprocess.run([sys.executable, "-m", "launch.sweep", "--sweep", sweep, *args],
                           capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -77,19 +77,26 @@ def test_emitted_tpu_vm_and_slurm_scripts(tmp_path):
 
 @pytest.mark.slow
 def test_local_sweep_of_four_points_collects_a_table(tmp_path, data_dir):
+    # Seed x crop jitter: the points share every compiled program (the learning rate would not:
+    # it is a constant of the step).
+    sweep = tmp_path / "seeds.py"
+    sweep.write_text("from vlm_jax import sweeps\n\n\ndef get_sweep():\n    return sweeps.Sweep("
+                     "config='configs/quickstart.py', points=sweeps.grid(**{'seed': [0, 1], "
+                     "'data.crop_padding': [0, 2]}))\n")
     root = str(tmp_path / "sw")
     sets = [a for kv in TINY + [f"data_dir={data_dir}", "eval.zeroshot_prefix=zs/{dataset}/"]
             for a in ("--set", kv)]
-    r = _sweep_cli("--run", "local", "--root", root, *sets, env=process_env(1))
+    r = _sweep_cli("--run", "local", "--root", root, *sets, sweep=str(sweep), env=process_env(1))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(open(os.path.join(root, "results.csv")).read())))
-    assert [(row["optim.lr"], row["data.crop_padding"]) for row in rows] == [
-        ("0.001", "0"), ("0.001", "2"), ("0.003", "0"), ("0.003", "2")]
+    assert [(row["seed"], row["data.crop_padding"]) for row in rows] == [
+        ("0", "0"), ("0", "2"), ("1", "0"), ("1", "2")]
     for row in rows:
         assert row["step"] == "2" and float(row["loss"]) > 0
         assert 0 <= float(row["zs/digits/zeroshot_top1"]) <= 1      # any prefix is collected
         config = open(os.path.join(root, row["point"], "config.json")).read()
         assert f'"crop_padding": {row["data.crop_padding"]}' in config
+        assert f'"seed": {row["seed"]}' in config
     md = open(os.path.join(root, "results.md")).read()
-    assert md.startswith("| point | optim.lr | data.crop_padding | step | loss |")
+    assert md.startswith("| point | seed | data.crop_padding | step | loss |")
     assert md.count("\n") == 6
