@@ -90,8 +90,12 @@ def _check_reproduces(workdir, want, rel=0.0):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_where_it_stops_and_a_rerun_resumes(data_dir, tmp_path, uninterrupted, env):
-    workdir = str(tmp_path)
+def test_sigterm_then_sigkill_during_a_save_and_the_rerun_reproduces_the_run(
+        data_dir, tmp_path, uninterrupted, env):
+    """SIGTERM saves at the step it stops (exit code 75) and the re-run resumes there. SIGKILL
+    while a checkpoint is being written (its temporary folder exists): the next start restores
+    the previous complete checkpoint. Finished, the run has the losses of one never stopped."""
+    workdir = str(tmp_path / "run")
     args = _args(data_dir, workdir)
     rc, err = _start_and_stop(args, workdir, signal.SIGTERM, env)
     saved = _saved(workdir)
@@ -99,9 +103,33 @@ def test_sigterm_saves_where_it_stops_and_a_rerun_resumes(data_dir, tmp_path, un
     assert saved and saved[-1] < TOTAL
     assert f"stopped at step {saved[-1]} after SIGTERM" in err
     assert saved[-1] % EVERY != 0 or saved[-1] > EVERY   # saved at the step it was stopped
+
+    # Re-run saving at every step, killed while a save is in flight.
+    every_step = args + ["--config.checkpoint_every_steps=1", "--config.keep_checkpoints=100"]
+    d = os.path.join(workdir, "checkpoints")
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(every_step, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        caught, deadline = None, time.time() + 240
+        while caught is None and time.time() < deadline and proc.poll() is None:
+            names = os.listdir(d)                               # one snapshot
+            done = [int(x) for x in names if x.isdigit()]
+            flying = [int(x.split(".")[0]) for x in names
+                      if "tmp" in x and x.split(".")[0].isdigit()]
+            if flying and max(flying) > max(done):
+                proc.kill()
+                caught = max(flying)
+        proc.wait()
+    assert caught, "no save was caught in flight"
+    assert proc.returncode == -signal.SIGKILL
+    assert f"Resumed from step {saved[-1]} " in open(tmp_path / "killed.log").read()
+    before = _saved(workdir)
+    # The kill lands microseconds after the snapshot; the save it caught is almost always
+    # still unfinished, and whichever is the latest complete step is where the run resumes.
+    assert saved[-1] <= before[-1] <= caught < TOTAL
     r = _run(args, env)
-    assert f"Resumed from step {saved[-1]} " in r.stderr
+    assert f"Resumed from step {before[-1]} " in r.stderr
     _check_reproduces(workdir, uninterrupted[1])
+    assert not [x for x in os.listdir(d) if "tmp" in x]      # the partial save was cleaned up
 
 
 @pytest.mark.slow
@@ -128,37 +156,6 @@ def test_resume_on_fewer_devices(data_dir, tmp_path):
         assert sorted(got) == list(range(7, 13))     # resumed at 6, not started again
         for step in range(7, 13):
             assert got[step] == pytest.approx(want[step], rel=1e-4), (n, step)
-
-
-@pytest.mark.slow
-def test_sigkill_during_an_async_save_resumes_from_the_last_complete_one(
-        data_dir, tmp_path, uninterrupted, env):
-    """SIGKILL while a checkpoint is being written (its temporary folder exists): the next start
-    restores the previous complete checkpoint and the run reproduces the uninterrupted losses."""
-    workdir = str(tmp_path)
-    args = _args(data_dir, workdir) + ["--config.checkpoint_every_steps=1",
-                                       "--config.keep_checkpoints=100"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    d = os.path.join(workdir, "checkpoints")
-    caught, deadline = None, time.time() + 240
-    while caught is None and time.time() < deadline and proc.poll() is None:
-        names = os.listdir(d) if os.path.isdir(d) else []     # one snapshot
-        done = [int(x) for x in names if x.isdigit()]
-        flying = [int(x.split(".")[0]) for x in names if "tmp" in x and x.split(".")[0].isdigit()]
-        if done and flying and max(flying) > max(done):
-            proc.kill()
-            caught = max(flying)
-    proc.wait()
-    assert caught, "no save was caught in flight"
-    assert proc.returncode == -signal.SIGKILL
-    before = _saved(workdir)
-    # The kill lands microseconds after the snapshot; the save it caught is almost always
-    # still unfinished, and whichever is the latest complete step is where the run resumes.
-    assert before and before[-1] <= caught < TOTAL
-    r = _run(_args(data_dir, workdir), env)       # the rest without a save at every step
-    assert f"Resumed from step {before[-1]} " in r.stderr
-    _check_reproduces(workdir, uninterrupted[1])
-    assert not [x for x in os.listdir(d) if "tmp" in x]      # the partial save was cleaned up
 
 
 @pytest.mark.slow
