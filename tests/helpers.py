@@ -42,14 +42,15 @@ def loss_and_grads(setup, params, batch, objs):
 # The suite's one tiny model and run: a train step in well under a second on one CPU core.
 # TensorBoard is off (tensorboardX imports PyTorch where it is installed, seconds per process)
 # except in the test of its events.
-TINY = {"log.tensorboard": False, "batch_size": 16, "data.image_size": 16, "data.num_threads": 1, "tokenizer.max_len": 24,
+TINY = {"batch_size": 16, "data.image_size": 16, "data.num_threads": 1, "tokenizer.max_len": 24,
         "model.embed_dim": 16, "model.image.patch_size": 8, "model.mim_decoder.width": 32,
         **{f"model.{part}.{k}": v
            for part in ("image", "text", "fusion", "caption_decoder", "mim_decoder")
            for k, v in (("depth", 1), ("heads", 2), ("mlp_dim", 64))},
         **{f"model.{tower}.width": 32 for tower in ("image", "text")},
         "total_steps": 8, "log_every_steps": 2, "checkpoint_every_steps": 4,
-        "optim.warmup_steps": 0, "async_checkpointing": False, "eval.batch_size": 64}
+        "optim.warmup_steps": 0, "async_checkpointing": False, "eval.batch_size": 64,
+        "log.tensorboard": False}
 
 
 def tiny_config(data_dir: str, base=None, **overrides):
