@@ -207,23 +207,23 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     shard = str(tmp_path / "train.array_record")
     shutil.copy(os.path.join(builtin.dataset_dir("digits", data_dir), "train.array_record"), shard)
     cfg = tiny_config(data_dir, **{
-        "total_steps": 4, "log_every_steps": 2, "eval_every_steps": 2,
+        "log_every_steps": 4, "eval_every_steps": 4,       # the suite's tiny run: 8 steps
         "eval.zeroshot": ("digits",), "eval.zeroshot_prefix": "zs/{dataset}/",
-        "eval.retrieval": ("shapes",), "eval.retrieval_every_steps": 1,
+        "eval.retrieval": ("shapes",), "eval.retrieval_every_steps": 2,
         "eval.linear_probe": ("digits",), "eval.linear_probe_every_percent": 100.0,
         "eval.linear_probe_prefix": "probe/"})
     cfg.data.sources["digits"] = config_lib.source(path=shard)
     trainer.train(cfg, str(tmp_path))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     steps = lambda key: sorted({r["step"] for r in rows if key in r})
-    assert steps("eval/shapes/i2t_r1") == [1, 2, 3, 4]      # its own cadence
-    assert steps("zs/digits/zeroshot_top1") == [2, 4]       # eval_every
-    assert steps("probe/linear_probe_top1") == [4]          # 100% of the run
+    assert steps("eval/shapes/i2t_r1") == [2, 4, 6, 8]      # its own cadence
+    assert steps("zs/digits/zeroshot_top1") == [4, 8]       # eval_every
+    assert steps("probe/linear_probe_top1") == [8]          # 100% of the run
     assert not any(k.startswith("eval/digits") for r in rows for k in r)
     # launch.eval runs the evaluators asked for, under the same names, without the training data.
     os.remove(shard)
     out = evaluate.evaluate_workdir(str(tmp_path), kinds=("zeroshot",))
-    assert set(out) == {"step", "zs/digits/zeroshot_top1"} and out["step"] == 4
+    assert set(out) == {"step", "zs/digits/zeroshot_top1"} and out["step"] == 8
     assert out["zs/digits/zeroshot_top1"] == pytest.approx(
         [r for r in rows if "zs/digits/zeroshot_top1" in r][-1]["zs/digits/zeroshot_top1"])
 

@@ -15,10 +15,10 @@ from vlm_jax.train import checkpoint, optim
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,impl,devices", [
-    ("softmax", "ring", (1, 4, 8)), ("sigmoid", "ring", (2, 8)),
-    ("softmax", "gather", (2, 8)), ("sigmoid", "gather", (8,))])
+    ("softmax", "ring", (1, 4, 8)), ("sigmoid", "ring", (2, 8)), ("softmax", "gather", (2, 8))])
 def test_sharded_model_grads_match_single_device_reference(data_dir, kind, impl, devices):
-    """Loss and every model-param gradient; tests/test_losses.py covers each loss on 1-8."""
+    """Loss and every model-param gradient; tests/test_losses.py covers each loss on 1-8, and
+    tests/test_sharding.py the sigmoid gather on 8 devices (and on fsdp and tensor meshes)."""
     cfg = tiny_config(data_dir, **{"contrastive.name": kind, "contrastive.negatives": "global",
                                    "contrastive.impl": impl})
     ref_setup = Setup(cfg, mesh=make_mesh(1))
@@ -44,36 +44,31 @@ def test_sharded_model_grads_match_single_device_reference(data_dir, kind, impl,
 
 
 @pytest.mark.slow
-def test_full_train_step_ring_equals_gather(data_dir):
-    """The jitted, donated train step (model, loss, optimizer) gives the same update either way."""
+def test_full_train_step_ring_equals_gather_and_lowers_the_loss(data_dir):
+    """The jitted, donated train step (model, loss, optimizer) gives the same update either way;
+    a few more steps on the same batch lower the loss."""
     results = {}
     for impl in ("gather", "ring"):
-        cfg = tiny_config(data_dir, **{"contrastive.name": "sigmoid", "contrastive.impl": impl})
+        cfg = tiny_config(data_dir, **{"contrastive.name": "sigmoid", "contrastive.impl": impl,
+                                       "optim.lr": 3e-3})
         s = Setup(cfg, mesh=make_mesh(8))
         state = s.init_state()
-        b = s.synthetic_batch()
+        batch = pipeline.to_global(s.synthetic_batch(), s.batch_sh)
+        step = s.train_step()
         with s.context():
-            state, m = s.train_step()(state, pipeline.to_global(b, s.batch_sh), s.step_rng)
+            state, m = step(state, batch, s.step_rng)
         results[impl] = (jax.device_get(state.params), jax.device_get(m))
     (p_g, m_g), (p_r, m_r) = results["gather"], results["ring"]
     for k in m_g:
         np.testing.assert_allclose(m_r[k], m_g[k], rtol=1e-5, atol=1e-7, err_msg=k)
-    # Adam turns rounding noise in zero gradients (key biases) into ~1e-7 steps; real steps
-    # are ~lr = 1e-3, so 1e-6 is three orders below any real difference.
+    # Adam turns rounding noise in near-zero gradients (key biases, rare tokens) into steps of
+    # up to ~1e-6; real steps are ~lr = 3e-3, so 3e-6 is three orders below any real difference.
     for path, a, b in zip(rules.tree_paths(p_g), jax.tree.leaves(p_r), jax.tree.leaves(p_g)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=3e-6, err_msg=path)
 
-
-def test_train_steps_lower_the_loss_on_a_fixed_batch(data_dir):
-    cfg = tiny_config(data_dir, **{"optim.lr": 3e-3})
-    s = Setup(cfg, mesh=make_mesh(4))
-    state = s.init_state()
-    b = s.synthetic_batch()
-    batch = pipeline.to_global(b, s.batch_sh)
-    step = s.train_step()
+    losses = [float(m_r["loss"])]
     with s.context():
-        losses = []
-        for _ in range(4):
+        for _ in range(3):
             state, m = step(state, batch, s.step_rng)
             losses.append(float(m["loss"]))
     assert losses[1] < losses[0], losses       # a single step already helps
@@ -211,7 +206,8 @@ def test_skip_mode_leaves_the_state_untouched(data_dir, tmp_path):
 
 
 def test_frozen_tower_has_no_backward_pass(data_dir):
-    """stop_gradient at frozen params: XLA drops the frozen tower's backward (fewer FLOPs)."""
+    """stop_gradient at frozen params: the step has no backward pass for the frozen tower (fewer
+    FLOPs in its HLO, as lowered; compiling would only confirm it)."""
     flops = {}
     for frozen in (False, True):
         cfg = tiny_config(data_dir, **{"optim.freeze_rules": (("img/.*", frozen), (".*", False))})
@@ -219,10 +215,9 @@ def test_frozen_tower_has_no_backward_pass(data_dir):
         state = s.abstract_state()
         b = s.synthetic_batch()
         with s.context():
-            compiled = s.train_step().lower(state, pipeline.to_global(b, s.batch_sh),
-                                            s.step_rng).compile()
-        flops[frozen] = compiled.cost_analysis()["flops"]
-    assert flops[True] < 0.95 * flops[False], flops      # the tiny image tower: ~12% here
+            lowered = s.train_step().lower(state, pipeline.to_global(b, s.batch_sh), s.step_rng)
+        flops[frozen] = lowered.cost_analysis()["flops"]
+    assert flops[True] < 0.95 * flops[False], flops      # the tiny image tower: ~11% here
 
 
 def test_adam_first_moment_in_bfloat16_when_asked():
@@ -249,18 +244,18 @@ def test_tensorboard_events_hold_the_logged_scalars_and_survive_a_resume(data_di
     import shutil
 
     from vlm_jax.train import trainer
-    cfg = tiny_config(data_dir, **{"total_steps": 4, "log_every_steps": 1,
-                                   "checkpoint_every_steps": 2, "keep_checkpoints": 3,
-                                   "eval.retrieval": (), "log.tensorboard": True})
+    # The suite's tiny run (8 steps, a checkpoint every 4), logging every step.
+    cfg = tiny_config(data_dir, **{"log_every_steps": 1, "eval.retrieval": (),
+                                   "log.tensorboard": True})
     trainer.train(cfg, str(tmp_path))
-    shutil.rmtree(tmp_path / "checkpoints" / "4")          # as if stopped after step 2
-    trainer.train(cfg, str(tmp_path))                      # resumes at 2, logs 3 and 4 again
+    shutil.rmtree(tmp_path / "checkpoints" / "8")          # as if stopped after step 4
+    trainer.train(cfg, str(tmp_path))                      # resumes at 4, logs 5-8 again
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     tb = _tensorboard_scalars(tmp_path)
     for key in ("loss", "contrastive/loss", "contrastive/i2t_acc", "lr", "grad_norm",
                 "examples_per_sec", "data_wait_fraction", "host_gib"):
         want = [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows if key in r]
-        assert [step for step, _ in tb[key]] == [1, 2, 3, 4], key   # each once, in order
+        assert [step for step, _ in tb[key]] == list(range(1, 9)), key   # each once, in order
         assert tb[key] == want, key
     assert tb["eval/digits/zeroshot_top1"] == [
-        (4, pytest.approx(rows[-1]["eval/digits/zeroshot_top1"]))]
+        (8, pytest.approx(rows[-1]["eval/digits/zeroshot_top1"]))]
