@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 WORKDIR ?= workdirs/quickstart
 CONFIG ?= configs/quickstart.py
-# pytest worker processes (pytest-xdist); each test file stays in one worker.
+# pytest worker processes (pytest-xdist); each test file stays in one worker, the longest files
+# handed out first (tests/conftest.py: LONGEST_FIRST).
 JOBS ?= 2
 PY := $(VENV)/bin/python
 comma := ,
@@ -37,7 +38,7 @@ train: install
 	$(PY) -m launch.train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
 
 test: $(VENV)/.installed-test-$(ACCEL)
-	$(PY) -m pytest -q -n $(JOBS) --dist loadfile tests $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) workdirs notebooks/workdirs .pytest_cache

@@ -18,6 +18,18 @@ import pytest  # noqa: E402
 from helpers import make_mesh, tiny_config  # noqa: E402,F401  (tests import them from here)
 
 
+# The longest files first. pytest-xdist (`--dist loadfile --no-loadscope-reorder`, as `make test`
+# runs it) hands whole files to whichever worker is free in this order, so the workers finish
+# together instead of one waiting on a long file it picked up last.
+LONGEST_FIRST = ("test_objectives.py", "test_train.py", "test_resume.py", "test_accumulate.py",
+                 "test_models.py", "test_benchmarks.py", "test_sharding.py", "test_interop.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))      # stable otherwise
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
     assert jax.device_count() == 8, jax.devices()
