@@ -55,8 +55,8 @@ def test_a_new_evaluator_is_a_module_plus_a_config_entry(data_dir, monkeypatch):
     params = s.init_state().params
     out = evals.Evaluators(s).run(params)
     images = pipeline.load_split("digits", "test", data_dir, cfg.data.image_size)["image"]
-    emb = s.model.apply({"params": jax.device_get(params)}, images,
-                        method=s.model.encode_image)["img/embed"]
+    emb = jax.jit(lambda p, x: s.model.apply({"params": p}, x, method=s.model.encode_image))(
+        jax.device_get(params), images)["img/embed"]
     assert out == {"norm/embed_norm": pytest.approx(float(np.linalg.norm(emb, axis=1).mean()),
                                                      rel=1e-5)}
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -82,19 +83,17 @@ def test_scores_from_a_checkpoint_match_an_independent_computation(dataset, data
     # Independent: the model applied directly, on one device, no mesh, no padding.
     from vlm_jax.data import images, tokenizer
     s, params, _ = evaluate.restore_workdir(workdir)
-    params = jax_device_get(params)
+    params = jax.device_get(params)
     tok = tokenizer.build(s.config)
+    encode_image = jax.jit(lambda x: s.model.apply({"params": params}, x,
+                                                   method=s.model.encode_image)["img/normed"])
+    encode_text = jax.jit(lambda i, m: s.model.apply({"params": params}, i, m,
+                                                     method=s.model.encode_text)["txt/normed"])
     for ex, cs, g in zip(exs, caps, got):
-        img = images.render(ex["image"], cfg.data.image_size, "center")[None]
-        zi = s.model.apply({"params": params}, img, method=s.model.encode_image)["img/normed"]
+        zi = encode_image(images.render(ex["image"], cfg.data.image_size, "center")[None])
         ids, mask = tokenizer.tokenize(tok, cs, cfg.tokenizer.max_len)
-        zt = s.model.apply({"params": params}, ids, mask, method=s.model.encode_text)["txt/normed"]
+        zt = encode_text(ids, mask)
         assert g == pytest.approx(float(np.max(np.asarray(zt) @ np.asarray(zi)[0])), abs=1e-5)
-
-
-def jax_device_get(tree):
-    import jax
-    return jax.device_get(tree)
 
 
 def test_cli(dataset, tmp_path):

@@ -3,9 +3,9 @@ give the embeddings the PyTorch model gives, and LiT trains from a converted che
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
 
 torch = pytest.importorskip("torch", reason="needs the interop extra")
 transformers = pytest.importorskip("transformers", reason="needs the interop extra")
@@ -56,8 +56,11 @@ def _features(out):
 
 def _ours(config, params, images, ids, mask):
     model = models.build(config, params["txt"]["embedding"]["embedding"].shape[0])
-    img = model.apply({"params": params}, images, method=model.encode_image)
-    txt = model.apply({"params": params}, ids, mask, method=model.encode_text)
+    # Jitted: one program per tower rather than one per operation.
+    img = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))(
+        params, images)
+    txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))(
+        params, ids, mask)
     return np.asarray(img["img/embed"]), np.asarray(txt["txt/embed"])
 
 
