@@ -34,7 +34,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4",
                  "tensorboard>=2.16,<3",  # reads the event files back
                  # executes notebooks/quickstart.ipynb headless
                  "nbclient>=0.10,<0.11", "nbformat>=5.10,<6", "ipykernel>=6.29,<8",
