@@ -169,7 +169,7 @@ def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_d
     from vlm_jax.setup import Setup
     cfg = tiny_config(data_dir, **{"eval.linear_probe": ("digits",), "eval.retrieval": (),
                                    "eval.templates": "clip", "eval.probe_l2": 0.01})
-    s = Setup(cfg, mesh=make_mesh(4))
+    s = Setup(cfg)                      # the trainer's mesh: its init and encoders are compiled
     params = s.init_state().params
     ev = evals.Evaluators(s)
     out = ev.run(params)

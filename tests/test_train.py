@@ -121,7 +121,7 @@ def test_rules_must_cover_every_param():
 
 def test_checkpoint_round_trip_with_data_iterator(data_dir, tmp_path):
     cfg = tiny_config(data_dir)
-    s = Setup(cfg, mesh=make_mesh(4))
+    s = Setup(cfg, mesh=make_mesh(1))        # saved from one device, restored onto eight
     state = s.init_state()
     it = iter(pipeline.train_dataset(cfg, s.tokenizer)[0])
     for _ in range(3):
