@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import make_mesh, tiny_config
+from conftest import tiny_config
 
 from vlm_jax import config as config_lib, evals, objectives
 from vlm_jax.data import pipeline
@@ -51,7 +51,7 @@ def test_a_new_evaluator_is_a_module_plus_a_config_entry(data_dir, monkeypatch):
     _plug(monkeypatch, "evals", "embed_norm", "EVALUATORS", "Evaluator", _EmbedNorm, entry)
     cfg = tiny_config(data_dir, base=config_lib.defaults(), **{
         "eval.zeroshot": (), "eval.retrieval": (), "eval.embed_norm_prefix": "norm/"})
-    s = Setup(cfg, mesh=make_mesh(2))
+    s = Setup(cfg)                       # the default mesh: its init is compiled already
     params = s.init_state().params
     out = evals.Evaluators(s).run(params)
     images = pipeline.load_split("digits", "test", data_dir, cfg.data.image_size)["image"]
@@ -87,7 +87,7 @@ def test_a_new_objective_is_a_module_plus_a_config_section(data_dir, monkeypatch
     _plug(monkeypatch, "objectives", "l2", "OBJECTIVES", "Objective", _L2, entry)
     cfg = tiny_config(data_dir, base=config_lib.defaults(), **{"l2.weight": 0.5,
                                                                 "l2.scale": 2.0})
-    s = Setup(cfg, mesh=make_mesh(2))
+    s = Setup(cfg)                       # the default mesh: its init is compiled already
     assert objectives.names(cfg) == ["contrastive", "l2"]
     state = s.init_state()
     with s.context():
