@@ -39,6 +39,13 @@ def loss_and_grads(setup, params, batch, objs):
     return jax.value_and_grad(loss_fn)(params)
 
 
+def jitted_method(model, method):
+    """`(params, *args) -> model.apply(..., method=method)` as one jitted program (an independent
+    reference computation compiles once rather than op by op)."""
+    import jax
+    return jax.jit(lambda params, *args: model.apply({"params": params}, *args, method=method))
+
+
 # The suite's one tiny model and run: a train step in well under a second on one CPU core.
 # TensorBoard is off (tensorboardX imports PyTorch where it is installed, seconds per process)
 # except in the test of its events.

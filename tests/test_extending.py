@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import tiny_config
+from helpers import jitted_method
 
 from vlm_jax import config as config_lib, evals, objectives
 from vlm_jax.data import pipeline
@@ -55,8 +56,8 @@ def test_a_new_evaluator_is_a_module_plus_a_config_entry(data_dir, monkeypatch):
     params = s.init_state().params
     out = evals.Evaluators(s).run(params)
     images = pipeline.load_split("digits", "test", data_dir, cfg.data.image_size)["image"]
-    emb = jax.jit(lambda p, x: s.model.apply({"params": p}, x, method=s.model.encode_image))(
-        jax.device_get(params), images)["img/embed"]
+    emb = jitted_method(s.model, s.model.encode_image)(jax.device_get(params), images)[
+        "img/embed"]
     assert out == {"norm/embed_norm": pytest.approx(float(np.linalg.norm(emb, axis=1).mean()),
                                                      rel=1e-5)}
 

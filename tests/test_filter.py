@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from datagen import jpeg, write_records
+from helpers import jitted_method
 from PIL import Image
 
 from vlm_jax import config as config_lib
@@ -85,14 +86,13 @@ def test_scores_from_a_checkpoint_match_an_independent_computation(dataset, data
     s, params, _ = evaluate.restore_workdir(workdir)
     params = jax.device_get(params)
     tok = tokenizer.build(s.config)
-    encode_image = jax.jit(lambda x: s.model.apply({"params": params}, x,
-                                                   method=s.model.encode_image)["img/normed"])
-    encode_text = jax.jit(lambda i, m: s.model.apply({"params": params}, i, m,
-                                                     method=s.model.encode_text)["txt/normed"])
+    encode_image = jitted_method(s.model, s.model.encode_image)
+    encode_text = jitted_method(s.model, s.model.encode_text)
     for ex, cs, g in zip(exs, caps, got):
-        zi = encode_image(images.render(ex["image"], cfg.data.image_size, "center")[None])
+        img = images.render(ex["image"], cfg.data.image_size, "center")[None]
+        zi = encode_image(params, img)["img/normed"]
         ids, mask = tokenizer.tokenize(tok, cs, cfg.tokenizer.max_len)
-        zt = encode_text(ids, mask)
+        zt = encode_text(params, ids, mask)["txt/normed"]
         assert g == pytest.approx(float(np.max(np.asarray(zt) @ np.asarray(zi)[0])), abs=1e-5)
 
 

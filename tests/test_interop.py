@@ -3,9 +3,9 @@ give the embeddings the PyTorch model gives, and LiT trains from a converted che
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
+from helpers import jitted_method
 
 torch = pytest.importorskip("torch", reason="needs the interop extra")
 transformers = pytest.importorskip("transformers", reason="needs the interop extra")
@@ -56,11 +56,8 @@ def _features(out):
 
 def _ours(config, params, images, ids, mask):
     model = models.build(config, params["txt"]["embedding"]["embedding"].shape[0])
-    # Jitted: one program per tower rather than one per operation.
-    img = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))(
-        params, images)
-    txt = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode_text))(
-        params, ids, mask)
+    img = jitted_method(model, model.encode_image)(params, images)
+    txt = jitted_method(model, model.encode_text)(params, ids, mask)
     return np.asarray(img["img/embed"]), np.asarray(txt["txt/embed"])
 
 
