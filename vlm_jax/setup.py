@@ -8,11 +8,18 @@ builds an optimizer.
 
 Durations in epochs need the size of the training set: pass `num_train` (the trainer does);
 without it, asking for a duration given in epochs is a ConfigError naming the key.
+
+Setups whose configs differ only in what no program reads (data sources, evaluators, logging,
+checkpoint cadence, seed; see `program_config`) on the same mesh share their traced programs
+within a process: a notebook re-running a cell, or evaluating many checkpoints of one run,
+traces and compiles once.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -25,6 +32,39 @@ from vlm_jax.parallel import mesh as mesh_lib, sharding
 from vlm_jax.train import optim, state as state_lib, step as step_lib
 
 BATCH_KEYS = ("image", "tokens", "mask", "label")
+
+# Read only by the loop, the data pipeline, checkpoints, logs and evaluators (`data.image_size`
+# excepted), and durations, which programs see as resolved step counts.
+_NOT_IN_PROGRAMS = ("data", "data_dir", "eval", "log", "init", "init_rules", "resume", "seed",
+                    "async_checkpointing", "keep_checkpoints", "keep_every_steps")
+_DURATIONS = ("total_", "log_every_", "checkpoint_every_", "eval_every_")
+
+
+def program_config(config) -> str:
+    """The part of `config` that the model, optimizer, objectives and step are built from, as
+    canonical JSON (durations excluded: key them by their resolved steps)."""
+    d = config.to_dict()
+    kept = {k: v for k, v in d.items()
+            if k not in _NOT_IN_PROGRAMS and not k.startswith(_DURATIONS)}
+    kept["data.image_size"] = d["data"]["image_size"]
+    kept["optim"] = {k: v for k, v in d["optim"].items() if not k.startswith("warmup_")}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+# Traced programs (jitted functions, abstract shapes) by (what, program config, mesh, ...): a
+# few dozen at most in a process, the least recently used dropped first.
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_MAX_PROGRAMS = 64
+
+
+def _shared(key, build):
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
+    _PROGRAMS[key] = value = build()
+    if len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return value
 
 
 class Setup:
@@ -40,7 +80,9 @@ class Setup:
         self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
         self.batch_sh = sharding.batch_sharding(self.mesh, self.rules)
         # Logically annotated param shapes (tracing only), taken outside any ambient mesh.
-        self.boxed_params = state_lib.abstract_params(self.model, config, self.init_rng)
+        self._program = program_config(config)
+        self.boxed_params = _shared(("boxed_params", self._program), lambda: (
+            state_lib.abstract_params(self.model, config, self.init_rng)))
         self.param_shapes = sharding.shapes(self.boxed_params)
 
     def context(self):
@@ -108,12 +150,21 @@ class Setup:
         return rules_lib.tree_map_rules(self.config.optim.freeze_rules,
                                         self.param_shapes, "freeze")
 
+    def _key(self, what: str, *more):
+        m = self.mesh
+        return (what, self._program, tuple(d.id for d in m.devices.flat), m.axis_names,
+                m.devices.shape, tuple(m.axis_types), *more)
+
     def init_state(self):
-        return state_lib.create(self.model, self.tx, self.config, self.mesh, self.rules,
-                                self.init_rng, self.state_sh)
+        # The optimizer's initial state does not depend on the schedule: any run length shares.
+        init = _shared(self._key("init"), lambda: state_lib.init_program(
+            self.model, self.tx, self.config, self.state_sh))
+        with self.context():
+            return init(self.init_rng)
 
     def abstract_state(self):
-        return state_lib.abstract(self.state_sh, self.model, self.tx, self.config, self.init_rng)
+        return _shared(self._key("abstract_state"), lambda: state_lib.abstract(
+            self.state_sh, self.model, self.tx, self.config, self.init_rng))
 
     # The step --------------------------------------------------------------------------------
 
@@ -124,10 +175,15 @@ class Setup:
     def train_step(self):
         """The jitted `(state, batch, rng) -> (state, metrics)`, the state donated."""
         c = self.config
-        fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
-                           skip_nonfinite=c.nonfinite == "skip", balance_decay=c.balance.decay,
-                           frozen=self.frozen, microbatches=c.microbatches)
-        return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in BATCH_KEYS}, self.mesh)
+
+        def build():
+            fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
+                               skip_nonfinite=c.nonfinite == "skip",
+                               balance_decay=c.balance.decay, frozen=self.frozen,
+                               microbatches=c.microbatches)
+            return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in BATCH_KEYS},
+                                self.mesh)
+        return _shared(self._key("step", self.total_steps, self.warmup_steps), build)
 
     def synthetic_batch(self, seed: int = 0, classes: int = 10) -> dict:
         """A random batch (host arrays) shaped like the pipeline's: uint8 images, tokenized

@@ -66,10 +66,10 @@ def _init_fn(model: nn.Module, tx, config):
     return init
 
 
-def create(model: nn.Module, tx, config, mesh: Mesh, rules, rng, state_sh: TrainState) -> TrainState:
-    """The initial state, computed directly onto `state_sh` (see `shardings`)."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return jax.jit(_init_fn(model, tx, config), out_shardings=state_sh)(rng)
+def init_program(model: nn.Module, tx, config, state_sh: TrainState):
+    """The jitted `rng -> TrainState` that computes the initial state directly onto `state_sh`
+    (see `shardings`); call it inside the run's mesh and logical rules."""
+    return jax.jit(_init_fn(model, tx, config), out_shardings=state_sh)
 
 
 def abstract(state_sh: TrainState, model: nn.Module, tx, config, rng) -> TrainState:
