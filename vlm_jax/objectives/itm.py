@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,7 +41,12 @@ class Objective:
             ctx.rng, out["img/normed"], out["txt/normed"], out["scale"], negatives=self.negatives,
             mesh=mesh, batch_axes=axes, groups=match_groups(batch))
         img, txt, mask = out["img/tokens"], out["txt/tokens"], batch["mask"]
-        pos = ctx.call("itm_logits", txt, mask, img)
-        neg_t = ctx.call("itm_logits", txt[neg_txt], mask[neg_txt], img)
-        neg_i = ctx.call("itm_logits", txt, mask, img[neg_img])
+        # The three sets of pairs through one fusion encoder, mapped over a new axis 1 (the
+        # batch axis, and its sharding, stay first): one encoder in the program, not three.
+        stack = lambda *xs: jnp.stack(xs, axis=1)
+        logits = jax.vmap(lambda t, m, i: ctx.call("itm_logits", t, m, i), in_axes=1,
+                          out_axes=1)(stack(txt, txt[neg_txt], txt),
+                                      stack(mask, mask[neg_txt], mask),
+                                      stack(img, img, img[neg_img]))
+        pos, neg_t, neg_i = logits[:, 0], logits[:, 1], logits[:, 2]
         return itm_loss(pos, neg_t, neg_i)
