@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
+from helpers import random_params
 
 from vlm_jax import models, objectives
 from vlm_jax.data.tokenizer import ByteTokenizer, tokenize
@@ -16,25 +17,27 @@ def _model(**kw):
     return models.build(cfg, ByteTokenizer.vocab_size, objectives.heads(cfg)), cfg
 
 
-def _init(model, cfg, n=3, shapes_only=False):
-    """Params (their shapes only, without compiling an init, when that is all a test reads) and
-    a small batch."""
+def _init(model, cfg, n=3, shapes_only=False, real=False):
+    """Params and a small batch. The params are random values of the model's shapes (the tests
+    compare computations: no init program to compile), the model's own init when `real`, or
+    only their shapes."""
     s, L = cfg.data.image_size, cfg.tokenizer.max_len
     img = jnp.asarray(np.random.default_rng(0).integers(0, 255, (n, s, s, 3)), jnp.uint8)
     ids, mask = tokenize(ByteTokenizer(), ["a photo of a two.", "seven", "handwritten 3"][:n], L)
-    init = jax.eval_shape if shapes_only else lambda f, *a: jax.jit(f)(*a)
-    params = init(model.init, jax.random.key(0), img, ids, mask)["params"]
-    return params, img, ids, mask
+    if real:
+        return jax.jit(model.init)(jax.random.key(0), img, ids, mask)["params"], img, ids, mask
+    params = jax.eval_shape(model.init, jax.random.key(0), img, ids, mask)["params"]
+    return (params if shapes_only else random_params(params)), img, ids, mask
 
 
-# The multi-objective model that the MAE and captioner tests share (one init).
+# The multi-objective model of the MAE and captioner tests.
 _GENERATIVE = {"mim.weight": 1.0, "caption.weight": 1.0, "model.text.causal": True,
                "model.image.patch_size": 4}
 
 
 def test_output_names_and_shapes():
     model, cfg = _model()
-    params, img, ids, mask = _init(model, cfg)
+    params, img, ids, mask = _init(model, cfg, real=True)          # the initial scale, below
     out = jax.jit(model.apply)({"params": params}, img, ids, mask)
     d = cfg.model.embed_dim
     assert out["img/embed"].shape == (3, d) and out["txt/embed"].shape == (3, d)

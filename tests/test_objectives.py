@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import make_mesh, tiny_config
+from helpers import random_params
 
 from vlm_jax import config as config_lib, objectives, rules
 from vlm_jax.data import pipeline
@@ -99,7 +100,7 @@ def test_sharded_objectives_match_unsharded_reference(data_dir):
     1, 2, 4 and 8 devices in test_losses/test_itm/test_masked)."""
     cfg = _all_objectives(data_dir)
     ref = Setup(cfg, mesh=make_mesh(1))
-    params = jax.device_get(ref.init_state().params)
+    params = random_params(ref.param_shapes)
     host, _ = _fixed_batch(ref)
     rng = jax.random.key(7)
     ref_objs = objectives.build(cfg, ref.tokenizer, ref.total_steps)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
-from helpers import loss_and_grads
+from helpers import loss_and_grads, random_params
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax import config as config_lib, objectives, rules
@@ -25,7 +25,7 @@ def _mesh(shape):
 def test_meshes_give_the_single_device_loss_and_grads(data_dir):
     cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "contrastive.name": "sigmoid"})
     ref = Setup(cfg, mesh=make_mesh(1))
-    params = jax.device_get(ref.init_state().params)
+    params = random_params(ref.param_shapes)
     host = ref.synthetic_batch()
     want_loss, want = jax.jit(
         lambda p, b: loss_and_grads(ref, p, b, objectives.build(cfg)))(
@@ -51,6 +51,7 @@ def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_
     cfg = tiny_config(data_dir, **{"mesh.fsdp_min_mib": 0.0, "model.text.depth": 2})
     ref = Setup(cfg, mesh=make_mesh(1))
     state = ref.init_state()
+    start = layout.to_scanned(jax.device_get(state.params))      # before the step donates them
     host = next(iter(pipeline.train_dataset(cfg, ref.tokenizer)[0]))   # a real batch
     with ref.context():
         state, m1 = ref.train_step()(state, pipeline.to_global(host, ref.batch_sh), ref.step_rng)
@@ -60,7 +61,6 @@ def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_
                                    "model.scan": True, "model.remat": "nothing_saveable"})
     s = Setup(cfg, mesh=_mesh((2, 2, 2)))
     state = s.init_state()
-    start = layout.to_scanned(jax.device_get(ref.init_state().params))
     state = state.replace(params=jax.device_put(start, s.state_sh.params))
     with s.context():
         state, m8 = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
