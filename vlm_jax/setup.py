@@ -150,20 +150,22 @@ class Setup:
         return rules_lib.tree_map_rules(self.config.optim.freeze_rules,
                                         self.param_shapes, "freeze")
 
-    def _key(self, what: str, *more):
+    def shared(self, what: str, build, *key):
+        """`build()`, or what it built for a Setup of the same program config and mesh (and
+        `key`) in this process: jitted programs built from this setup are traced once."""
         m = self.mesh
-        return (what, self._program, tuple(d.id for d in m.devices.flat), m.axis_names,
-                m.devices.shape, tuple(m.axis_types), *more)
+        return _shared((what, self._program, tuple(d.id for d in m.devices.flat), m.axis_names,
+                        m.devices.shape, tuple(m.axis_types), *key), build)
 
     def init_state(self):
         # The optimizer's initial state does not depend on the schedule: any run length shares.
-        init = _shared(self._key("init"), lambda: state_lib.init_program(
+        init = self.shared("init", lambda: state_lib.init_program(
             self.model, self.tx, self.config, self.state_sh))
         with self.context():
             return init(self.init_rng)
 
     def abstract_state(self):
-        return _shared(self._key("abstract_state"), lambda: state_lib.abstract(
+        return self.shared("abstract_state", lambda: state_lib.abstract(
             self.state_sh, self.model, self.tx, self.config, self.init_rng))
 
     # The step --------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ class Setup:
                                microbatches=c.microbatches)
             return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in BATCH_KEYS},
                                 self.mesh)
-        return _shared(self._key("step", self.total_steps, self.warmup_steps), build)
+        return self.shared("step", build, self.total_steps, self.warmup_steps)
 
     def synthetic_batch(self, seed: int = 0, classes: int = 10) -> dict:
         """A random batch (host arrays) shaped like the pipeline's: uint8 images, tokenized

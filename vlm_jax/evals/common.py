@@ -49,9 +49,11 @@ class Embedder:
 
     @classmethod
     def from_setup(cls, s) -> "Embedder":
-        """The embedder of a vlm_jax.setup.Setup's model, on its mesh, at config.eval.batch_size."""
-        return cls(s.model, s.mesh, s.rules, s.tokenizer, s.config.tokenizer.max_len,
-                   s.config.eval.batch_size)
+        """The embedder of a vlm_jax.setup.Setup's model, on its mesh, at config.eval.batch_size
+        (shared by setups of the same program config: its programs are traced once)."""
+        return s.shared("embedder", lambda: cls(
+            s.model, s.mesh, s.rules, s.tokenizer, s.config.tokenizer.max_len,
+            s.config.eval.batch_size), s.config.eval.batch_size)
 
     def has(self, method: str) -> bool:
         """Whether the model has the head behind `method` ('itm_logits', 'mlm_logits', ...)."""
