@@ -34,12 +34,12 @@ def _assert_same_update(full, micro):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,negatives,impl,mesh,k", [
-    ("softmax", "global", "gather", (2, 1, 1), 4), ("softmax", "local", "gather", (2, 1, 1), 4),
-    ("sigmoid", "global", "ring", (2, 2, 2), 2), ("sigmoid", "local", "gather", (2, 1, 1), 4)])
+    ("softmax", "global", "gather", (2, 1, 1), 4), ("sigmoid", "global", "ring", (2, 2, 2), 2),
+    ("sigmoid", "local", "gather", (2, 1, 1), 4)])
 def test_gradcache_gives_the_full_batch_update(data_dir, kind, negatives, impl, mesh, k):
     """k micro-batches against the one-pass step on the same (data, fsdp, tensor) mesh: 2 rows
     per shard and micro-batch (the ring case also with fsdp-sharded params, scanned blocks and
-    remat)."""
+    remat). The softmax loss on local negatives: the next test."""
     over = {"contrastive.name": kind, "contrastive.negatives": negatives, "contrastive.impl": impl,
             "mesh.fsdp_min_mib": 0.0}
     if mesh == (2, 2, 2):
@@ -53,15 +53,17 @@ def test_gradcache_gives_the_full_batch_update(data_dir, kind, negatives, impl, 
 
 @pytest.mark.slow
 def test_per_example_objectives_accumulate_alongside_gradcache(data_dir):
-    """Contrastive + captioning: with every caption of full length each micro-batch counts the
-    same tokens, so the mean of the micro-batch losses is the full-batch loss."""
+    """Contrastive (softmax, local negatives on 2 shards) + captioning: with every caption of
+    full length each micro-batch counts the same tokens, so the mean of the micro-batch losses
+    is the full-batch loss."""
     from configs import coca
-    base = lambda **kw: tiny_config(data_dir, base=coca.get_config(), **kw)
-    s = Setup(base(), mesh=make_mesh(1))
+    base = lambda **kw: tiny_config(data_dir, base=coca.get_config(),
+                                    **{"contrastive.negatives": "local", **kw})
+    s = Setup(base(), mesh=make_mesh(2))
     host = s.synthetic_batch()
     host["mask"] = np.ones_like(host["mask"])
-    full = _one_step(base(), 1, batch=host)
-    micro = _one_step(base(microbatches=2), 1, batch=host)
+    full = _one_step(base(), 2, batch=host)
+    micro = _one_step(base(microbatches=2), 2, batch=host)
     assert "caption/loss" in full[1]
     _assert_same_update(full, micro)
 
