@@ -261,3 +261,21 @@ def test_tensorboard_events_hold_the_logged_scalars_and_survive_a_resume(data_di
         assert tb[key] == want, key
     assert tb["eval/digits/zeroshot_top1"] == [
         (8, pytest.approx(rows[-1]["eval/digits/zeroshot_top1"]))]
+
+
+def test_setups_share_programs_unless_a_program_reads_what_differs(data_dir):
+    """Data sources, evaluators, logging, checkpoint cadence and seed are not in any program:
+    Setups differing only there share the jitted step and state shapes; the learning rate, the
+    run length (the schedule) and the mesh each make a program of their own."""
+    from vlm_jax.setup import program_config
+    base = Setup(tiny_config(data_dir), mesh=make_mesh(2))
+    same = Setup(tiny_config("/elsewhere", **{"eval.zeroshot": (), "log_every_steps": 1,
+                                              "seed": 3, "checkpoint_every_steps": 2}),
+                 mesh=make_mesh(2))
+    assert program_config(same.config) == program_config(base.config)
+    assert same.train_step() is base.train_step()
+    assert same.abstract_state() is base.abstract_state()
+    for other in (Setup(tiny_config(data_dir, **{"optim.lr": 0.5}), mesh=make_mesh(2)),
+                  Setup(tiny_config(data_dir, total_steps=12), mesh=make_mesh(2)),
+                  Setup(tiny_config(data_dir), mesh=make_mesh(4))):
+        assert other.train_step() is not base.train_step()
