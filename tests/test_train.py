@@ -24,7 +24,7 @@ def test_sharded_model_grads_match_single_device_reference(data_dir, kind, impl,
     ref_setup = Setup(cfg, mesh=make_mesh(1))
     params = random_params(ref_setup.param_shapes)
     host_batch = ref_setup.synthetic_batch()
-    # The reference: the whole batch on one device, no mesh, no shard_map, no jit.
+    # The reference: the whole batch on one device, no mesh, no shard_map (one jitted program).
     want_loss, want_g = jax.jit(
         lambda p, b: loss_and_grads(ref_setup, p, b, objectives.build(cfg)))(
         params, host_batch)
