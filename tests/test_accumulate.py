@@ -7,22 +7,25 @@ from conftest import make_mesh, tiny_config
 
 from vlm_jax import config as config_lib, rules
 from vlm_jax.data import pipeline
-from vlm_jax.parallel import mesh as mesh_lib
 from vlm_jax.setup import Setup
 from vlm_jax.train import accumulate
 
 
 def _one_step(cfg, mesh, batch=None):
+    """(params, metrics, host batch, temporary bytes) after one compiled step from the init."""
     s = Setup(cfg, mesh=make_mesh(mesh) if isinstance(mesh, int) else mesh)
     state = s.init_state()
     host = s.synthetic_batch() if batch is None else batch
     with s.context():
-        state, m = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
-    return jax.device_get(state.params), jax.device_get(m), host
+        batch = pipeline.to_global(host, s.batch_sh)
+        step = s.train_step().lower(state, batch, s.step_rng).compile()
+        state, m = step(state, batch, s.step_rng)
+    return (jax.device_get(state.params), jax.device_get(m), host,
+            step.memory_analysis().temp_size_in_bytes)
 
 
 def _assert_same_update(full, micro):
-    (p1, m1, _), (pk, mk, _) = full, micro
+    (p1, m1, *_), (pk, mk, *_) = full, micro
     assert set(m1) == set(mk)
     for key in m1:
         np.testing.assert_allclose(mk[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
@@ -33,22 +36,17 @@ def _assert_same_update(full, micro):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,negatives,impl,mesh,k", [
-    ("softmax", "global", "gather", (2, 1, 1), 4), ("sigmoid", "global", "ring", (2, 2, 2), 2),
-    ("sigmoid", "local", "gather", (2, 1, 1), 4)])
-def test_gradcache_gives_the_full_batch_update(data_dir, kind, negatives, impl, mesh, k):
-    """k micro-batches against the one-pass step on the same (data, fsdp, tensor) mesh: 2 rows
-    per shard and micro-batch (the ring case also with fsdp-sharded params, scanned blocks and
-    remat). The softmax loss on local negatives: the next test."""
-    over = {"contrastive.name": kind, "contrastive.negatives": negatives, "contrastive.impl": impl,
-            "mesh.fsdp_min_mib": 0.0}
-    if mesh == (2, 2, 2):
-        over.update({"model.scan": True, "model.remat": "nothing_saveable"})
-    mesh = mesh_lib.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh)),
-                              devices=jax.devices()[:int(np.prod(mesh))])
-    full = _one_step(tiny_config(data_dir, **over), mesh)
-    micro = _one_step(tiny_config(data_dir, microbatches=k, **over), mesh, batch=full[2])
+def test_gradcache_gives_the_full_batch_update_in_less_memory(data_dir):
+    """4 micro-batches against the one-pass step on 2 shards (2 rows per shard and micro-batch),
+    softmax over the gathered global batch: the same update, and less than 0.6x the temporary
+    memory (0.485x for this tiny model, whose params and optimizer state weigh most; the
+    scanned, rematerialised 3-D mesh case with the sigmoid ring is in test_sharding.py)."""
+    over = {"contrastive.name": "softmax", "contrastive.negatives": "global",
+            "contrastive.impl": "gather"}
+    full = _one_step(tiny_config(data_dir, **over), 2)
+    micro = _one_step(tiny_config(data_dir, microbatches=4, **over), 2, batch=full[2])
     _assert_same_update(full, micro)
+    assert micro[3] < 0.6 * full[3], (micro[3], full[3])
 
 
 @pytest.mark.slow
@@ -74,21 +72,6 @@ def test_split_keeps_each_micro_batch_on_its_shards():
     np.testing.assert_array_equal(micro[0], [0, 1, 8, 9])
     np.testing.assert_array_equal(micro[3], [6, 7, 14, 15])
     np.testing.assert_array_equal(accumulate.merge(micro, k=4, n_shards=2), rows)
-
-
-@pytest.mark.slow
-def test_microbatches_lower_the_peak_memory_of_the_step(data_dir):
-    def temp_bytes(k):
-        cfg = tiny_config(data_dir, **{"microbatches": k, "batch_size": 64,
-                                       "data.image_size": 32, "model.image.patch_size": 4,
-                                       "model.image.mlp_dim": 256})
-        s = Setup(cfg, mesh=make_mesh(1))
-        batch = jax.eval_shape(lambda: pipeline.to_global(s.synthetic_batch(), s.batch_sh))
-        with s.context():
-            compiled = s.train_step().lower(s.abstract_state(), batch, s.step_rng).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    assert temp_bytes(4) < 0.5 * temp_bytes(1)
 
 
 def test_microbatch_config_errors(data_dir):

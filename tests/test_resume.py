@@ -2,7 +2,6 @@
 and the resumed run reproduces the losses of a run that was never stopped."""
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 import pytest
 from helpers import free_port, process_env, tiny_flags
 
-TOTAL, EVERY = 40, 10
+TOTAL, EVERY = 20, 5
 
 
 def _args(data_dir, workdir):
@@ -42,27 +41,6 @@ def _run(args, env):
     return r
 
 
-def _start_and_stop(args, workdir, sig, env):
-    """Starts a run and sends `sig` at a random step between checkpoints, once one is complete
-    on disk."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        done = _saved(workdir)
-        if done and os.path.exists(path):
-            steps = [json.loads(l).get("step", 0) for l in open(path) if l.strip()]
-            if steps and max(steps) > done[-1]:
-                break
-        time.sleep(0.005)
-    time.sleep(random.uniform(0, 0.5))     # a random step between checkpoints (~0.1 s a step)
-    assert proc.poll() is None, "the run ended before it could be stopped"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err
-
-
 def _saved(workdir):
     """Complete checkpoints (an unfinished save is a '<step>.orbax-checkpoint-tmp' folder)."""
     d = os.path.join(workdir, "checkpoints")
@@ -90,42 +68,33 @@ def _check_reproduces(workdir, want, rel=0.0):
 
 
 @pytest.mark.slow
-def test_sigterm_then_sigkill_during_a_save_and_the_rerun_reproduces_the_run(
+def test_sigkill_during_a_save_and_the_rerun_reproduces_the_run(
         data_dir, tmp_path, uninterrupted, env):
-    """SIGTERM saves at the step it stops (exit code 75) and the re-run resumes there. SIGKILL
-    while a checkpoint is being written (its temporary folder exists): the next start restores
-    the previous complete checkpoint. Finished, the run has the losses of one never stopped."""
+    """SIGKILL while a checkpoint is being written (its temporary folder exists), one complete
+    before it: the next start restores that one and, finished, the run has the losses of one never
+    stopped, bitwise. (A SIGTERM saves at the step it stops: the two-process test.)"""
     workdir = str(tmp_path / "run")
     args = _args(data_dir, workdir)
-    rc, err = _start_and_stop(args, workdir, signal.SIGTERM, env)
-    saved = _saved(workdir)
-    assert rc == 75, err[-2000:]                     # the documented "saved, re-run me" code
-    assert saved and saved[-1] < TOTAL
-    assert f"stopped at step {saved[-1]} after SIGTERM" in err
-    assert saved[-1] % EVERY != 0 or saved[-1] > EVERY   # saved at the step it was stopped
-
-    # Re-run saving at every step, killed while a save is in flight.
     every_step = args + ["--config.checkpoint_every_steps=1", "--config.keep_checkpoints=100"]
     d = os.path.join(workdir, "checkpoints")
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(every_step, stdout=subprocess.DEVNULL, stderr=log, env=env)
         caught, deadline = None, time.time() + 240
         while caught is None and time.time() < deadline and proc.poll() is None:
-            names = os.listdir(d)                               # one snapshot
+            names = os.listdir(d) if os.path.isdir(d) else []          # one snapshot
             done = [int(x) for x in names if x.isdigit()]
             flying = [int(x.split(".")[0]) for x in names
                       if "tmp" in x and x.split(".")[0].isdigit()]
-            if flying and max(flying) > max(done):
+            if done and flying and max(flying) > max(done):
                 proc.kill()
                 caught = max(flying)
         proc.wait()
     assert caught, "no save was caught in flight"
     assert proc.returncode == -signal.SIGKILL
-    assert f"Resumed from step {saved[-1]} " in open(tmp_path / "killed.log").read()
     before = _saved(workdir)
     # The kill lands microseconds after the snapshot; the save it caught is almost always
     # still unfinished, and whichever is the latest complete step is where the run resumes.
-    assert saved[-1] <= before[-1] <= caught < TOTAL
+    assert before and before[-1] <= caught < TOTAL
     r = _run(args, env)
     assert f"Resumed from step {before[-1]} " in r.stderr
     _check_reproduces(workdir, uninterrupted[1])
