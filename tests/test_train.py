@@ -18,7 +18,8 @@ from vlm_jax.train import checkpoint, optim
     ("softmax", "ring", (1, 4, 8)), ("sigmoid", "ring", (2, 8)), ("softmax", "gather", (2, 8))])
 def test_sharded_model_grads_match_single_device_reference(data_dir, kind, impl, devices):
     """Loss and every model-param gradient; tests/test_losses.py covers each loss on 1-8, and
-    tests/test_sharding.py the sigmoid gather on 8 devices (and on fsdp and tensor meshes)."""
+    tests/test_sharding.py the sigmoid gather on 8 devices (and on fsdp and tensor meshes) and
+    the whole step, optimizer included, on a 3-D mesh."""
     cfg = tiny_config(data_dir, **{"contrastive.name": kind, "contrastive.negatives": "global",
                                    "contrastive.impl": impl})
     ref_setup = Setup(cfg, mesh=make_mesh(1))
@@ -41,42 +42,6 @@ def test_sharded_model_grads_match_single_device_reference(data_dir, kind, impl,
         for path, a, b in zip(rules.tree_paths(g), jax.tree.leaves(g), jax.tree.leaves(want_g)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale,
                                        err_msg=f"{path} on {n} devices")
-
-
-@pytest.mark.slow
-def test_full_train_step_ring_equals_gather_and_lowers_the_loss(data_dir):
-    """The jitted, donated train step (model, loss, optimizer) gives the same update either way;
-    a few more steps on the same batch lower the loss."""
-    results = {}
-    for impl in ("gather", "ring"):
-        cfg = tiny_config(data_dir, **{"contrastive.name": "sigmoid", "contrastive.impl": impl,
-                                       "optim.lr": 3e-3})
-        s = Setup(cfg, mesh=make_mesh(8))
-        state = s.init_state()
-        batch = pipeline.to_global(s.synthetic_batch(), s.batch_sh)
-        step = s.train_step()
-        with s.context():
-            state, m = step(state, batch, s.step_rng)
-        results[impl] = (jax.device_get(state.params), jax.device_get(m))
-    (p_g, m_g), (p_r, m_r) = results["gather"], results["ring"]
-    for k in m_g:
-        np.testing.assert_allclose(m_r[k], m_g[k], rtol=1e-5, atol=1e-7, err_msg=k)
-    # Adam turns rounding noise in near-zero gradients (key biases, rare tokens) into steps of
-    # up to ~1e-6; real steps are ~lr = 3e-3, so 3e-6 is three orders below any real difference.
-    for path, a, b in zip(rules.tree_paths(p_g), jax.tree.leaves(p_r), jax.tree.leaves(p_g)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=3e-6, err_msg=path)
-
-    losses = [float(m_r["loss"])]
-    with s.context():
-        for _ in range(3):
-            state, m = step(state, batch, s.step_rng)
-            losses.append(float(m["loss"]))
-    assert losses[1] < losses[0], losses       # a single step already helps
-    assert losses[-1] < losses[0] - 0.05, losses
-    assert int(state.step) == 4
-    for key in ("contrastive/scale", "contrastive/i2t_acc", "contrastive/pos_logit", "grad_norm",
-                "lr", "contrastive/img_norm"):
-        assert np.isfinite(float(m[key])), key
 
 
 def test_freeze_wd_and_lr_rules(data_dir):
