@@ -57,6 +57,23 @@ def random_params(shapes, seed: int = 0, std: float = 0.1):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def random_state(setup, seed: int = 0):
+    """A TrainState for `setup`: `random_params` on the params' shardings and the optimizer's
+    initial state. For tests of the step that need no particular starting point: the model's
+    init program (seconds of XLA time per model) is not compiled."""
+    import jax
+    import jax.numpy as jnp
+
+    from vlm_jax.train.state import TrainState
+    sh = setup.state_sh
+    params = jax.device_put(random_params(setup.param_shapes, seed), sh.params)
+    with setup.context():
+        opt_state = jax.jit(setup.tx.init, out_shardings=sh.opt_state)(params)
+    zero = lambda dtype, s: jax.device_put(jnp.zeros((), dtype), s)
+    return TrainState(step=zero(jnp.int32, sh.step), params=params, opt_state=opt_state,
+                      loss_ema={k: zero(jnp.float32, v) for k, v in sh.loss_ema.items()})
+
+
 def jitted_method(model, method):
     """`(params, *args) -> model.apply(..., method=method)` as one jitted program (an independent
     reference computation compiles once rather than op by op)."""
