@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
+from helpers import random_state
 
 from vlm_jax import config as config_lib, rules
 from vlm_jax.data import pipeline
@@ -12,9 +13,10 @@ from vlm_jax.train import accumulate
 
 
 def _one_step(cfg, mesh, batch=None):
-    """(params, metrics, host batch, temporary bytes) after one compiled step from the init."""
+    """(params, metrics, host batch, temporary bytes) after one compiled step from random
+    params (the same for every config of the same model)."""
     s = Setup(cfg, mesh=make_mesh(mesh) if isinstance(mesh, int) else mesh)
-    state = s.init_state()
+    state = random_state(s)
     host = s.synthetic_batch() if batch is None else batch
     with s.context():
         batch = pipeline.to_global(host, s.batch_sh)

@@ -127,7 +127,8 @@ def test_fusion_encoder_and_heads():
     mask = jnp.asarray([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
     image = jnp.asarray(rng.normal(size=(2, 5, 48)), jnp.float32)     # another width
     enc = FusionEncoder(depth=2, heads=4, mlp_dim=64)
-    params = nn.unbox(enc.init(jax.random.key(0), text, mask, image)["params"])
+    shapes = lambda module, *x: jax.eval_shape(module.init, jax.random.key(0), *x)["params"]
+    params = nn.unbox(random_params(shapes(enc, text, mask, image)))
     apply = jax.jit(lambda *a: enc.apply({"params": params}, *a))   # one program, not op by op
     out = apply(text, mask, image)
     assert out["tokens"].shape == (2, 6, 32) and out["cls"].shape == (2, 32)
@@ -139,10 +140,11 @@ def test_fusion_encoder_and_heads():
     other = apply(text, mask, image[::-1])["tokens"]
     assert np.abs(np.asarray(other - out["tokens"])).max() > 1e-3
     itm = ItmHead()
-    logits = itm.apply(itm.init(jax.random.key(1), out["cls"]), out["cls"])
+    logits = itm.apply({"params": random_params(shapes(itm, out["cls"]))}, out["cls"])
     assert logits.shape == (2, 2) and logits.dtype == jnp.float32
     mlm = VocabHead(vocab_size=260)
-    assert mlm.apply(mlm.init(jax.random.key(2), out["tokens"]), out["tokens"]).shape == (2, 6, 260)
+    mlm_params = random_params(shapes(mlm, out["tokens"]))
+    assert mlm.apply({"params": mlm_params}, out["tokens"]).shape == (2, 6, 260)
 
 
 def test_objective_heads_exist_only_when_their_objective_is_on():

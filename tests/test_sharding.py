@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
-from helpers import loss_and_grads, random_params
+from helpers import loss_and_grads, random_params, random_state
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax import config as config_lib, objectives, rules
@@ -53,7 +53,7 @@ def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_
             "contrastive.impl": "ring"}
     cfg = tiny_config(data_dir, **over)
     ref = Setup(cfg, mesh=make_mesh(1))
-    state = ref.init_state()
+    state = random_state(ref)
     start = layout.to_scanned(jax.device_get(state.params))      # before the step donates them
     host = next(iter(pipeline.train_dataset(cfg, ref.tokenizer)[0]))   # a real batch
     with ref.context():
@@ -64,8 +64,7 @@ def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_
         cfg = tiny_config(data_dir, microbatches=k, **over,
                           **{"model.scan": True, "model.remat": "nothing_saveable"})
         s = Setup(cfg, mesh=_mesh((2, 2, 2)))
-        state = s.init_state()
-        state = state.replace(params=jax.device_put(start, s.state_sh.params))
+        state = random_state(s).replace(params=jax.device_put(start, s.state_sh.params))
         with s.context():
             state, m8 = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
         assert set(m8) == set(m1), k
