@@ -1,5 +1,6 @@
 """Pretrained PyTorch towers (Hugging Face CLIP and SigLIP, open_clip) converted into our model
 give the embeddings the PyTorch model gives, and LiT trains from a converted checkpoint."""
+import importlib.util
 import json
 import os
 
@@ -7,10 +8,13 @@ import numpy as np
 import pytest
 from helpers import jitted_method
 
-torch = pytest.importorskip("torch", reason="needs the interop extra")
-transformers = pytest.importorskip("transformers", reason="needs the interop extra")
+from vlm_jax import interop, models
 
-from vlm_jax import interop, models  # noqa: E402
+# PyTorch and transformers are imported by the tests that use them: every test worker collects
+# this file, and only one runs it.
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers")),
+    reason="needs the interop extra")
 
 TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=16, bos_token_id=1, pad_token_id=0)
@@ -22,6 +26,7 @@ EOS = TEXT["vocab_size"] - 1
 def _perturb(model, seed=0):
     """Random values in every tensor, layer norms and embeddings included (fresh models have
     ones and zeros there, which would hide a transposed or misplaced weight)."""
+    import torch
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -34,6 +39,7 @@ def _images(n=3, size=32, seed=0):
 
 
 def _pixels(images, mean, std):
+    import torch
     x = (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
@@ -72,6 +78,8 @@ def _compare(ours, theirs):
 
 
 def _hf_clip(path):
+    import torch
+    import transformers
     cfg = transformers.CLIPConfig(
         text_config=dict(TEXT, hidden_act="quick_gelu", eos_token_id=EOS),
         vision_config=dict(VISION, hidden_act="quick_gelu"), projection_dim=24)
@@ -82,6 +90,7 @@ def _hf_clip(path):
 
 
 def test_hugging_face_clip_embeddings_match(tmp_path):
+    import torch
     hf = _hf_clip(tmp_path / "hf")
     config, params = interop.convert(str(tmp_path / "hf"), str(tmp_path / "out"))
     assert (config.model.act, config.model.image.pool, config.model.text.causal) == (
@@ -110,6 +119,8 @@ def test_hugging_face_clip_embeddings_match(tmp_path):
 
 
 def test_hugging_face_siglip_embeddings_match(tmp_path):
+    import torch
+    import transformers
     cfg = transformers.SiglipConfig(
         text_config=dict(TEXT, hidden_size=48, intermediate_size=96),
         vision_config=dict(VISION))
@@ -132,6 +143,7 @@ def test_hugging_face_siglip_embeddings_match(tmp_path):
 
 
 def test_open_clip_embeddings_match(tmp_path):
+    import torch
     open_clip = pytest.importorskip("open_clip", reason="open_clip is not installed")
     torch.manual_seed(0)
     # Both towers with 16-wide heads (3 and 2 heads): files do not record it, --head_width does.
