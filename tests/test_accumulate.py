@@ -40,10 +40,11 @@ def _assert_same_update(full, micro):
 @pytest.mark.slow
 def test_gradcache_gives_the_full_batch_update_in_less_memory(data_dir):
     """4 micro-batches against the one-pass step on 2 shards (2 rows per shard and micro-batch),
-    softmax over the gathered global batch: the same update, and less than 0.6x the temporary
-    memory (0.485x for this tiny model, whose params and optimizer state weigh most; the
-    scanned, rematerialised 3-D mesh case with the sigmoid ring is in test_sharding.py)."""
-    over = {"contrastive.name": "softmax", "contrastive.negatives": "global",
+    softmax over each shard's own rows (local negatives): the same update, and less than 0.6x
+    the temporary memory (0.49x for this tiny model, whose params and optimizer state weigh
+    most). Global negatives: the next test (gathered) and test_sharding.py's 3-D mesh step
+    (the sigmoid ring, scanned and rematerialised blocks)."""
+    over = {"contrastive.name": "softmax", "contrastive.negatives": "local",
             "contrastive.impl": "gather"}
     full = _one_step(tiny_config(data_dir, **over), 2)
     micro = _one_step(tiny_config(data_dir, microbatches=4, **over), 2, batch=full[2])
@@ -53,12 +54,11 @@ def test_gradcache_gives_the_full_batch_update_in_less_memory(data_dir):
 
 @pytest.mark.slow
 def test_per_example_objectives_accumulate_alongside_gradcache(data_dir):
-    """Contrastive (softmax, local negatives on 2 shards) + captioning: with every caption of
-    full length each micro-batch counts the same tokens, so the mean of the micro-batch losses
-    is the full-batch loss."""
+    """The CoCa recipe of test_objectives.py (the same one-pass step): contrastive (softmax over
+    the gathered global batch) + captioning. With every caption of full length each micro-batch
+    counts the same tokens, so the mean of the micro-batch losses is the full-batch loss."""
     from configs import coca
-    base = lambda **kw: tiny_config(data_dir, base=coca.get_config(),
-                                    **{"contrastive.negatives": "local", **kw})
+    base = lambda **kw: tiny_config(data_dir, base=coca.get_config(), **{"optim.lr": 3e-3, **kw})
     s = Setup(base(), mesh=make_mesh(2))
     host = s.synthetic_batch()
     host["mask"] = np.ones_like(host["mask"])
