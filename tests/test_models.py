@@ -99,7 +99,7 @@ def test_every_param_has_logical_axes():
 def test_attention_init_uses_the_true_fans():
     from vlm_jax.models.transformer import Attention
     d, h = 128, 4
-    params = Attention(h).init(jax.random.key(0), jnp.zeros((1, 2, d)))["params"]
+    params = jax.jit(Attention(h).init)(jax.random.key(0), jnp.zeros((1, 2, d)))["params"]
     params = nn_unbox(params)
     want = np.sqrt(2 / (d + d))     # xavier for the d x d map that q and out really are
     for name in ("q", "out"):
@@ -115,7 +115,8 @@ def nn_unbox(tree):
 def test_pixel_normalisation_on_device(norm, mean, std):
     model, cfg = _model(**{"model.image.pixel_norm": norm})
     params, img, _, _ = _init(model, cfg)
-    enc = lambda x: model.apply({"params": params}, x, method=model.encode_image)["img/normed"]
+    enc = jax.jit(lambda x: model.apply({"params": params}, x, method=model.encode_image)[
+        "img/normed"])
     want = (np.asarray(img, np.float32) / 255 - np.asarray(mean)) / np.asarray(std)
     np.testing.assert_allclose(enc(img), enc(jnp.asarray(want, jnp.float32)), atol=1e-5)
 
@@ -175,8 +176,8 @@ def test_mae_encoder_sees_only_visible_patches():
     full = jnp.broadcast_to(jnp.arange(16), (3, 16))
     tokens = apply(img, method="encode_image")["img/tokens"]
     vit = ViT(4, 32, 1, 2, 64)
-    got = vit.apply({"params": nn.unbox(params)["img"]},
-                    models.vlm.pixels(img), full)["tokens"]
+    got = jax.jit(lambda p, x, keep: vit.apply({"params": p}, x, keep)["tokens"])(
+        nn.unbox(params)["img"], models.vlm.pixels(img), full)
     np.testing.assert_allclose(got, tokens, atol=1e-5)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import make_mesh, tiny_config
-from helpers import loss_and_grads, random_params
+from helpers import loss_and_grads, random_params, random_state
 
 from vlm_jax import objectives, rules
 from vlm_jax.data import pipeline
@@ -50,7 +50,7 @@ def test_freeze_wd_and_lr_rules(data_dir):
         "optim.lr_rules": (("txt_proj/.*", 0.0), (".*", 1.0)),
         "optim.weight_decay": 0.5})
     s = Setup(cfg, mesh=make_mesh(2))
-    state = s.init_state()
+    state = random_state(s)
     before = jax.device_get(state.params)
     b = s.synthetic_batch()
     with s.context():
@@ -87,7 +87,7 @@ def test_rules_must_cover_every_param():
 def test_checkpoint_round_trip_with_data_iterator(data_dir, tmp_path):
     cfg = tiny_config(data_dir)
     s = Setup(cfg, mesh=make_mesh(1))        # saved from one device, restored onto eight
-    state = s.init_state()
+    state = random_state(s)
     it = iter(pipeline.train_dataset(cfg, s.tokenizer)[0])
     for _ in range(3):
         next(it)
