@@ -58,20 +58,15 @@ def random_params(shapes, seed: int = 0, std: float = 0.1):
 
 
 def random_state(setup, seed: int = 0):
-    """A TrainState for `setup`: `random_params` on the params' shardings and the optimizer's
-    initial state. For tests of the step that need no particular starting point: the model's
-    init program (seconds of XLA time per model) is not compiled."""
+    """A TrainState for `setup` at step 0 around `random_params`, on the state's shardings. For
+    tests of the step that need no particular starting point: the model's init program (seconds
+    of XLA time per model) is not compiled."""
     import jax
-    import jax.numpy as jnp
 
-    from vlm_jax.train.state import TrainState
-    sh = setup.state_sh
-    params = jax.device_put(random_params(setup.param_shapes, seed), sh.params)
+    from vlm_jax.train import state as state_lib
     with setup.context():
-        opt_state = jax.jit(setup.tx.init, out_shardings=sh.opt_state)(params)
-    zero = lambda dtype, s: jax.device_put(jnp.zeros((), dtype), s)
-    return TrainState(step=zero(jnp.int32, sh.step), params=params, opt_state=opt_state,
-                      loss_ema={k: zero(jnp.float32, v) for k, v in sh.loss_ema.items()})
+        return jax.jit(lambda p: state_lib.from_params(p, setup.tx, setup.config),
+                       out_shardings=setup.state_sh)(random_params(setup.param_shapes, seed))
 
 
 def jitted_method(model, method):

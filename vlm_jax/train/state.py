@@ -58,11 +58,15 @@ def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules,
     return TrainState(step=repl, params=param_sh, opt_state=opt_sh, loss_ema=ema_sh)
 
 
+def from_params(params, tx, config) -> TrainState:
+    """The state at step 0 around `params`: the optimizer's initial slots, zero running means."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      loss_ema={n: jnp.zeros((), jnp.float32) for n in balanced(config)})
+
+
 def _init_fn(model: nn.Module, tx, config):
     def init(rng) -> TrainState:
-        params = nn.unbox(model.init(rng, *dummy_inputs(config))["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          loss_ema={n: jnp.zeros((), jnp.float32) for n in balanced(config)})
+        return from_params(nn.unbox(model.init(rng, *dummy_inputs(config))["params"]), tx, config)
     return init
 
 
