@@ -4,9 +4,11 @@ import os
 # The tests' programs are tiny and compile far longer than they run. XLA's HLO passes, which
 # decide fusion, memory and FLOP counts, all run; what is cut is code generation: LLVM's
 # optimisation passes, and XLA:CPU's MLIR fusion emitters in favour of its elemental ones
-# (together about 2.5x less compile time for a train step).
+# (together about 2.5x less compile time for a train step); and the split of each program's
+# code into parallel compile jobs, whose splitting costs a sixth of the compile and whose
+# parallelism the suite's processes, one per core, leave no core for.
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                "--xla_cpu_use_fusion_emitters=false")
+                "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")
 
 
 def device_flags(n: int) -> str:
