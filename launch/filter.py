@@ -42,8 +42,7 @@ def main(argv):
         raise app.UsageError("--keep_fraction must be in (0, 1]")
     score_fn = None
     if scoring:
-        runtime.quiet_libraries()
-        runtime.enable_compilation_cache()
+        runtime.set_up()
         score_fn = filtering.model_scorer(WORKDIR.value, STEP.value, CROP.value)
     report = filtering.filter_dataset(INPUT.value, OUTPUT.value, rules, score_fn)
     print(json.dumps(report, indent=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from launch.runtime import enable_compilation_cache, quiet_libraries
+from launch import runtime
 from vlm_jax import config as config_lib
 
 
@@ -41,13 +41,12 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
 
 
 def start(argv) -> str:
-    """The common start of an entry point: argument checks, quiet logs, compilation cache.
+    """The common start of an entry point: argument checks, then `runtime.set_up()`.
     Returns the workdir."""
     from absl import app
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not WORKDIR.value:
         raise app.UsageError("--workdir is required")
-    quiet_libraries()
-    enable_compilation_cache()
+    runtime.set_up()
     return WORKDIR.value

@@ -27,3 +27,21 @@ def enable_compilation_cache() -> None:
     from vlm_jax.data.builtin import default_data_dir
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", os.path.join(default_data_dir(), "xla"))
+
+
+def collect_garbage_less() -> None:
+    """Tracing a model allocates millions of short-lived objects; with Python's default
+    thresholds the collector ran so often, each full pass walking everything the imports left
+    (JAX, Flax, Orbax), that it took 7% of a small run's CPU. The imports' objects move out of
+    its sight and it runs less often (cycles are still collected)."""
+    import gc
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+def set_up() -> None:
+    """What every entry point that compiles does first: quiet logs, the compilation cache, the
+    garbage collector's pace."""
+    quiet_libraries()
+    enable_compilation_cache()
+    collect_garbage_less()
