@@ -133,14 +133,16 @@ def test_two_processes_stop_together_resume_and_train_like_one(
     """Two processes joined by jax.distributed (gloo on localhost, 2 CPU devices each): a SIGTERM
     that reaches one of them stops both at the same step, saved; re-run, they resume and end
     with the losses of the one-process run at the same global batch (float tolerance: the
-    reductions are split differently). Their checkpoint then evaluates in one process
-    (launch.eval), with the final evaluation the run logged."""
+    reductions are split differently). Their final evaluation, each process embedding its own
+    rows of the test split, is the one their checkpoint then gets in one process (launch.eval):
+    zero-shot accuracy and every retrieval recall."""
     workdir = str(tmp_path)
     port = free_port()
 
     def start():
         return [subprocess.Popen(_args(data_dir, workdir) + [
-            f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+            "--config.eval.retrieval=('digits',)", f"--coordinator_address=localhost:{port}",
+            "--num_processes=2", f"--process_id={i}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for i in (0, 1)]
 
@@ -165,8 +167,9 @@ def test_two_processes_stop_together_resume_and_train_like_one(
 
     r = _run([sys.executable, "-m", "launch.eval", "--workdir", workdir], env)
     got = json.loads(r.stdout)
-    assert got["step"] == TOTAL
-    assert got["eval/digits/zeroshot_top1"] == pytest.approx(rows[-1]["eval/digits/zeroshot_top1"])
+    logged = {k: v for k, v in rows[-1].items() if k.startswith("eval/")}
+    assert "eval/digits/zeroshot_top1" in logged and "eval/digits/t2i_r5" in logged
+    assert got == pytest.approx({"step": TOTAL, **logged})
 
 
 def test_cluster_detection_initialises_only_for_several_processes():
