@@ -47,9 +47,16 @@ def _eight_devices():
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """Built-in datasets prepared once per test session."""
+    """Built-in datasets prepared once per test session, in a folder the xdist workers share: the
+    first to need it prepares them (seconds of drawing and PNG encoding) while the others wait."""
+    import fcntl
+
     from vlm_jax.data import builtin
-    d = str(tmp_path_factory.mktemp("data"))
-    for name in builtin.DATASETS:
-        builtin.ensure(name, d)
-    return d
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                  # the session's folder above each worker's
+    with open(root / "data.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in builtin.DATASETS:
+            builtin.ensure(name, str(root / "data"))
+    return str(root / "data")
