@@ -138,6 +138,7 @@ def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
     t = statistics.median(times)
+    used = _peak_bytes()
     return {"size": size, "loss": loss, "dtype": cfg.model.dtype, "batch": batch,
             "devices": jax.device_count(), "remat": cfg.model.remat, "scan": cfg.model.scan,
             "microbatches": cfg.microbatches,
@@ -145,7 +146,15 @@ def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
             "step_s": t, "examples_per_s": batch / t, "tflop_per_step": flops / 1e12,
             "achieved_tflop_s": flops / t / 1e12, "peak_tflop_s": peak / 1e12,
             "mfu": flops / t / peak, "device_gib": _bytes(compiled) / 2**30,
+            "peak_gib": None if used is None else used / 2**30,
             "final_loss": float(m["loss"]), "device": jax.devices()[0].device_kind}
+
+
+def _peak_bytes() -> int | None:
+    """The device's high-water mark of allocated bytes since the process started (GPU and TPU
+    report it; None on CPU): measured next to XLA's analysis, for one size and loss a run."""
+    import jax
+    return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
 
 
 def main(argv=None) -> None:
@@ -176,19 +185,21 @@ def main(argv=None) -> None:
         print(f"peak {peak / 1e12:.3f} TFLOP/s ({args.dtype} {probe}^3 matmul, "
               f"{jax.device_count()} x {jax.devices()[0].device_kind})")
         print("| size | loss | dtype | batch | params | step | examples/s | TFLOP/step | "
-              "TFLOP/s | MFU | device memory |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              "TFLOP/s | MFU | device memory | measured peak |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         for loss in args.losses.split(","):
             batch = args.batch or largest_batch(size, loss, args)
             r = measure(size, loss, batch, peak, args)
+            measured = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
             if args.json:
                 print(json.dumps(r), flush=True)
             else:
                 print(f"| {size} | {loss} | {r['dtype']} | {batch} | {r['params_m']:.1f}M | "
                       f"{r['step_s'] * 1e3:.1f} ms | {r['examples_per_s']:.1f} | "
                       f"{r['tflop_per_step']:.4f} | {r['achieved_tflop_s']:.3f} | "
-                      f"**{100 * r['mfu']:.1f}%** | {r['device_gib']:.2f} GiB |", flush=True)
+                      f"**{100 * r['mfu']:.1f}%** | {r['device_gib']:.2f} GiB | {measured} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,20 @@ def test_step_flops_are_the_plain_steps_whatever_the_memory_savers(data_dir):
     assert 1.0 < base / (3 * forward * c.batch_size) < 1.25
 
 
+def test_step_flops_where_only_compiled_programs_are_analysed(data_dir, monkeypatch):
+    """The GPU and TPU plugins have no cost analysis before compiling (Lowered.cost_analysis is
+    None there): the same global step lowered for one CPU device counts the same."""
+    cfg = tiny_config(data_dir)
+    lowered = _flops(cfg, make_mesh(2))
+    real, calls = jax.stages.Lowered.cost_analysis, []
+
+    def first_unavailable(self):              # the mesh's lowering: none; the CPU one's: real
+        calls.append(self)
+        return None if len(calls) == 1 else real(self)
+    monkeypatch.setattr(jax.stages.Lowered, "cost_analysis", first_unavailable)
+    assert _flops(cfg, make_mesh(2)) == pytest.approx(lowered, rel=1e-3) and len(calls) == 2
+
+
 def test_peak_per_device():
     assert flops.peak_per_device(2.5) == 2.5e12
     cpu = jax.devices()[0]

@@ -154,7 +154,8 @@ class Setup:
         """`build()`, or what it built for a Setup of the same program config and mesh (and
         `key`) in this process: jitted programs built from this setup are traced once."""
         m = self.mesh
-        return _shared((what, self._program, tuple(d.id for d in m.devices.flat), m.axis_names,
+        devices = tuple((d.platform, d.id) for d in m.devices.flat)     # ids repeat across platforms
+        return _shared((what, self._program, devices, m.axis_names,
                         m.devices.shape, tuple(m.axis_types), *key), build)
 
     def init_state(self):

@@ -3,7 +3,8 @@
 FLOPs come from XLA's cost analysis of the step lowered for the whole mesh, before
 partitioning (so they are global), and always of the plain step: without scan, remat or
 micro-batches. XLA counts a loop body once whatever its trip count, and recomputation is not
-model work, so those variants would under- and over-report.
+model work, so those variants would under- and over-report. Where the backend has no analysis
+before compiling (the GPU and TPU plugins), the step is lowered for one CPU device to count.
 """
 from __future__ import annotations
 
@@ -58,5 +59,23 @@ def step_flops(setup, batch, step_fn=None) -> float:
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
         x.shape, x.dtype, sharding=getattr(x, "sharding", None)), batch)
     with setup.context():
-        lowered = step_fn.lower(setup.abstract_state(), shapes, setup.step_rng)
-    return float(lowered.cost_analysis()["flops"])
+        cost = step_fn.lower(setup.abstract_state(), shapes, setup.step_rng).cost_analysis()
+    if cost is None:
+        # The GPU and TPU plugins (PJRT C API) analyse only compiled programs, whose dots are
+        # library calls the analysis does not count: the same global step lowered for one CPU
+        # device instead (before partitioning the count does not depend on the mesh).
+        cost = _cpu_cost(setup, shapes)
+    return float(cost["flops"])
+
+
+def _cpu_cost(setup, shapes) -> dict:
+    from vlm_jax.parallel import mesh as mesh_lib
+    device = jax.devices("cpu")[0]
+    unplaced = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+    with jax.default_device(device):          # the constants the step closes over, too
+        cpu = Setup(setup.config, mesh_lib.make_mesh({}, devices=[device]),
+                    num_train=setup.num_train, tokenizer=setup.tokenizer)
+        with cpu.context():
+            return cpu.train_step().lower(
+                jax.tree.map(unplaced, cpu.abstract_state()), jax.tree.map(unplaced, shapes),
+                unplaced(cpu.step_rng)).cost_analysis()
