@@ -13,17 +13,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import gc  # noqa: E402
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from helpers import make_mesh, tiny_config  # noqa: E402,F401  (tests import them from here)
 
-# Tracing allocates millions of short-lived objects, and every full collection walked all that
-# the imports left (JAX, Flax, PyTorch): 5% of a test process's CPU. Those move out of the
-# collector's sight, and it runs less often.
-gc.freeze()
-gc.set_threshold(50_000, 20, 20)
+from launch.runtime import collect_garbage_less  # noqa: E402
+
+# The entry points' pace for the collector: 5% of a test process's CPU went to full collections.
+collect_garbage_less()
 
 
 # The longest files first. pytest-xdist (`--dist loadfile --no-loadscope-reorder`, as `make test`
