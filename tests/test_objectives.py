@@ -99,7 +99,7 @@ def test_sharded_objectives_match_unsharded_reference(data_dir):
     """Every objective's loss and every gradient on 8 devices against the whole batch on one
     device with no mesh: same negatives, same masks, same numbers (each loss alone is checked on
     1, 2, 4 and 8 devices in test_losses/test_itm/test_masked, the model with the contrastive
-    loss on 1, 2, 4 and 8 in test_train)."""
+    loss on 1 and 8 in test_train)."""
     cfg = _all_objectives(data_dir)
     ref = Setup(cfg, mesh=make_mesh(1))
     params = random_params(ref.param_shapes)

@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers import free_port, process_env, tiny_flags
 
-TOTAL, EVERY = 20, 5
+TOTAL, EVERY = 12, 4
 
 
 def _args(data_dir, workdir):
@@ -103,8 +103,8 @@ def test_sigkill_during_a_save_and_the_rerun_reproduces_the_run(
 
 @pytest.mark.slow
 def test_resume_on_fewer_devices(data_dir, tmp_path):
-    """Saved on 8 devices, resumed on 4 and on 1: the params are resharded on restore and the
-    run continues with the losses of the 8-device run (float tolerance: reduction order differs)."""
+    """Saved on 8 devices, resumed on 1: the params are resharded on restore and the run
+    continues with the losses of the 8-device run (float tolerance: reduction order differs)."""
     import shutil
 
     from helpers import make_mesh, tiny_config
@@ -115,16 +115,15 @@ def test_resume_on_fewer_devices(data_dir, tmp_path):
     full = str(tmp_path / "8")
     trainer.train(cfg, full, mesh=make_mesh(8))
     want, _ = _losses(full)
-    for n in (4, 1):
-        workdir = str(tmp_path / str(n))
-        shutil.copytree(full, workdir)
-        shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))    # back to step 4
-        open(os.path.join(workdir, "metrics.jsonl"), "w").close()   # so only new steps show
-        trainer.train(cfg, workdir, mesh=make_mesh(n))
-        got, _ = _losses(workdir)
-        assert sorted(got) == list(range(5, 9))      # resumed at 4, not started again
-        for step in range(5, 9):
-            assert got[step] == pytest.approx(want[step], rel=1e-4), (n, step)
+    workdir = str(tmp_path / "1")
+    shutil.copytree(full, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))    # back to step 4
+    open(os.path.join(workdir, "metrics.jsonl"), "w").close()   # so only new steps show
+    trainer.train(cfg, workdir, mesh=make_mesh(1))
+    got, _ = _losses(workdir)
+    assert sorted(got) == list(range(5, 9))      # resumed at 4, not started again
+    for step in range(5, 9):
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
 
 
 @pytest.mark.slow

@@ -47,8 +47,10 @@ def test_meshes_give_the_single_device_loss_and_grads(data_dir):
 @pytest.mark.slow
 def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_dir):
     """The jitted, donated step (model, sigmoid loss on the ring, optimizer) on (2, 2, 2), blocks
-    scanned and rematerialised, params fsdp- and tensor-sharded, in one pass and in GradCache
-    micro-batches (2 rows per shard each), against the plain looped model on one device."""
+    scanned and rematerialised, params fsdp- and tensor-sharded, in GradCache micro-batches (2
+    rows per shard each), against the plain looped model on one device in one pass. (The
+    one-pass step on sharded meshes: test_meshes_give_the_single_device_loss_and_grads and
+    test_train.py; scanned against looped blocks: test_models.py.)"""
     over = {"mesh.fsdp_min_mib": 0.0, "model.text.depth": 2, "contrastive.name": "sigmoid",
             "contrastive.impl": "ring"}
     cfg = tiny_config(data_dir, **over)
@@ -60,23 +62,20 @@ def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_
         state, m1 = ref.train_step()(state, pipeline.to_global(host, ref.batch_sh), ref.step_rng)
     p1 = jax.device_get(state.params)
 
-    for k in (1, 2):
-        cfg = tiny_config(data_dir, microbatches=k, **over,
-                          **{"model.scan": True, "model.remat": "nothing_saveable"})
-        s = Setup(cfg, mesh=_mesh((2, 2, 2)))
-        state = random_state(s).replace(params=jax.device_put(start, s.state_sh.params))
-        with s.context():
-            state, m8 = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
-        assert set(m8) == set(m1), k
-        for key in m1:
-            np.testing.assert_allclose(m8[key], m1[key], rtol=2e-5, atol=1e-6,
-                                       err_msg=f"{key}, {k} micro-batches")
-        # Adam magnifies rounding noise in near-zero gradients (up to ~1e-5 here); real steps
-        # are ~lr = 1e-3, and a wrong gradient moves a param by that much.
-        p8 = layout.to_looped(jax.device_get(state.params))
-        for path, a, b in zip(rules.tree_paths(p1), jax.tree.leaves(p8), jax.tree.leaves(p1)):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 if k > 1 else 1e-6,
-                                       err_msg=f"{path}, {k} micro-batches")
+    cfg = tiny_config(data_dir, microbatches=2, **over,
+                      **{"model.scan": True, "model.remat": "nothing_saveable"})
+    s = Setup(cfg, mesh=_mesh((2, 2, 2)))
+    state = random_state(s).replace(params=jax.device_put(start, s.state_sh.params))
+    with s.context():
+        state, m8 = s.train_step()(state, pipeline.to_global(host, s.batch_sh), s.step_rng)
+    assert set(m8) == set(m1)
+    for key in m1:
+        np.testing.assert_allclose(m8[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    # Adam magnifies rounding noise in near-zero gradients (up to ~1e-5 here); real steps are
+    # ~lr = 1e-3, and a wrong gradient moves a param by that much.
+    p8 = layout.to_looped(jax.device_get(state.params))
+    for path, a, b in zip(rules.tree_paths(p1), jax.tree.leaves(p8), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=path)
     # The step keeps every param on its rule's sharding; scanned blocks lead with 'layers'.
     want = sharding.param_specs(s.boxed_params, s.mesh, s.rules, cfg.mesh.param_rules, 0.0)
     is_p = lambda x: isinstance(x, P)
