@@ -90,7 +90,7 @@ def pipeline_rate(pattern: str, workers: int, threads: int, batch: int, seconds:
     return rate
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
@@ -98,7 +98,7 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     p.add_argument("--json", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as root:
         pattern = write_images(root, a.images)
         before = raw_decode(pattern, a.seconds / 2)

@@ -13,6 +13,8 @@ only) and OUTPUT/config.json (the matching model config); train from it with
 """
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 
 INPUT = flags.DEFINE_string("input", None, "Hugging Face folder or open_clip file.", required=True)
@@ -26,6 +28,8 @@ HEAD_WIDTH = flags.DEFINE_integer("head_width", 64, "open_clip only: attention h
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not os.path.exists(INPUT.value):       # before the seconds of importing JAX and PyTorch
+        raise SystemExit(f"convert_weights: checkpoint {INPUT.value!r} does not exist")
     import jax
     from absl import logging
 

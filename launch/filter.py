@@ -15,7 +15,6 @@ import json
 from absl import app, flags
 
 from launch import runtime
-from vlm_jax.data import filtering
 
 INPUT = flags.DEFINE_string("input", None, "ArrayRecord shards: files or globs, comma-separated.",
                             required=True)
@@ -34,12 +33,13 @@ CROP = flags.DEFINE_enum("crop", "center", ["resize", "center"], "Image view for
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    rules = filtering.Rules(MIN_WORDS.value, DEDUP.value, PHASH.value, MIN_SCORE.value, KEEP.value)
     scoring = MIN_SCORE.value is not None or KEEP.value is not None
     if scoring and not WORKDIR.value:
         raise app.UsageError("--min_score / --keep_fraction need --workdir (a trained run)")
     if KEEP.value is not None and not 0 < KEEP.value <= 1:
         raise app.UsageError("--keep_fraction must be in (0, 1]")
+    from vlm_jax.data import filtering      # after the usage checks: it imports JAX (seconds)
+    rules = filtering.Rules(MIN_WORDS.value, DEDUP.value, PHASH.value, MIN_SCORE.value, KEEP.value)
     score_fn = None
     if scoring:
         runtime.set_up()

@@ -1,6 +1,8 @@
 """The loss-memory benchmark runs, prints its documented JSON, and shows the ring's point:
 per-device memory that does not grow with the number of devices."""
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -21,13 +23,16 @@ def test_loss_memory_benchmark_json_and_scaling():
         assert mem[loss, "gather", 16] > 3 * mem[loss, "gather", 4]
 
 
-def test_input_pipeline_benchmark_json():
-    # In-process Grain (no worker processes to start; tests/test_sources.py runs workers).
-    r = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--images", "64",
-                        "--seconds", "0.3", "--batch", "8", "--workers", "0", "--json"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+def test_input_pipeline_benchmark_json(capsys):
+    # Its main() in this process, Grain without worker processes (tests/test_sources.py starts
+    # workers): the script's imports are the suite's.
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "input_pipeline.py")
+    spec = importlib.util.spec_from_file_location("input_pipeline_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--images", "64", "--seconds", "0.3", "--batch", "8", "--workers", "0", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out) == {"pipeline_img_s", "raw_decode_img_s", "ratio"}
     assert out["pipeline_img_s"] > 0 and out["raw_decode_img_s"] > 0
     assert abs(out["ratio"] - out["pipeline_img_s"] / out["raw_decode_img_s"]) < 0.01
