@@ -4,6 +4,7 @@
   python benchmarks/step.py --sizes B/16 --dtype bfloat16 --batch 0 --scan --remat \
       dots_with_no_batch_dims_saveable                        # on a GPU: the largest batch that fits
   python benchmarks/step.py --json                           # one JSON object per line
+  python benchmarks/step.py --sizes B/16 --devices 1         # on one of the host's devices
 
 FLOPs per step are the model's, as the trainer's `mfu` metric counts them
 (vlm_jax/train/flops.py): XLA's cost analysis of the same step without scan, remat or
@@ -78,11 +79,15 @@ def peak_flops(dtype: str, n: int, repeats: int = 10) -> float:
     return 2 * n ** 3 / min(times)
 
 
-def _lower(cfg):
-    """(setup, the lowered train step, a synthetic batch)."""
+def _lower(cfg, devices: int = 0):
+    """(setup, the lowered train step, a synthetic batch), on the first `devices` (0: all)."""
+    import jax
+
     from vlm_jax.data import pipeline
+    from vlm_jax.parallel import mesh as mesh_lib
     from vlm_jax.setup import Setup
-    setup = Setup(cfg)
+    shape = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
+    setup = Setup(cfg, mesh_lib.make_mesh(shape, jax.devices()[:devices or None]))
     batch = pipeline.to_global(setup.synthetic_batch(), setup.batch_sh)
     with setup.context():
         lowered = setup.train_step().lower(setup.abstract_state(), batch, setup.step_rng)
@@ -102,11 +107,11 @@ def largest_batch(size: str, loss: str, args) -> int:
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" not in stats:
         raise SystemExit("--batch 0 needs a device that reports its memory (a GPU or TPU)")
-    n = jax.device_count() * args.microbatches
+    n = _count(args) * args.microbatches
     best, batch = None, 16 * n
     while batch <= 1 << 16:
         try:
-            compiled = _lower(config(size, loss, batch, args))[1].compile()
+            compiled = _lower(config(size, loss, batch, args), args.devices)[1].compile()
             fits = _bytes(compiled) < 0.9 * stats["bytes_limit"]
         except Exception as e:        # XLA may refuse to compile what cannot fit
             if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
@@ -124,7 +129,7 @@ def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
     import jax
     from vlm_jax.train import flops as flops_lib, state as state_lib
     cfg = config(size, loss, batch, args)
-    setup, lowered, batch_arrays = _lower(cfg)
+    setup, lowered, batch_arrays = _lower(cfg, args.devices)
     step = compiled = lowered.compile()          # compiled once; the loop calls it directly
     flops = (lowered.cost_analysis()["flops"] if flops_lib.is_plain(cfg)
              else flops_lib.step_flops(setup, batch_arrays))
@@ -140,7 +145,7 @@ def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
     t = statistics.median(times)
     used = _peak_bytes()
     return {"size": size, "loss": loss, "dtype": cfg.model.dtype, "batch": batch,
-            "devices": jax.device_count(), "remat": cfg.model.remat, "scan": cfg.model.scan,
+            "devices": setup.mesh.size, "remat": cfg.model.remat, "scan": cfg.model.scan,
             "microbatches": cfg.microbatches,
             "params_m": state_lib.num_params(state.params) / 1e6,
             "step_s": t, "examples_per_s": batch / t, "tflop_per_step": flops / 1e12,
@@ -157,6 +162,11 @@ def _peak_bytes() -> int | None:
     return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
 
 
+def _count(args) -> int:
+    import jax
+    return args.devices or jax.device_count()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="tiny", help=f"comma-separated, of {', '.join(SIZES)}")
@@ -169,6 +179,8 @@ def main(argv=None) -> None:
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--impl", default="gather", choices=("gather", "ring"))
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes")
+    p.add_argument("--devices", type=int, default=0,
+                   help="run on the first N devices (0: all), e.g. for a scaling table")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--probe", type=int, default=0, help="peak matmul size; 0: 2048 CPU, 8192 else")
@@ -176,14 +188,16 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     args.mesh = tuple(int(x) for x in args.mesh.split(","))
     import jax
+    if args.devices > jax.device_count():
+        raise SystemExit(f"--devices {args.devices}: only {jax.device_count()} available")
     unknown = [s for s in args.sizes.split(",") if s not in SIZES]
     if unknown:
         raise SystemExit(f"unknown sizes {unknown}; choose from {', '.join(SIZES)}")
     probe = args.probe or (2048 if jax.default_backend() == "cpu" else 8192)
-    peak = peak_flops(args.dtype, probe) * jax.device_count()
+    peak = peak_flops(args.dtype, probe) * _count(args)
     if not args.json:
         print(f"peak {peak / 1e12:.3f} TFLOP/s ({args.dtype} {probe}^3 matmul, "
-              f"{jax.device_count()} x {jax.devices()[0].device_kind})")
+              f"{_count(args)} x {jax.devices()[0].device_kind})")
         print("| size | loss | dtype | batch | params | step | examples/s | TFLOP/step | "
               "TFLOP/s | MFU | device memory | measured peak |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
