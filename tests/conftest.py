@@ -44,16 +44,20 @@ def _eight_devices():
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """Built-in datasets prepared once per test session, in a folder the xdist workers share: the
-    first to need it prepares them (seconds of drawing and PNG encoding) while the others wait."""
+    """Built-in datasets prepared once per test session, in a folder the xdist workers share: each
+    dataset by the first worker to need it (seconds of drawing and PNG encoding) while the others
+    wait for it; the workers start on different datasets, so they prepare them side by side."""
     import fcntl
 
     from vlm_jax.data import builtin
     root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker:
         root = root.parent                  # the session's folder above each worker's
-    with open(root / "data.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for name in builtin.DATASETS:
+    names = list(builtin.DATASETS)
+    k = int(worker[2:]) % len(names) if worker[2:].isdigit() else 0     # gw0, gw1, ...
+    for name in names[k:] + names[:k]:
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             builtin.ensure(name, str(root / "data"))
     return str(root / "data")
