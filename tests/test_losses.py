@@ -121,3 +121,34 @@ def test_rejects_bad_arguments():
         contrastive_loss("softmax", xi, xt, s, impl="allreduce")
     with pytest.raises(ValueError, match="not divisible"):
         contrastive_loss("softmax", xi[:30], xt[:30], s, mesh=make_mesh(8))
+
+
+@pytest.mark.parametrize("impl", ["gather", "ring"])
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_global_batches_to_a_million_trace(kind, impl):
+    """Global batches of 2^16 and 2^20 (the SigLIP paper's largest) on 8 devices: the loss and
+    its gradient trace (B^2 pairs overflow an int32; nothing here is executed)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = make_mesh(8)
+    for n in (1 << 16, 1 << 20):
+        z = jax.ShapeDtypeStruct((n, 4), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+        loss = lambda zi, zt, s: contrastive_loss(kind, zi, zt, s, s, mesh=mesh, impl=impl)[0]
+        value, grads = jax.eval_shape(jax.value_and_grad(loss, argnums=(0, 1, 2)), z, z,
+                                      jax.ShapeDtypeStruct((), jnp.float32))
+        assert value.shape == () and grads[0].shape == grads[1].shape == (n, 4)
+
+
+@pytest.mark.parametrize("negatives", ["global", "local"])
+def test_pair_counts_past_int32_are_exact(negatives):
+    """The metrics' denominators at B = 2^20 on 8 shards: B^2 - B negative pairs (global), or
+    B * b - B (local)."""
+    from vlm_jax.losses import contrastive
+    b, shards = 1 << 17, 8
+    n = b * shards
+    sums = {"i2t_correct": jnp.int32(n // 2), "t2i_correct": jnp.int32(n // 4),
+            "pos_sum": jnp.float32(3.0 * n), "neg_sum": jnp.float32(-1e12)}
+    loss, m = contrastive._finish(jnp.float32(7.0 * n), sums, b, shards, negatives, None, {})
+    pairs = n * (n if negatives == "global" else b) - n
+    assert float(loss) == pytest.approx(7.0) and float(m["pos_logit"]) == pytest.approx(3.0)
+    assert float(m["i2t_acc"]) == 0.5 and float(m["t2i_acc"]) == 0.25
+    assert float(m["neg_logit"]) == pytest.approx(-1e12 / pairs, rel=1e-6)

@@ -48,16 +48,20 @@ def _shard_index(axis: Axis):
     return 0 if axis is None else jax.lax.axis_index(axis)
 
 
-def _finish(loss_sum, sums: dict, b: int, n_shards, negatives: str, axis: Axis, extra: dict):
-    """Per-shard sums -> (global-batch loss, metrics), identical for every implementation."""
+def _finish(loss_sum, sums: dict, b: int, n_shards: int, negatives: str, axis: Axis,
+            extra: dict):
+    """Per-shard sums -> (global-batch loss, metrics), identical for every implementation.
+
+    The counts are Python numbers: the pairs of a global batch of 2^16 or more (B^2) do not fit
+    an int32, and a float64 holds them exactly up to B = 2^26."""
     n_global = b * n_shards
-    n_pairs = n_global * (n_global if negatives == "global" else b)
+    n_neg = float(max(n_global * (n_global if negatives == "global" else b) - n_global, 1))
     total = {k: _psum(v, axis) for k, v in sums.items()}
-    metrics = {"i2t_acc": total["i2t_correct"] / n_global,
-               "t2i_acc": total["t2i_correct"] / n_global,
-               "pos_logit": total["pos_sum"] / n_global,
-               "neg_logit": total["neg_sum"] / jnp.maximum(n_pairs - n_global, 1), **extra}
-    return _psum(loss_sum, axis) / n_global, metrics
+    metrics = {"i2t_acc": total["i2t_correct"] / float(n_global),
+               "t2i_acc": total["t2i_correct"] / float(n_global),
+               "pos_logit": total["pos_sum"] / float(n_global),
+               "neg_logit": total["neg_sum"] / n_neg, **extra}
+    return _psum(loss_sum, axis) / float(n_global), metrics
 
 
 def _block_sums(logits, pos, t2i_correct) -> dict:
@@ -67,7 +71,7 @@ def _block_sums(logits, pos, t2i_correct) -> dict:
             "i2t_correct": jnp.sum(pos >= logits.max(axis=1)), "t2i_correct": t2i_correct}
 
 
-def softmax_body(zimg, ztxt, scale, *, axis: Axis, negatives: str):
+def softmax_body(zimg, ztxt, scale, *, axis: Axis, n: int, negatives: str):
     """0.5 * (CE over image rows + CE over text rows), each the mean over the B positives."""
     b = zimg.shape[0]
     if negatives == "global":
@@ -83,10 +87,10 @@ def softmax_body(zimg, ztxt, scale, *, axis: Axis, negatives: str):
     pos_t = jnp.take_along_axis(t2i, labels, axis=1)[:, 0]
     ce = (jax.nn.logsumexp(i2t, axis=1) - pos) + (jax.nn.logsumexp(t2i, axis=1) - pos_t)
     sums = _block_sums(i2t, pos, jnp.sum(pos_t >= t2i.max(axis=1)))
-    return _finish(0.5 * ce.sum(), sums, b, _psum(1, axis), negatives, axis, {"scale": scale})
+    return _finish(0.5 * ce.sum(), sums, b, n, negatives, axis, {"scale": scale})
 
 
-def sigmoid_body(zimg, ztxt, scale, bias, *, axis: Axis, negatives: str):
+def sigmoid_body(zimg, ztxt, scale, bias, *, axis: Axis, n: int, negatives: str):
     """-(1/B) * sum_ij log_sigmoid(z_ij * (scale * x_i . y_j + bias)), z = +1 on positives."""
     b = zimg.shape[0]
     if negatives == "global":
@@ -103,7 +107,7 @@ def sigmoid_body(zimg, ztxt, scale, bias, *, axis: Axis, negatives: str):
     # the best image of every shard for it (one [B] max-reduction, not a second all-gather).
     col_max = _pmax(jax.lax.stop_gradient(logits).max(axis=0), axis)
     t2i = jnp.sum(pos >= jax.lax.dynamic_slice_in_dim(col_max, offset, b))
-    return _finish(loss_sum, _block_sums(logits, pos, t2i), b, _psum(1, axis), negatives, axis,
+    return _finish(loss_sum, _block_sums(logits, pos, t2i), b, n, negatives, axis,
                    {"scale": scale, "bias": bias})
 
 
@@ -154,8 +158,8 @@ def contrastive_loss(kind: str, zimg, ztxt, scale, bias=None, *, negatives: str 
                 return softmax_ring_body(zi, zt, s, axis=axes, n=n)
             return sigmoid_ring_body(zi, zt, s, b_, axis=axes, n=n)
         if kind == "softmax":
-            return softmax_body(zi, zt, s, axis=axes, negatives=negatives)
-        return sigmoid_body(zi, zt, s, b_, axis=axes, negatives=negatives)
+            return softmax_body(zi, zt, s, axis=axes, n=n, negatives=negatives)
+        return sigmoid_body(zi, zt, s, b_, axis=axes, n=n, negatives=negatives)
 
     if mesh is None:
         return body(zimg, ztxt, scale, bias)
