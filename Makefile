@@ -15,7 +15,11 @@ ACCEL_EXTRA := $(if $(filter-out cpu,$(ACCEL)),[$(ACCEL)])
 # get: 2.13.0 here; where pip's index has only CUDA builds of it, a CPU build is far smaller:
 #   make test TORCH="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
-TEST_EXTRAS := test,interop$(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
+# `tpu` (libtpu): launch.compile compiles for TPU slices on this machine, and its tests with it.
+TEST_EXTRAS := test,interop,tpu$(if $(filter-out cpu tpu,$(ACCEL)),$(comma)$(ACCEL))
+# On ACCEL=cpu, JAX runs on the CPU even where the test install added libtpu to the venv (which
+# would otherwise look for a TPU first).
+RUN_ENV := $(if $(filter cpu,$(ACCEL)),JAX_PLATFORMS=cpu)
 
 .PHONY: install train test clean
 
@@ -35,7 +39,7 @@ install: $(VENV)/.installed-$(ACCEL)
 
 # Prepares the built-in datasets on first use, trains, evaluates; re-running resumes.
 train: install
-	$(PY) -m launch.train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
+	$(RUN_ENV) $(PY) -m launch.train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
 
 test: $(VENV)/.installed-test-$(ACCEL)
 	$(PY) -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder tests $(ARGS)

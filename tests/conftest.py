@@ -27,7 +27,8 @@ collect_garbage_less()
 # runs it) hands whole files to whichever worker is free in this order, so the workers finish
 # together instead of one waiting on a long file it picked up last.
 LONGEST_FIRST = ("test_objectives.py", "test_train.py", "test_resume.py", "test_accumulate.py",
-                 "test_models.py", "test_benchmarks.py", "test_sharding.py", "test_interop.py")
+                 "test_models.py", "test_benchmarks.py", "test_sharding.py", "test_interop.py",
+                 "test_compile.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -188,6 +188,16 @@ class Setup:
                                 self.mesh)
         return self.shared("step", build, self.total_steps, self.warmup_steps)
 
+    def batch_shapes(self) -> dict:
+        """ShapeDtypeStructs of a global batch on the mesh, shaped like `synthetic_batch` but
+        without making one: to lower and compile the step at any batch size."""
+        c = self.config
+        b, size, length = c.batch_size, c.data.image_size, c.tokenizer.max_len
+        shapes = {"image": ((b, size, size, 3), np.uint8), "tokens": ((b, length), np.int32),
+                  "mask": ((b, length), np.bool_), "label": ((b,), np.int32)}
+        return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sh)
+                for k, (shape, dtype) in shapes.items()}
+
     def synthetic_batch(self, seed: int = 0, classes: int = 10) -> dict:
         """A random batch (host arrays) shaped like the pipeline's: uint8 images, tokenized
         captions of random length (BOS/EOS and padding as the tokenizer makes them), labels in

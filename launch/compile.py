@@ -1,0 +1,70 @@
+"""Compile a run's train step for a TPU slice on this machine (no TPU needed), and report what
+each chip would hold.
+
+  python -m launch.compile --config configs/siglip.py --topology v5e-256 [--num_slices 2]
+      [--json] [--config.KEY=VALUE ...]
+
+The run is built as `launch.train` builds it, minus the data: the same config, setup and jitted
+step, lowered on abstract state and batch shapes over the slice's compile-only devices (libtpu,
+the `tpu` extra) and compiled by the TPU compiler. The report, per chip: params, optimizer state
+and batch; the compiled program's arguments, outputs, temporaries and total against the chip's
+HBM (FITS / DOES NOT FIT and the margin); its collectives; the largest arrays left whole on every
+chip; and the model FLOPs per step. It measures memory and communication, not speed.
+
+Topologies: v5e:16x16, v5p:8x8x8, v6e:4x4 (chips per axis) or v5e-256, v6e-16 (chips),
+v5p-1024, v4-32 (TensorCores). Exit codes: 0 fits (or no HBM figure), 3 does not fit, 1 error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+# JAX runs on this machine's CPU; the slice's devices are compile-only (libtpu would otherwise
+# look for a TPU to run on). Set before anything imports JAX.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from launch import flags as launch_flags  # noqa: E402
+from launch import runtime  # noqa: E402
+from vlm_jax import config as config_lib  # noqa: E402
+
+TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e-256 or v5p:8x8x8.",
+                               required=True)
+NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN; the mesh's "
+                                  "`replica` axis (set it to the slice count) runs across them.")
+HBM_GIB = flags.DEFINE_float("hbm_gib", 0.0, "Usable HBM per chip in GiB; 0: the generation's.")
+NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Training examples, for durations in epochs.")
+JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
+
+DOES_NOT_FIT = 3
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        config = launch_flags.config()
+    except config_lib.ConfigError as e:
+        sys.exit(f"config error: {e}")
+    runtime.set_up()          # quiet logs, the compilation cache: a re-run is instant
+    from vlm_jax.parallel import topology
+    from vlm_jax.train import aot
+    try:
+        devices = topology.devices(TOPOLOGY.value, NUM_SLICES.value)
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"compile: {e}")
+    try:
+        report = aot.compile_step(config, devices, num_train=NUM_TRAIN.value,
+                                  hbm_gib=HBM_GIB.value)
+    except (config_lib.ConfigError, ValueError) as e:
+        sys.exit(f"compile: {e}")
+    report = {"topology": topology.resolve(TOPOLOGY.value), **report}
+    print(json.dumps(report) if JSON.value else aot.table(report, report["topology"]))
+    if report["fits"] is False:
+        sys.exit(DOES_NOT_FIT)
+
+
+if __name__ == "__main__":
+    app.run(main)

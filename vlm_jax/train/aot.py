@@ -1,0 +1,148 @@
+"""Ahead-of-time compiles of a run's train step for devices that need not be attached.
+
+`compile_step(config, devices)` builds the run as `launch.train` would (the data-free `Setup`)
+on a mesh over `devices`, typically a TPU slice's compile-only devices from
+`vlm_jax.parallel.topology`, lowers the train step on abstract state and batch shapes, compiles
+it, and reports per chip: memory by kind against the chip's HBM, the collectives in the program
+and the largest arrays every chip holds whole; globally, the model FLOPs per step. Nothing is
+executed and no data is read.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import numpy as np
+
+from vlm_jax.parallel import mesh as mesh_lib, topology
+from vlm_jax.setup import Setup
+from vlm_jax.train import flops as flops_lib
+
+GIB = 2**30
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute", "all-to-all")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8}
+_OP = re.compile(r"=\s*(\(.*?\)|\w+\[[^\]]*\]\S*)\s+(" + "|".join(COLLECTIVES) + r")(-done)?\(")
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
+                  r"\(([\d.]+)([KMGT]?)\)")
+
+
+def _per_chip_bytes(tree) -> int:
+    """Bytes one chip holds of `tree` (ShapeDtypeStructs with shardings)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree))
+
+
+def collectives(hlo_text: str) -> dict:
+    """{kind: {"count", "bytes"}} of a compiled program's collectives, bytes as each chip's
+    result. A loop body's collectives count once, as the program text holds them."""
+    out = {k: {"count": 0, "bytes": 0} for k in COLLECTIVES}
+    for m in _OP.finditer(hlo_text):
+        size = sum(_BYTES.get(t, 4) * math.prod(int(d) for d in dims.split(",") if d)
+                   for t, dims in _ARRAY.findall(m.group(1)))
+        out[m.group(2)]["count"] += 1
+        out[m.group(2)]["bytes"] += size
+    return out
+
+
+def out_of_memory(error: Exception) -> dict | None:
+    """{"required_gib", "available_gib"} from the TPU compiler's out-of-memory error, else None."""
+    m = _OOM.search(str(error))
+    if m is None:
+        return None
+    scale = {"": 1 / GIB, "K": 1 / 2**20, "M": 1 / 2**10, "G": 1.0, "T": 2**10}
+    return {"required_gib": float(m.group(1)) * scale[m.group(2)],
+            "available_gib": float(m.group(3)) * scale[m.group(4)]}
+
+
+def _path(keys) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in keys)
+
+
+def replicated(state, top: int = 5) -> list:
+    """The `top` largest arrays of `state` that every chip holds whole: [(path, MiB)]."""
+    rows = [(_path(path), math.prod(x.shape) * np.dtype(x.dtype).itemsize)
+            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+            if x.sharding.is_fully_replicated and math.prod(x.shape) > 1]
+    return [(p, b / 2**20) for p, b in sorted(rows, key=lambda r: -r[1])[:top]]
+
+
+def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: float = 0.0) -> dict:
+    """The report of the train step of `config` compiled for `devices` (see the module doc).
+    `hbm_gib` overrides the chip's HBM (`topology.HBM_GIB`). A program too large for the chip
+    comes back as `fits: False` with the compiler's figures, not as an exception."""
+    mesh = mesh_lib.make_mesh({a: config.mesh[a] for a in mesh_lib.AXES}, devices=devices)
+    s = Setup(config, mesh, num_train=num_train)
+    # Shapes and shardings outside the mesh context: eager helpers must not land on devices that
+    # cannot run them.
+    state, batch = s.abstract_state(), s.batch_shapes()
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rng = jax.ShapeDtypeStruct(s.step_rng.shape, s.step_rng.dtype, sharding=repl)
+    hbm = topology.hbm_bytes(devices[0], hbm_gib)
+    report = {
+        "device_kind": devices[0].device_kind, "chips": len(devices),
+        "slices": len({getattr(d, "slice_index", 0) for d in devices}),
+        "mesh": dict(mesh.shape), "global_batch": config.batch_size,
+        "microbatches": config.microbatches, "hbm_gib": None if hbm is None else hbm / GIB,
+        "params_gib": _per_chip_bytes(state.params) / GIB,
+        "optimizer_gib": _per_chip_bytes((state.opt_state, state.loss_ema, state.step)) / GIB,
+        "batch_gib": _per_chip_bytes(batch) / GIB,
+        "replicated_mib": replicated(state),
+        "tflop_per_step": flops_lib.step_flops(s, batch) / 1e12,
+    }
+    with s.context():
+        lowered = s.train_step().lower(state, batch, rng)
+    try:
+        compiled = lowered.compile()
+    except Exception as e:            # the compiler refuses what cannot fit
+        oom = out_of_memory(e)
+        if oom is None:
+            raise
+        return {**report, **oom, "fits": False, "error": str(e).splitlines()[0][:300]}
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    report.update({
+        "arguments_gib": m.argument_size_in_bytes / GIB,
+        "outputs_gib": m.output_size_in_bytes / GIB,
+        "temporaries_gib": m.temp_size_in_bytes / GIB,
+        "aliased_gib": m.alias_size_in_bytes / GIB, "total_gib": total / GIB,
+        "fits": None if hbm is None else total <= hbm,
+        "margin_gib": None if hbm is None else (hbm - total) / GIB,
+        "collectives": collectives(compiled.as_text()), "error": None})
+    return report
+
+
+def table(report: dict, name: str = "") -> str:
+    """The report as a few lines of text."""
+    r = report
+    head = (f"{name} {r['chips']} x {r['device_kind']}" + (f" ({r['slices']} slices)"
+            if r["slices"] > 1 else "") + f", mesh {r['mesh']}, global batch {r['global_batch']}"
+            + (f" in {r['microbatches']} micro-batches" if r["microbatches"] > 1 else ""))
+    hbm = "unknown HBM" if r["hbm_gib"] is None else f"HBM {r['hbm_gib']:.2f} GiB"
+    lines = [head.strip(), f"model FLOPs per step: {r['tflop_per_step']:.4g} TFLOP (global)",
+             f"per chip: params {r['params_gib']:.3f} GiB, optimizer state "
+             f"{r['optimizer_gib']:.3f} GiB, batch {r['batch_gib']:.3f} GiB"]
+    if r["error"]:
+        lines += [f"DOES NOT FIT: temporaries alone need {r['required_gib']:.2f} GiB of "
+                  f"{r['available_gib']:.2f} GiB available", f"  compiler: {r['error']}"]
+        return "\n".join(lines)
+    lines.append(f"per chip: arguments {r['arguments_gib']:.3f} + outputs {r['outputs_gib']:.3f}"
+                 f" + temporaries {r['temporaries_gib']:.3f} - aliased {r['aliased_gib']:.3f}"
+                 f" = {r['total_gib']:.3f} GiB of {hbm}")
+    if r["fits"] is not None:
+        verdict = "FITS" if r["fits"] else "DOES NOT FIT"
+        lines.append(f"{verdict}: {abs(r['margin_gib']):.3f} GiB "
+                     f"{'to spare' if r['fits'] else 'over'} "
+                     f"({100 * r['total_gib'] / r['hbm_gib']:.0f}% of HBM)")
+    used = [(k, v) for k, v in r["collectives"].items() if v["count"]]
+    lines.append("collectives per chip (a loop body once): " + (", ".join(
+        f"{k} {v['count']} x, {v['bytes'] / 2**20:.1f} MiB" for k, v in used) or "none"))
+    if r["replicated_mib"]:
+        lines.append("largest arrays on every chip: " + ", ".join(
+            f"{p} {mib:.1f} MiB" for p, mib in r["replicated_mib"]))
+    return "\n".join(lines)
+
