@@ -2,7 +2,7 @@
 each chip would hold.
 
   python -m launch.compile --config configs/siglip.py --topology v5e-256 [--num_slices 2]
-      [--json] [--config.KEY=VALUE ...]
+      [--find_batch] [--json] [--config.KEY=VALUE ...]
 
 The run is built as `launch.train` builds it, minus the data: the same config, setup and jitted
 step, lowered on abstract state and batch shapes over the slice's compile-only devices (libtpu,
@@ -36,6 +36,9 @@ NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN; the 
                                   "`replica` axis (set it to the slice count) runs across them.")
 HBM_GIB = flags.DEFINE_float("hbm_gib", 0.0, "Usable HBM per chip in GiB; 0: the generation's.")
 NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Training examples, for durations in epochs.")
+FIND_BATCH = flags.DEFINE_bool("find_batch", False, "Search for the largest global batch that "
+                                "fits (a multiple of the data-parallel shards times the "
+                                "micro-batches), one compile per probe; then report it.")
 JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 
 DOES_NOT_FIT = 3
@@ -55,12 +58,31 @@ def main(argv):
         devices = topology.devices(TOPOLOGY.value, NUM_SLICES.value)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"compile: {e}")
+    def compile_at(batch):
+        c = config.copy_and_resolve_references()
+        c.batch_size = batch
+        return aot.compile_step(c, devices, num_train=NUM_TRAIN.value, hbm_gib=HBM_GIB.value)
+
+    search = None
     try:
-        report = aot.compile_step(config, devices, num_train=NUM_TRAIN.value,
-                                  hbm_gib=HBM_GIB.value)
+        if FIND_BATCH.value:
+            if topology.hbm_bytes(devices[0], HBM_GIB.value) is None:
+                sys.exit(f"compile: no HBM figure for {devices[0].device_kind}; set --hbm_gib")
+            search = aot.find_batch(lambda b: compile_at(b)["fits"],
+                                    aot.batch_unit(config, devices),
+                                    log=lambda m: print(m, file=sys.stderr, flush=True))
+            if search["largest"] is None:
+                sys.exit(f"compile: not even a global batch of {search['next']} fits")
+        report = compile_at(search["largest"] if search else config.batch_size)
     except (config_lib.ConfigError, ValueError) as e:
         sys.exit(f"compile: {e}")
     report = {"topology": topology.resolve(TOPOLOGY.value), **report}
+    if search:
+        report["find_batch"] = search
+        if not JSON.value:
+            nxt = search["next"]
+            print(f"largest global batch that fits: {search['largest']}"
+                  + ("" if nxt is None else f" ({nxt} does not)"))
     print(json.dumps(report) if JSON.value else aot.table(report, report["topology"]))
     if report["fits"] is False:
         sys.exit(DOES_NOT_FIT)

@@ -76,3 +76,33 @@ def test_compile_reports_memory_collectives_and_flops(data_dir):
     assert out["collectives"]["all-gather"]["count"] > 0          # fsdp gathers params
     assert out["collectives"]["all-reduce"]["bytes"] > 0
     assert all(mib >= 0 for _, mib in out["replicated_mib"])
+
+
+def _loss_program(n_chips, impl, per_chip, dim=64):
+    """value_and_grad of the sigmoid loss over global negatives, compiled for a v5e slice."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from vlm_jax.losses.contrastive import contrastive_loss
+    devices = topology.devices({4: "v5e:2x2", 16: "v5e:4x4"}[n_chips])
+    mesh = mesh_lib.make_mesh({"data": n_chips}, devices=devices)
+    z = jax.ShapeDtypeStruct((per_chip * n_chips, dim), jnp.float32,
+                             sharding=NamedSharding(mesh, P("data")))
+    s = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+    loss = lambda zi, zt, t: contrastive_loss("sigmoid", zi, zt, t, t, mesh=mesh, impl=impl)[0]
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(z, z, s).compile()
+
+
+def test_find_batch_returns_a_batch_that_fits_where_the_next_does_not():
+    """The search over real compiles (the gathered loss on 4 chips, 150 KiB of HBM): the batch it
+    returns fits and the next candidate does not; every probe is logged."""
+    def fits(batch):
+        m = _loss_program(4, "gather", batch // 4).memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        return total - m.alias_size_in_bytes <= 150 * 2**10
+    seen = []
+    out = aot.find_batch(fits, 4 * 16, log=seen.append)
+    assert out["largest"] and out["largest"] % 64 == 0 and out["next"] == out["largest"] + 64
+    assert fits(out["largest"]) and not fits(out["next"])
+    assert len(seen) == len(out["probes"]) >= 3
+    assert seen[-1] == f"global batch {out['probes'][-1][0]}: " + (
+        "fits" if out["probes"][-1][1] else "does not fit")

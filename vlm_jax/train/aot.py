@@ -15,7 +15,7 @@ import re
 import jax
 import numpy as np
 
-from vlm_jax.parallel import mesh as mesh_lib, topology
+from vlm_jax.parallel import mesh as mesh_lib, sharding, topology
 from vlm_jax.setup import Setup
 from vlm_jax.train import flops as flops_lib
 
@@ -146,3 +146,37 @@ def table(report: dict, name: str = "") -> str:
             f"{p} {mib:.1f} MiB" for p, mib in r["replicated_mib"]))
     return "\n".join(lines)
 
+
+
+def batch_unit(config, devices) -> int:
+    """The step between candidate global batches: the data-parallel shards times the
+    micro-batches (each micro-batch splits evenly over the shards)."""
+    mesh = mesh_lib.make_mesh({a: config.mesh[a] for a in mesh_lib.AXES}, devices=devices)
+    return sharding.batch_shards(mesh, sharding.logical_rules(config)) * config.microbatches
+
+
+def find_batch(fits, unit: int, limit: int = 1 << 24, log=print) -> dict:
+    """The largest multiple of `unit` (at most `limit`) for which `fits(batch)` holds: doubling
+    from `unit` until a batch does not fit, then bisecting between the last that did and the
+    first that did not. Memory grows with the batch, so one boundary exists. Each probe is
+    logged. {"largest": batch or None, "next": the candidate above it that does not fit (None at
+    the limit), "probes": [(batch, fits)]}."""
+    probes = []
+
+    def probe(b):
+        ok = bool(fits(b))
+        probes.append((b, ok))
+        log(f"global batch {b}: {'fits' if ok else 'does not fit'}")
+        return ok
+
+    good, bad = None, unit
+    while bad <= limit and probe(bad):
+        good, bad = bad, bad * 2
+    if good is None:
+        return {"largest": None, "next": unit, "probes": probes}
+    if bad > limit:
+        return {"largest": good, "next": None, "probes": probes}
+    while bad - good > unit:                       # good fits, bad does not
+        mid = good + (bad - good) // unit // 2 * unit
+        good, bad = (mid, bad) if probe(mid) else (good, mid)
+    return {"largest": good, "next": bad, "probes": probes}
