@@ -58,17 +58,18 @@ def main(argv):
         devices = topology.devices(TOPOLOGY.value, NUM_SLICES.value)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"compile: {e}")
-    def compile_at(batch):
+    def compile_at(batch, count_flops=True):
         c = config.copy_and_resolve_references()
         c.batch_size = batch
-        return aot.compile_step(c, devices, num_train=NUM_TRAIN.value, hbm_gib=HBM_GIB.value)
+        return aot.compile_step(c, devices, num_train=NUM_TRAIN.value, hbm_gib=HBM_GIB.value,
+                                count_flops=count_flops)
 
     search = None
     try:
         if FIND_BATCH.value:
             if topology.hbm_bytes(devices[0], HBM_GIB.value) is None:
                 sys.exit(f"compile: no HBM figure for {devices[0].device_kind}; set --hbm_gib")
-            search = aot.find_batch(lambda b: compile_at(b)["fits"],
+            search = aot.find_batch(lambda b: compile_at(b, count_flops=False)["fits"],
                                     aot.batch_unit(config, devices),
                                     log=lambda m: print(m, file=sys.stderr, flush=True))
             if search["largest"] is None:

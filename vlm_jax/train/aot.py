@@ -70,10 +70,13 @@ def replicated(state, top: int = 5) -> list:
     return [(p, b / 2**20) for p, b in sorted(rows, key=lambda r: -r[1])[:top]]
 
 
-def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: float = 0.0) -> dict:
+def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: float = 0.0,
+                 count_flops: bool = True) -> dict:
     """The report of the train step of `config` compiled for `devices` (see the module doc).
     `hbm_gib` overrides the chip's HBM (`topology.HBM_GIB`). A program too large for the chip
-    comes back as `fits: False` with the compiler's figures, not as an exception."""
+    comes back as `fits: False` with the compiler's figures, not as an exception. Without
+    `count_flops` (a batch search's probes) `tflop_per_step` is None: counting lowers the plain
+    step a second time."""
     mesh = mesh_lib.make_mesh({a: config.mesh[a] for a in mesh_lib.AXES}, devices=devices)
     s = Setup(config, mesh, num_train=num_train)
     # Shapes and shardings outside the mesh context: eager helpers must not land on devices that
@@ -91,7 +94,7 @@ def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: floa
         "optimizer_gib": _per_chip_bytes((state.opt_state, state.loss_ema, state.step)) / GIB,
         "batch_gib": _per_chip_bytes(batch) / GIB,
         "replicated_mib": replicated(state),
-        "tflop_per_step": flops_lib.step_flops(s, batch) / 1e12,
+        "tflop_per_step": flops_lib.step_flops(s, batch) / 1e12 if count_flops else None,
     }
     with s.context():
         lowered = s.train_step().lower(state, batch, rng)
@@ -123,7 +126,8 @@ def table(report: dict, name: str = "") -> str:
             if r["slices"] > 1 else "") + f", mesh {r['mesh']}, global batch {r['global_batch']}"
             + (f" in {r['microbatches']} micro-batches" if r["microbatches"] > 1 else ""))
     hbm = "unknown HBM" if r["hbm_gib"] is None else f"HBM {r['hbm_gib']:.2f} GiB"
-    lines = [head.strip(), f"model FLOPs per step: {r['tflop_per_step']:.4g} TFLOP (global)",
+    lines = [head.strip(), f"model FLOPs per step: {r['tflop_per_step']:.4g} TFLOP (global)"
+             if r["tflop_per_step"] is not None else "model FLOPs per step: not counted",
              f"per chip: params {r['params_gib']:.3f} GiB, optimizer state "
              f"{r['optimizer_gib']:.3f} GiB, batch {r['batch_gib']:.3f} GiB"]
     if r["error"]:
