@@ -106,3 +106,37 @@ def test_find_batch_returns_a_batch_that_fits_where_the_next_does_not():
     assert len(seen) == len(out["probes"]) >= 3
     assert seen[-1] == f"global batch {out['probes'][-1][0]}: " + (
         "fits" if out["probes"][-1][1] else "does not fit")
+
+
+def test_published_setups_build_at_their_papers_size():
+    """configs/published.py: the published models' parameter counts (SigLIP B/16 203M, So400m/14
+    878M, CLIP L/14 428M), built without their tokenizer files from `tokenizer.vocab_size`."""
+    from configs import published
+    from vlm_jax import config as config_lib
+    from vlm_jax.data import tokenizer as tokenizer_lib
+    from vlm_jax.setup import Setup
+    want = {"siglip-b16-256": 203.8, "siglip-so400m14-384": 879.3, "clip-l14-224": 427.6}
+    for name in published.SETUPS:
+        c = published.get_config(name)
+        config_lib.validate(c)
+        tok = tokenizer_lib.build(c, stand_in=True)
+        assert tok.vocab_size == c.tokenizer.vocab_size
+        params = Setup(c, mesh_lib.make_mesh({}, devices=jax.devices()[:1]),
+                       tokenizer=tok).param_shapes
+        assert sum(x.size for x in jax.tree.leaves(params)) / 1e6 == pytest.approx(
+            want[name], abs=0.1), name
+        assert c.batch_size == 32_768 and c.contrastive.impl == "ring"
+    assert published.get_config("clip-l14-224:/d/*.ar").data.sources.web.path == "/d/*.ar"
+    with pytest.raises(ValueError, match="needs a name: one of siglip-b16-256"):
+        published.get_config("vit-h")
+    c = published.get_config("siglip-b16-256")
+    with pytest.raises(ValueError, match="encodes no text: give tokenizer.path"):
+        tokenizer_lib.build(c, stand_in=True).encode("a photo")
+    with pytest.raises(ValueError, match="tokenizer.path"):      # training needs the file
+        tokenizer_lib.build(c)
+    c.tokenizer.vocab_size = 0
+    with pytest.raises(ValueError, match="set tokenizer.vocab_size to compile without it"):
+        tokenizer_lib.build(c, stand_in=True)
+    c.tokenizer.name, c.tokenizer.vocab_size = "bytes", 300
+    with pytest.raises(ValueError, match="tokenizer.vocab_size=300 but 'bytes' has 260 ids"):
+        tokenizer_lib.build(c)

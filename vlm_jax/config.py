@@ -132,6 +132,7 @@ def defaults() -> ml_collections.ConfigDict:
     # bytes | sentencepiece (.model file) | hf (tokenizer.json)
     _choice(c.tokenizer, "name", "bytes", ("bytes", "sentencepiece", "hf"), "tokenizer.name")
     c.tokenizer.path = ""           # the local file, for sentencepiece and hf
+    c.tokenizer.vocab_size = 0      # launch.compile without the file: its vocabulary size
     c.tokenizer.max_len = 32        # ids per caption, BOS/EOS included; longer texts keep EOS
     c.tokenizer.bos = True          # prepend the vocab's BOS token
     c.tokenizer.eos = True          # append the vocab's EOS token

@@ -127,11 +127,33 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> tuple[
 KINDS = {"bytes": ByteTokenizer, "sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer}
 
 
-def build(config) -> Tokenizer:
-    """The tokenizer the config names; files are checked before anything else reads them."""
+class StandInTokenizer:
+    """The ids a model is built from (vocabulary size, pad, mask, BOS, EOS) without the
+    vocabulary's file: for compiling a run ahead of time (launch.compile). It encodes nothing."""
+    pad_id, bos_id, eos_id, mask_id = 0, 1, 2, 3
+
+    def __init__(self, vocab_size: int, add_bos: bool = True, add_eos: bool = True):
+        self.vocab_size, self.add_bos, self.add_eos = vocab_size, add_bos, add_eos
+
+    def encode(self, text: str) -> list[int]:
+        raise ValueError("a stand-in tokenizer (tokenizer.vocab_size without tokenizer.path) "
+                         "encodes no text: give tokenizer.path")
+
+    decode = encode
+
+
+def build(config, stand_in: bool = False) -> Tokenizer:
+    """The tokenizer the config names; files are checked before anything else reads them. With
+    `stand_in`, a file that is not at hand is replaced by a `StandInTokenizer` of
+    `tokenizer.vocab_size` ids."""
     t = config.tokenizer
     if t.name not in KINDS:
         raise ValueError(f"unknown tokenizer {t.name!r}; choose one of {sorted(KINDS)}")
+    if stand_in and t.name != "bytes" and not (t.path and os.path.isfile(t.path)):
+        if t.vocab_size <= 0:
+            raise ValueError(f"tokenizer.path {t.path!r} is not at hand: set "
+                             "tokenizer.vocab_size to compile without it")
+        return StandInTokenizer(t.vocab_size, t.bos, t.eos)
     if t.name == "bytes":
         tok = ByteTokenizer(t.bos, t.eos)
     else:
@@ -140,6 +162,9 @@ def build(config) -> Tokenizer:
         if not os.path.isfile(t.path):
             raise FileNotFoundError(f"tokenizer.path {t.path!r} does not exist")
         tok = KINDS[t.name](t.path, t.bos, t.eos)
+    if t.vocab_size and t.vocab_size != tok.vocab_size:
+        raise ValueError(f"tokenizer.vocab_size={t.vocab_size} but {t.path or t.name!r} has "
+                         f"{tok.vocab_size} ids; set it to 0 (read from the file) or match")
     for kind in ("bos", "eos"):
         if getattr(tok, f"add_{kind}") and getattr(tok, f"{kind}_id") is None:
             raise ValueError(f"tokenizer.{kind}=True but {t.path or t.name!r} has no {kind.upper()} "

@@ -15,6 +15,7 @@ import re
 import jax
 import numpy as np
 
+from vlm_jax.data import tokenizer as tokenizer_lib
 from vlm_jax.parallel import mesh as mesh_lib, sharding, topology
 from vlm_jax.setup import Setup
 from vlm_jax.train import flops as flops_lib
@@ -78,7 +79,8 @@ def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: floa
     `count_flops` (a batch search's probes) `tflop_per_step` is None: counting lowers the plain
     step a second time."""
     mesh = mesh_lib.make_mesh({a: config.mesh[a] for a in mesh_lib.AXES}, devices=devices)
-    s = Setup(config, mesh, num_train=num_train)
+    s = Setup(config, mesh, num_train=num_train,
+              tokenizer=tokenizer_lib.build(config, stand_in=True))
     # Shapes and shardings outside the mesh context: eager helpers must not land on devices that
     # cannot run them.
     state, batch = s.abstract_state(), s.batch_shapes()
