@@ -140,3 +140,18 @@ def test_published_setups_build_at_their_papers_size():
     c.tokenizer.name, c.tokenizer.vocab_size = "bytes", 300
     with pytest.raises(ValueError, match="tokenizer.vocab_size=300 but 'bytes' has 260 ids"):
         tokenizer_lib.build(c)
+
+
+def test_collectives_are_read_from_the_program_text():
+    hlo = """
+  %all-gather.1 = bf16[1,32,64]{2,1,0:T(8,128)(2,1)} all-gather(%p), channel_id=2, dimensions={1}
+  %all-reduce.3 = (f32[32]{0:T(128)S(1)}, f32[32,2,16]{2,0,1:T(8,128)}) all-reduce(%a, %b), to_apply=%add
+  %cp-start = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(%x), source_target_pairs={{0,1}}
+  %cp-done = f32[8]{0} collective-permute-done(%cp-start)
+  %fusion.2 = f32[4]{0} fusion(%all-gather.1), kind=kLoop, calls=%fused_computation
+"""
+    got = aot.collectives(hlo)
+    assert got["all-gather"] == {"count": 1, "bytes": 2 * 32 * 64}
+    assert got["all-reduce"] == {"count": 1, "bytes": 4 * (32 + 32 * 2 * 16)}
+    assert got["collective-permute"] == {"count": 1, "bytes": 4 * 8}      # -done, not -start
+    assert got["reduce-scatter"]["count"] == got["all-to-all"]["count"] == 0

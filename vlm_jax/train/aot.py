@@ -24,7 +24,7 @@ GIB = 2**30
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute", "all-to-all")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8}
-_OP = re.compile(r"=\s*(\(.*?\)|\w+\[[^\]]*\]\S*)\s+(" + "|".join(COLLECTIVES) + r")(-done)?\(")
+_OP = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(-done)?\(")
 _ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
 _OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
                   r"\(([\d.]+)([KMGT]?)\)")
@@ -40,11 +40,15 @@ def collectives(hlo_text: str) -> dict:
     """{kind: {"count", "bytes"}} of a compiled program's collectives, bytes as each chip's
     result. A loop body's collectives count once, as the program text holds them."""
     out = {k: {"count": 0, "bytes": 0} for k in COLLECTIVES}
-    for m in _OP.finditer(hlo_text):
+    for line in hlo_text.splitlines():
+        m = _OP.search(line)
+        if m is None or "=" not in line[:m.start()]:
+            continue
+        result = line[line.index("=") + 1:m.start()]       # an array type or a tuple of them
         size = sum(_BYTES.get(t, 4) * math.prod(int(d) for d in dims.split(",") if d)
-                   for t, dims in _ARRAY.findall(m.group(1)))
-        out[m.group(2)]["count"] += 1
-        out[m.group(2)]["bytes"] += size
+                   for t, dims in _ARRAY.findall(result))
+        out[m.group(1)]["count"] += 1
+        out[m.group(1)]["bytes"] += size
     return out
 
 
