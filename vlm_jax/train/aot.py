@@ -15,6 +15,7 @@ import re
 import jax
 import numpy as np
 
+from vlm_jax import rules
 from vlm_jax.data import tokenizer as tokenizer_lib
 from vlm_jax.parallel import mesh as mesh_lib, sharding, topology
 from vlm_jax.setup import Setup
@@ -62,14 +63,9 @@ def out_of_memory(error: Exception) -> dict | None:
             "available_gib": float(m.group(3)) * scale[m.group(4)]}
 
 
-def _path(keys) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in keys)
-
-
 def replicated(state, top: int = 5) -> list:
     """The `top` largest arrays of `state` that every chip holds whole: [(path, MiB)]."""
-    rows = [(_path(path), math.prod(x.shape) * np.dtype(x.dtype).itemsize)
+    rows = [(rules.path_str(path), math.prod(x.shape) * np.dtype(x.dtype).itemsize)
             for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
             if x.sharding.is_fully_replicated and math.prod(x.shape) > 1]
     return [(p, b / 2**20) for p, b in sorted(rows, key=lambda r: -r[1])[:top]]
