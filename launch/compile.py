@@ -51,7 +51,12 @@ def main(argv):
         config = launch_flags.config()
     except config_lib.ConfigError as e:
         sys.exit(f"config error: {e}")
-    runtime.set_up()          # quiet logs, the compilation cache: a re-run is instant
+    runtime.quiet_libraries()
+    runtime.collect_garbage_less()
+    # No persistent compilation cache: an executable for compile-only devices cannot be loaded
+    # back (JAX warns and compiles again), so writing one only costs time and disk.
+    import jax
+    jax.config.update("jax_enable_compilation_cache", False)
     from vlm_jax.parallel import topology
     from vlm_jax.train import aot
     try:
