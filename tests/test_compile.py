@@ -1,5 +1,6 @@
 """launch.compile: the train step compiled for TPU slices on this CPU machine (libtpu's
 compile-only devices), and its report."""
+import functools
 import json
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def _loss_program(n_chips, impl, per_chip, dim=64):
 def test_find_batch_returns_a_batch_that_fits_where_the_next_does_not():
     """The search over real compiles (the gathered loss on 4 chips, 150 KiB of HBM): the batch it
     returns fits and the next candidate does not; every probe is logged."""
+    @functools.lru_cache      # probed again below: compile-only programs do not load back
     def fits(batch):
         m = _loss_program(4, "gather", batch // 4).memory_analysis()
         total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
