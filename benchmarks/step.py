@@ -86,8 +86,7 @@ def _lower(cfg, devices: int = 0):
     from vlm_jax.data import pipeline
     from vlm_jax.parallel import mesh as mesh_lib
     from vlm_jax.setup import Setup
-    shape = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
-    setup = Setup(cfg, mesh_lib.make_mesh(shape, jax.devices()[:devices or None]))
+    setup = Setup(cfg, mesh_lib.from_config(cfg, jax.devices()[:devices or None]))
     batch = pipeline.to_global(setup.synthetic_batch(), setup.batch_sh)
     with setup.context():
         lowered = setup.train_step().lower(setup.abstract_state(), batch, setup.step_rng)

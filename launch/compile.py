@@ -63,6 +63,7 @@ def main(argv):
         devices = topology.devices(TOPOLOGY.value, NUM_SLICES.value)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"compile: {e}")
+
     def compile_at(batch, count_flops=True):
         c = config.copy_and_resolve_references()
         c.batch_size = batch

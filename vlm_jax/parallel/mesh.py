@@ -43,8 +43,9 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence | None = None) -> Mesh
     return jax.make_mesh(tuple(sizes), tuple(names), axis_types=auto, devices=devices)
 
 
-def from_config(config) -> Mesh:
-    return make_mesh({a: config.mesh[a] for a in AXES})
+def from_config(config, devices: Sequence | None = None) -> Mesh:
+    """The config's mesh over `devices` (default: all of this process's job)."""
+    return make_mesh({a: config.mesh[a] for a in AXES}, devices)
 
 
 def describe_cluster(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -78,7 +78,7 @@ def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: floa
     comes back as `fits: False` with the compiler's figures, not as an exception. Without
     `count_flops` (a batch search's probes) `tflop_per_step` is None: counting lowers the plain
     step a second time."""
-    mesh = mesh_lib.make_mesh({a: config.mesh[a] for a in mesh_lib.AXES}, devices=devices)
+    mesh = mesh_lib.from_config(config, devices)
     s = Setup(config, mesh, num_train=num_train,
               tokenizer=tokenizer_lib.build(config, stand_in=True))
     # Shapes and shardings outside the mesh context: eager helpers must not land on devices that
@@ -157,7 +157,7 @@ def table(report: dict, name: str = "") -> str:
 def batch_unit(config, devices) -> int:
     """The step between candidate global batches: the data-parallel shards times the
     micro-batches (each micro-batch splits evenly over the shards)."""
-    mesh = mesh_lib.make_mesh({a: config.mesh[a] for a in mesh_lib.AXES}, devices=devices)
+    mesh = mesh_lib.from_config(config, devices)
     return sharding.batch_shards(mesh, sharding.logical_rules(config)) * config.microbatches
 
 
