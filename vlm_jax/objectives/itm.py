@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlm_jax.losses.itm import itm_loss, mine_negatives
-from vlm_jax.parallel import sharding
+from vlm_jax.parallel import rows, sharding
 
 
 def match_groups(batch: dict):
@@ -41,12 +41,17 @@ class Objective:
             ctx.rng, out["img/normed"], out["txt/normed"], out["scale"], negatives=self.negatives,
             mesh=mesh, batch_axes=axes, groups=match_groups(batch))
         img, txt, mask = out["img/tokens"], out["txt/tokens"], batch["mask"]
+        # The negatives' token rows come from whichever shard holds them, one shard's block at
+        # a time (rows.take): never the whole batch's tokens on every chip.
+        take = lambda xs, index: rows.take(xs, index, mesh=mesh, batch_axes=axes,
+                                           local=self.negatives == "local")
+        txt_neg, mask_neg = take((txt, mask), neg_txt)
+        img_neg, = take((img,), neg_img)
         # The three sets of pairs through one fusion encoder, mapped over a new axis 1 (the
         # batch axis, and its sharding, stay first): one encoder in the program, not three.
         stack = lambda *xs: jnp.stack(xs, axis=1)
         logits = jax.vmap(lambda t, m, i: ctx.call("itm_logits", t, m, i), in_axes=1,
-                          out_axes=1)(stack(txt, txt[neg_txt], txt),
-                                      stack(mask, mask[neg_txt], mask),
-                                      stack(img, img, img[neg_img]))
+                          out_axes=1)(stack(txt, txt_neg, txt), stack(mask, mask_neg, mask),
+                                      stack(img, img, img_neg))
         pos, neg_t, neg_i = logits[:, 0], logits[:, 1], logits[:, 2]
         return itm_loss(pos, neg_t, neg_i)
