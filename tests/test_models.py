@@ -206,13 +206,16 @@ def _tower_loss(model, x):
 
 
 def test_scanned_and_rematerialised_blocks_compute_the_looped_model():
+    """Scanned blocks, each sub-layer rematerialised apart (and the final LayerNorms and the
+    attention-pooling head with them), against the looped model in one pass."""
     from vlm_jax.models import layout
-    looped, cfg = _model(**{"model.image.depth": 3, "model.text.depth": 2})
+    arch = {"model.image.depth": 3, "model.text.depth": 2, "model.text.causal": True,
+            "model.image.pool": "map"}
+    looped, cfg = _model(**arch)
     params, *x = _init(looped, cfg)
     params = nn.unbox(params)
     want_v, want_g = _tower_loss(looped, x)(params)
-    scanned, _ = _model(**{"model.image.depth": 3, "model.text.depth": 2, "model.scan": True,
-                           "model.remat": "nothing_saveable"})
+    scanned, _ = _model(**arch, **{"model.scan": True, "model.remat": "sublayers"})
     own, *_ = _init(scanned, cfg, shapes_only=True)
     stacked = layout.to_scanned(jax.device_get(params))
     assert jax.tree.map(np.shape, nn.unbox(own)) == jax.tree.map(np.shape, stacked)

@@ -47,8 +47,8 @@ def test_meshes_give_the_single_device_loss_and_grads(data_dir):
 @pytest.mark.slow
 def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_dir):
     """The jitted, donated step (model, sigmoid loss on the ring, optimizer) on (2, 2, 2), blocks
-    scanned and rematerialised, params fsdp- and tensor-sharded, in GradCache micro-batches (2
-    rows per shard each), against the plain looped model on one device in one pass. (The
+    scanned and rematerialised (each sub-layer apart), params fsdp- and tensor-sharded, in
+    GradCache micro-batches (2 rows per shard each), against the plain looped model on one device in one pass. (The
     one-pass step on sharded meshes: test_meshes_give_the_single_device_loss_and_grads and
     test_train.py; scanned against looped blocks: test_models.py.)"""
     over = {"mesh.fsdp_min_mib": 0.0, "model.text.depth": 2, "contrastive.name": "sigmoid",
@@ -63,7 +63,7 @@ def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_
     p1 = jax.device_get(state.params)
 
     cfg = tiny_config(data_dir, microbatches=2, **over,
-                      **{"model.scan": True, "model.remat": "nothing_saveable"})
+                      **{"model.scan": True, "model.remat": "sublayers"})
     s = Setup(cfg, mesh=_mesh((2, 2, 2)))
     state = random_state(s).replace(params=jax.device_put(start, s.state_sh.params))
     with s.context():

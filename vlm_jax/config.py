@@ -142,7 +142,8 @@ def defaults() -> ml_collections.ConfigDict:
     # activation/matmul dtype; params stay float32
     _choice(c.model, "dtype", "float32", ("float32", "bfloat16"), "model.dtype")
     # Every transformer stack: recompute activations in the backward pass by this
-    # jax.checkpoint_policies policy ("none": store them all), and scan over the blocks (one
+    # jax.checkpoint_policies policy ("none": store them all; "sublayers": nothing_saveable with
+    # each block's attention and MLP recomputed apart), and scan over the blocks (one
     # compiled body; params gain a leading layers axis under `.../blocks/`, and checkpoints
     # convert between the two layouts on load).
     _choice(c.model, "remat", "none", REMAT_POLICIES, "model.remat")

@@ -29,8 +29,10 @@ ACTIVATIONS = {
 
 
 def layer_norm(name: str | None = None, dtype: Dtype = jnp.float32,
-               eps: float = 1e-6) -> nn.LayerNorm:
-    return nn.LayerNorm(
+               eps: float = 1e-6, remat: str = "none") -> nn.LayerNorm:
+    """A LayerNorm over `embed`; rematerialised under a `remat` policy (its float32
+    intermediates are twice the size of its bfloat16 input, which is all it then keeps)."""
+    return rematerialised(nn.LayerNorm, remat)(
         name=name, dtype=dtype, epsilon=eps,
         scale_init=logical(nn.initializers.ones, ("embed",)),
         bias_init=logical(nn.initializers.zeros, ("embed",)))
@@ -100,25 +102,44 @@ class Block(nn.Module):
     scanned: bool = False
     act: str = "gelu_tanh"
     norm_eps: float = 1e-6
+    sublayers: bool = False  # rematerialise each sub-layer apart (remat policy `sublayers`)
 
     @nn.compact
     def __call__(self, x, mask=None, context=None, context_mask=None):
-        ln = functools.partial(layer_norm, dtype=self.dtype, eps=self.norm_eps)
+        sub = "nothing_saveable" if self.sublayers else "none"
+        ln = functools.partial(layer_norm, dtype=self.dtype, eps=self.norm_eps, remat=sub)
+        attention = rematerialised(Attention, sub)
         x = constrain(x, ("batch", "seq", "embed"))
-        x = x + Attention(self.heads, self.dtype, name="attn")(ln("ln1")(x), mask=mask)
+        x = x + attention(self.heads, self.dtype, name="attn")(
+            ln("ln1")(x), mask=mask)
         if context is not None:
-            x = x + Attention(self.heads, self.dtype, name="xattn")(
+            x = x + attention(self.heads, self.dtype, name="xattn")(
                 ln("ln_x")(x), kv=context, mask=context_mask)
-        x = x + Mlp(self.mlp_dim, self.dtype, self.act, name="mlp")(ln("ln2")(x))
+        x = x + rematerialised(Mlp, sub)(self.mlp_dim, self.dtype, self.act, name="mlp")(
+            ln("ln2")(x))
         x = constrain(x, ("batch", "seq", "embed"))
         return (x, None) if self.scanned else x
 
 
 # Rematerialisation policies (`model.remat`): what the backward pass may keep instead of
-# recomputing. `nothing_saveable` recomputes each block whole (least memory); the `dots_*` ones
-# keep matmul outputs and recompute only the cheap elementwise work.
-REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
-                  "everything_saveable")
+# recomputing. `nothing_saveable` recomputes each block whole; `sublayers` too, and within the
+# block's backward pass recomputes its attention and its MLP apart, so that only one sub-layer's
+# activations are alive at a time (for one more forward pass of each attention);
+# the `dots_*` ones keep matmul outputs and recompute only the cheap elementwise work.
+REMAT_POLICIES = ("none", "nothing_saveable", "sublayers", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "everything_saveable")
+
+
+def rematerialised(cls, remat: str, scan: bool = False):
+    """Module class `cls` under the `remat` policy (REMAT_POLICIES; "none": `cls` itself)."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {remat!r}; choose one of {REMAT_POLICIES}")
+    if remat == "none":
+        return cls
+    policy = getattr(jax.checkpoint_policies,
+                     "nothing_saveable" if remat == "sublayers" else remat)
+    # Under scan, CSE cannot merge the recomputation with the forward pass anyway.
+    return nn.remat(cls, policy=policy, prevent_cse=not scan)
 
 
 def stack(x, *, depth: int, heads: int, mlp_dim: int, dtype: Dtype, remat: str = "none",
@@ -128,23 +149,19 @@ def stack(x, *, depth: int, heads: int, mlp_dim: int, dtype: Dtype, remat: str =
     `scan`, one `blocks` whose params carry a leading `layers` axis (one compiled block body,
     so compile time does not grow with depth). Returns x and each block's output (looped only).
     """
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat policy {remat!r}; choose one of {REMAT_POLICIES}")
-    block = Block
-    if remat != "none":
-        # Under scan, CSE cannot merge the recomputation with the forward pass anyway.
-        block = nn.remat(Block, policy=getattr(jax.checkpoint_policies, remat), prevent_cse=not scan)
+    block = rematerialised(Block, remat, scan)
     if scan:
         layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=depth,
                          metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = layers(heads, mlp_dim, dtype, scanned=True, act=act, norm_eps=norm_eps,
-                      name="blocks")(
+                      sublayers=remat == "sublayers", name="blocks")(
             x, mask, context, context_mask)
         return x, {}
     out = {}
     for i in range(depth):
-        x = block(heads, mlp_dim, dtype, act=act, norm_eps=norm_eps, name=f"block{i}")(
+        x = block(heads, mlp_dim, dtype, act=act, norm_eps=norm_eps,
+                  sublayers=remat == "sublayers", name=f"block{i}")(
             x, mask, context, context_mask)
         out[f"block{i}"] = x
     return x, out
@@ -167,4 +184,4 @@ class Encoder(nn.Module):
         x, blocks = stack(x, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim,
                           dtype=self.dtype, remat=self.remat, scan=self.scan, mask=mask,
                           act=self.act, norm_eps=self.norm_eps)
-        return layer_norm("ln_final", self.dtype, self.norm_eps)(x), blocks
+        return layer_norm("ln_final", self.dtype, self.norm_eps, self.remat)(x), blocks

@@ -5,7 +5,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.models.transformer import Attention, Dtype, Encoder, Mlp, layer_norm, logical
+from vlm_jax.models.transformer import (Attention, Dtype, Encoder, Mlp, layer_norm, logical,
+                                        rematerialised)
 
 
 def sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -80,7 +81,7 @@ class ViT(nn.Module):
             cls = self.param("cls", logical(nn.initializers.zeros, (None, None, "embed")), (1, 1, c))
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)).astype(x.dtype), x], axis=1)
         if self.pre_norm:
-            x = layer_norm("ln_pre", self.dtype, self.norm_eps)(x)
+            x = layer_norm("ln_pre", self.dtype, self.norm_eps, self.remat)(x)
         tokens, blocks = Encoder(self.depth, self.heads, self.mlp_dim, self.dtype, self.remat,
                                  self.scan, self.act, self.norm_eps, name="encoder")(x)
         if self.pool == "gap":
@@ -88,6 +89,7 @@ class ViT(nn.Module):
         elif self.pool == "cls":
             pooled = tokens[:, 0]
         else:
-            pooled = MapHead(self.heads, self.mlp_dim, self.dtype, self.act, self.norm_eps,
-                             name="map")(tokens)
+            # Rematerialised with the blocks: its keys and values span every token.
+            pooled = rematerialised(MapHead, self.remat)(
+                self.heads, self.mlp_dim, self.dtype, self.act, self.norm_eps, name="map")(tokens)
         return {"tokens": tokens, "pre_logits": pooled, **{f"encoder/{k}": v for k, v in blocks.items()}}
