@@ -5,11 +5,12 @@ each chip would hold.
       [--find_batch] [--json] [--config.KEY=VALUE ...]
 
 The run is built as `launch.train` builds it, minus the data: the same config, setup and jitted
-step, lowered on abstract state and batch shapes over the slice's compile-only devices (libtpu,
-the `tpu` extra) and compiled by the TPU compiler. The report, per chip: params, optimizer state
-and batch; the compiled program's arguments, outputs, temporaries and total against the chip's
-HBM (FITS / DOES NOT FIT and the margin); its collectives; the largest arrays left whole on every
-chip; and the model FLOPs per step. It measures memory and communication, not speed.
+programs (the train step; the evaluators' image and text towers), lowered on abstract state and
+batch shapes over the slice's compile-only devices (libtpu, the `tpu` extra) and compiled by the
+TPU compiler. The report, per chip: params, optimizer state and batch; the train step's
+arguments, outputs, temporaries and total against the chip's HBM (FITS / DOES NOT FIT and the
+margin); its collectives; the largest arrays left whole on every chip; the model FLOPs per step;
+and each evaluation program's total. It measures memory and communication, not speed.
 
 Topologies: v5e:16x16, v5p:8x8x8, v6e:4x4 (chips per axis) or v5e-256, v6e-16 (chips),
 v5p-1024, v4-32 (TensorCores). Exit codes: 0 fits (or no HBM figure), 3 does not fit, 1 error.
@@ -64,18 +65,18 @@ def main(argv):
     except (ValueError, RuntimeError) as e:
         sys.exit(f"compile: {e}")
 
-    def compile_at(batch, count_flops=True):
+    def compile_at(batch, probe=False):
         c = config.copy_and_resolve_references()
         c.batch_size = batch
         return aot.compile_step(c, devices, num_train=NUM_TRAIN.value, hbm_gib=HBM_GIB.value,
-                                count_flops=count_flops)
+                                count_flops=not probe, eval_step=not probe)
 
     search = None
     try:
         if FIND_BATCH.value:
             if topology.hbm_bytes(devices[0], HBM_GIB.value) is None:
                 sys.exit(f"compile: no HBM figure for {devices[0].device_kind}; set --hbm_gib")
-            search = aot.find_batch(lambda b: compile_at(b, count_flops=False)["fits"],
+            search = aot.find_batch(lambda b: compile_at(b, probe=True)["fits"],
                                     aot.batch_unit(config, devices),
                                     log=lambda m: print(m, file=sys.stderr, flush=True))
             if search["largest"] is None:
@@ -91,7 +92,7 @@ def main(argv):
             print(f"largest global batch that fits: {search['largest']}"
                   + ("" if nxt is None else f" ({nxt} does not)"))
     print(json.dumps(report) if JSON.value else aot.table(report, report["topology"]))
-    if report["fits"] is False:
+    if report["fits"] is False or report.get("eval", {}).get("fits") is False:
         sys.exit(DOES_NOT_FIT)
 
 

@@ -58,7 +58,7 @@ def test_the_compilers_out_of_memory_is_read():
 
 def test_compile_reports_memory_collectives_and_flops(data_dir):
     """The quickstart at the suite's tiny size on v5e-4 (data 2 x fsdp 2), as the command runs it:
-    the JSON report's fields, and an HBM made too small to hold it: DOES NOT FIT, exit code 3."""
+    the JSON report's fields (the train step's and the evaluation towers'), and an HBM made too small to hold it: DOES NOT FIT, exit code 3."""
     flags = [f for f in tiny_flags(data_dir) if "data_dir" not in f]
     r = subprocess.run([sys.executable, "-m", "launch.compile", "--config", "configs/quickstart.py",
                         "--topology", "v5e-4", "--json", "--hbm_gib", "0.005", *flags,
@@ -77,6 +77,9 @@ def test_compile_reports_memory_collectives_and_flops(data_dir):
     assert out["collectives"]["all-gather"]["count"] > 0          # fsdp gathers params
     assert out["collectives"]["all-reduce"]["bytes"] > 0
     assert all(mib >= 0 for _, mib in out["replicated_mib"])
+    e = out["eval"]                   # the evaluators' towers, compiled at eval.batch_size
+    assert e["global_batch"] % 2 == 0 and isinstance(e["fits"], bool)
+    assert 0 < e["text"]["total_gib"] < e["image"]["total_gib"] and e["image"]["error"] is None
 
 
 def _loss_program(n_chips, impl, per_chip, dim=64):
@@ -91,6 +94,16 @@ def _loss_program(n_chips, impl, per_chip, dim=64):
     s = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
     loss = lambda zi, zt, t: contrastive_loss("sigmoid", zi, zt, t, t, mesh=mesh, impl=impl)[0]
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(z, z, s).compile()
+
+
+def test_ring_temporaries_stay_flat_where_gathers_grow():
+    """The sigmoid loss's value and gradient at 2,048 examples per chip compiled for 4 and 16 v5e
+    chips: the gathered logits (2,048 x the global batch, float32) outgrow what the compiler keeps
+    in fused loops (256 MiB of temporaries on 16 chips), the ring's b x b blocks do not."""
+    temps = {(impl, n): _loss_program(n, impl, 2048).memory_analysis().temp_size_in_bytes
+             for impl, n in (("gather", 4), ("gather", 16), ("ring", 16))}
+    assert temps["gather", 16] >= 2048 * 2048 * 16 * 4 > temps["gather", 4], temps
+    assert temps["ring", 16] <= 2**20, temps         # so no more than on 4 chips
 
 
 def test_find_batch_returns_a_batch_that_fits_where_the_next_does_not():

@@ -188,11 +188,11 @@ class Setup:
                                 self.mesh)
         return self.shared("step", build, self.total_steps, self.warmup_steps)
 
-    def batch_shapes(self) -> dict:
-        """ShapeDtypeStructs of a global batch on the mesh, shaped like `synthetic_batch` but
-        without making one: to lower and compile the step at any batch size."""
+    def batch_shapes(self, batch_size: int | None = None) -> dict:
+        """ShapeDtypeStructs of a global batch (default: the config's) on the mesh, shaped like
+        `synthetic_batch` but without making one: to lower and compile a step at any size."""
         c = self.config
-        b, size, length = c.batch_size, c.data.image_size, c.tokenizer.max_len
+        b, size, length = batch_size or c.batch_size, c.data.image_size, c.tokenizer.max_len
         shapes = {"image": ((b, size, size, 3), np.uint8), "tokens": ((b, length), np.int32),
                   "mask": ((b, length), np.bool_), "label": ((b,), np.int32)}
         return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sh)

@@ -42,7 +42,8 @@ class Embedder:
         self.sharding = sharding.batch_sharding(mesh, rules)
         self.tokenizer, self.max_len, self.mesh, self.rules = tokenizer, max_len, mesh, rules
         self.model = model
-        self._txt = jax.jit(lambda p, t, m: model.apply(
+        # (params, ids, mask) -> the normalised text embeddings
+        self.encode_text = jax.jit(lambda p, t, m: model.apply(
             {"params": p}, t, m, method=model.encode_text)["txt/normed"])
         self._txt_tokens = jax.jit(lambda p, t, m: _pick(model.apply(
             {"params": p}, t, m, method=model.encode_text), "txt/normed", "txt/tokens"))
@@ -120,7 +121,7 @@ class Embedder:
         [N, L, W], mask [N, L])."""
         ids, mask = tokenize(self.tokenizer, texts, self.max_len)
         if not tokens:
-            return self.batched(self._txt, params, ids, mask, what="embedding texts")
+            return self.batched(self.encode_text, params, ids, mask, what="embedding texts")
         emb, tok = self.batched(self._txt_tokens, params, ids, mask, what="embedding texts")
         return emb, tok, mask
 

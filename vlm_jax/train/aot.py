@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -71,9 +72,42 @@ def replicated(state, top: int = 5) -> list:
     return [(p, b / 2**20) for p, b in sorted(rows, key=lambda r: -r[1])[:top]]
 
 
+def _compile(lowered) -> tuple:
+    """(compiled program or None, its per-chip memory in bytes by kind or the compiler's
+    out-of-memory figures). Other compile errors propagate."""
+    try:
+        compiled = lowered.compile()
+    except Exception as e:            # the compiler refuses what cannot fit
+        oom = out_of_memory(e)
+        if oom is None:
+            raise
+        return None, {**oom, "error": str(e).splitlines()[0][:300]}
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    return compiled, {"arguments_gib": m.argument_size_in_bytes / GIB,
+                      "outputs_gib": m.output_size_in_bytes / GIB,
+                      "temporaries_gib": m.temp_size_in_bytes / GIB,
+                      "aliased_gib": m.alias_size_in_bytes / GIB, "total_gib": total / GIB,
+                      "error": None}
+
+
+def _eval_programs(s, params) -> tuple[int, dict]:
+    """(global batch, {name: lowered program}) of the evaluators' programs: the image and the
+    text tower at `eval.batch_size` (rounded to the data shards), as `vlm_jax.evals` runs them."""
+    from vlm_jax.evals.common import Embedder
+    e = Embedder.from_setup(s)
+    batch = s.batch_shapes(e.batch)
+    with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
+        return e.batch, {"image": e.features(("img/normed",)).lower(params, batch["image"]),
+                         "text": e.encode_text.lower(params, batch["tokens"], batch["mask"])}
+
+
 def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: float = 0.0,
-                 count_flops: bool = True) -> dict:
-    """The report of the train step of `config` compiled for `devices` (see the module doc).
+                 count_flops: bool = True, eval_step: bool = True) -> dict:
+    """The report of the train step of `config` compiled for `devices` (see the module doc),
+    and with `eval_step` of the evaluators' tower programs ("eval": {"image", "text"}: their
+    per-chip total or the compiler's out-of-memory figures).
     `hbm_gib` overrides the chip's HBM (`topology.HBM_GIB`). A program too large for the chip
     comes back as `fits: False` with the compiler's figures, not as an exception. Without
     `count_flops` (a batch search's probes) `tflop_per_step` is None: counting lowers the plain
@@ -100,24 +134,21 @@ def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: floa
     }
     with s.context():
         lowered = s.train_step().lower(state, batch, rng)
-    try:
-        compiled = lowered.compile()
-    except Exception as e:            # the compiler refuses what cannot fit
-        oom = out_of_memory(e)
-        if oom is None:
-            raise
-        return {**report, **oom, "fits": False, "error": str(e).splitlines()[0][:300]}
-    m = compiled.memory_analysis()
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
+    compiled, memory = _compile(lowered)
+    report.update(memory)
+    if compiled is None:
+        return {**report, "fits": False}
     report.update({
-        "arguments_gib": m.argument_size_in_bytes / GIB,
-        "outputs_gib": m.output_size_in_bytes / GIB,
-        "temporaries_gib": m.temp_size_in_bytes / GIB,
-        "aliased_gib": m.alias_size_in_bytes / GIB, "total_gib": total / GIB,
-        "fits": None if hbm is None else total <= hbm,
-        "margin_gib": None if hbm is None else (hbm - total) / GIB,
-        "collectives": collectives(compiled.as_text()), "error": None})
+        "fits": None if hbm is None else memory["total_gib"] * GIB <= hbm,
+        "margin_gib": None if hbm is None else hbm / GIB - memory["total_gib"],
+        "collectives": collectives(compiled.as_text())})
+    if eval_step:
+        eval_batch, programs = _eval_programs(s, state.params)
+        report["eval"] = {"global_batch": eval_batch,
+                          **{name: _compile(low)[1] for name, low in programs.items()}}
+        report["eval"]["fits"] = None if hbm is None else all(
+            report["eval"][name]["error"] is None and report["eval"][name]["total_gib"] * GIB
+            <= hbm for name in programs)
     return report
 
 
@@ -147,6 +178,13 @@ def table(report: dict, name: str = "") -> str:
     used = [(k, v) for k, v in r["collectives"].items() if v["count"]]
     lines.append("collectives per chip (a loop body once): " + (", ".join(
         f"{k} {v['count']} x, {v['bytes'] / 2**20:.1f} MiB" for k, v in used) or "none"))
+    if r.get("eval"):
+        e = r["eval"]
+        towers = ", ".join(f"{name} tower " + (f"{e[name]['total_gib']:.3f} GiB" if e[name]["error"]
+                                                is None else f"needs {e[name]['required_gib']:.2f} GiB")
+                           for name in ("image", "text"))
+        verdict = "" if e["fits"] is None else " (FITS)" if e["fits"] else " (DOES NOT FIT: lower eval.batch_size)"
+        lines.append(f"evaluation at global batch {e['global_batch']}, per chip: {towers}{verdict}")
     if r["replicated_mib"]:
         lines.append("largest arrays on every chip: " + ", ".join(
             f"{p} {mib:.1f} MiB" for p, mib in r["replicated_mib"]))
