@@ -26,23 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # JAX runs on this machine's CPU; the slices' devices are compile-only.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-GIB = 2**30
-
-
-def published(name: str):
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                        "published.py")
-    spec = importlib.util.spec_from_file_location("published", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(name)
-
 
 def config(name: str, impl: str, batch: int, chips: int, args):
     """configs/published.py:NAME at `batch` on `chips`, in micro-batches of <= micro_rows rows
     per chip."""
-    c = published(name)
+    from configs import published
+    c = published.get_config(name)
     c.batch_size, c.contrastive.impl = batch, impl
     c.model.remat = args.remat
     if args.fsdp:                                   # params and optimizer state sharded

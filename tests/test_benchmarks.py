@@ -34,6 +34,22 @@ def _benchmark(name):
     return module
 
 
+def test_pod_benchmark_rows_split_the_batch_into_micro_batches():
+    """The pod grid's runs (compiling them takes minutes: benchmarks/pod.py is run by hand):
+    the published setup at the row's batch and negatives, in micro-batches of at most
+    micro_rows rows per chip that split every shard."""
+    import argparse
+    pod = _benchmark("pod")
+    args = argparse.Namespace(remat="sublayers", fsdp=True, image_size=224, micro_rows=512)
+    c = pod.config("siglip-b16-256", "ring", 1 << 20, 256, args)
+    assert c.batch_size == 1 << 20 and c.contrastive.impl == "ring" and c.microbatches == 8
+    assert c.model.remat == "sublayers" and c.data.image_size == 224
+    assert (c.mesh.data, c.mesh.fsdp) == (1, -1)
+    assert pod.config("clip-l14-224", "gather", 32768, 256, args).microbatches == 1
+    args.micro_rows = 4          # 10 rows per chip: not 3 micro-batches, nor 4, but 5
+    assert pod.config("clip-l14-224", "gather", 20, 2, args).microbatches == 5
+
+
 def test_input_pipeline_benchmark_json(capsys):
     # Grain without worker processes (tests/test_sources.py starts workers).
     _benchmark("input_pipeline").main(["--images", "64", "--seconds", "0.3", "--batch", "8",
