@@ -108,8 +108,8 @@ def test_ring_temporaries_stay_flat_where_gathers_grow():
 
 def test_itm_mining_gathers_each_embedding_once_on_tpu():
     """Global hard-negative mining compiled for v5e-4: one all-gather each of the image and text
-    embeddings and the match groups. (The TPU compiler otherwise gathers again per use: 5 here,
-    120 in the ALBEF B/16 step at 32k on v5e-256.)"""
+    embeddings and the match groups (the TPU compiler otherwise gathers again per use: 5 here).
+    Inside a whole ALBEF step it still re-streams them per use: docs/BENCHMARKS.md."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from vlm_jax.losses import itm
