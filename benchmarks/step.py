@@ -93,16 +93,12 @@ def _lower(cfg, devices: int = 0):
     return setup, lowered, batch
 
 
-def _bytes(compiled) -> int:
-    m = compiled.memory_analysis()
-    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - \
-        m.alias_size_in_bytes
-
-
 def largest_batch(size: str, loss: str, args) -> int:
     """The largest power-of-two global batch whose compiled step fits in 90% of the device's
     memory (by XLA's memory analysis); needs a device that reports its memory limit."""
     import jax
+
+    from vlm_jax.train import aot
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" not in stats:
         raise SystemExit("--batch 0 needs a device that reports its memory (a GPU or TPU)")
@@ -111,7 +107,7 @@ def largest_batch(size: str, loss: str, args) -> int:
     while batch <= 1 << 16:
         try:
             compiled = _lower(config(size, loss, batch, args), args.devices)[1].compile()
-            fits = _bytes(compiled) < 0.9 * stats["bytes_limit"]
+            fits = aot.total_bytes(compiled) < 0.9 * stats["bytes_limit"]
         except Exception as e:        # XLA may refuse to compile what cannot fit
             if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
                 raise
@@ -126,7 +122,7 @@ def largest_batch(size: str, loss: str, args) -> int:
 
 def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
     import jax
-    from vlm_jax.train import flops as flops_lib, state as state_lib
+    from vlm_jax.train import aot, flops as flops_lib, state as state_lib
     cfg = config(size, loss, batch, args)
     setup, lowered, batch_arrays = _lower(cfg, args.devices)
     step = compiled = lowered.compile()          # compiled once; the loop calls it directly
@@ -149,7 +145,7 @@ def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
             "params_m": state_lib.num_params(state.params) / 1e6,
             "step_s": t, "examples_per_s": batch / t, "tflop_per_step": flops / 1e12,
             "achieved_tflop_s": flops / t / 1e12, "peak_tflop_s": peak / 1e12,
-            "mfu": flops / t / peak, "device_gib": _bytes(compiled) / 2**30,
+            "mfu": flops / t / peak, "device_gib": aot.total_bytes(compiled) / 2**30,
             "peak_gib": None if used is None else used / 2**30,
             "final_loss": float(m["loss"]), "device": jax.devices()[0].device_kind}
 

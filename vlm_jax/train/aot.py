@@ -72,6 +72,14 @@ def replicated(state, top: int = 5) -> list:
     return [(p, b / 2**20) for p, b in sorted(rows, key=lambda r: -r[1])[:top]]
 
 
+def total_bytes(compiled) -> int:
+    """Per-device bytes a compiled program needs: arguments, outputs and temporaries, less the
+    outputs that reuse (donated) argument buffers."""
+    m = compiled.memory_analysis()
+    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)
+
+
 def _compile(lowered) -> tuple:
     """(compiled program or None, its per-chip memory in bytes by kind or the compiler's
     out-of-memory figures). Other compile errors propagate."""
@@ -82,9 +90,7 @@ def _compile(lowered) -> tuple:
         if oom is None:
             raise
         return None, {**oom, "error": str(e).splitlines()[0][:300]}
-    m = compiled.memory_analysis()
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
+    m, total = compiled.memory_analysis(), total_bytes(compiled)
     return compiled, {"arguments_gib": m.argument_size_in_bytes / GIB,
                       "outputs_gib": m.output_size_in_bytes / GIB,
                       "temporaries_gib": m.temp_size_in_bytes / GIB,
