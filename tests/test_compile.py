@@ -128,9 +128,7 @@ def test_find_batch_returns_a_batch_that_fits_where_the_next_does_not():
     returns fits and the next candidate does not; every probe is logged."""
     @functools.lru_cache      # probed again below: compile-only programs do not load back
     def fits(batch):
-        m = _loss_program(4, "gather", batch // 4).memory_analysis()
-        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-        return total - m.alias_size_in_bytes <= 150 * 2**10
+        return aot.total_bytes(_loss_program(4, "gather", batch // 4)) <= 150 * 2**10
     seen = []
     out = aot.find_batch(fits, 4 * 16, log=seen.append)
     assert out["largest"] and out["largest"] % 64 == 0 and out["next"] == out["largest"] + 64
