@@ -20,12 +20,14 @@ from vlm_jax.parallel import sharding
 
 
 def _pick(blocks, out, index, owner, b):
-    """Where `index` falls in shard `owner`'s rows, those rows of `blocks`; else `out`."""
+    """`out` plus, where `index` falls in shard `owner`'s rows, those rows of `blocks` (zeros
+    elsewhere: each row is picked at exactly one hop). A gather that fills out-of-range rows
+    with zeros, not a select: a select's transpose would keep its predicate broadcast to the
+    block's shape for the backward pass, at every hop (at 256 shards of 128 ViT-B/16 token
+    rows, 6 GiB per chip); the gather's keeps only the [b] indices."""
     local = index - owner * b
-    hit = (local >= 0) & (local < b)
-    local = jnp.clip(local, 0, b - 1)
-    return [jnp.where(hit.reshape((-1,) + (1,) * (x.ndim - 1)), x[local], o)
-            for x, o in zip(blocks, out)]
+    local = jnp.where((local >= 0) & (local < b), local, b)       # b: out of range, filled
+    return [o + x.at[local].get(mode="fill", fill_value=0) for x, o in zip(blocks, out)]
 
 
 def take(xs: Sequence[jax.Array], index: jax.Array, *, mesh: Mesh | None,
