@@ -41,16 +41,40 @@ def test_mlm_masking_statistics():
     assert ((inputs[c] == MASK) | (inputs[c] >= 4)).all()     # random ids are never specials
 
 
-def test_mlm_loss_matches_numpy():
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_vocab_nll_in_chunks_matches_numpy_and_the_plain_logits(chunk):
+    """Per-token nll and hits of the logits states @ kernel + bias, the positions in chunks of
+    `chunk` (7 = 3 + 3 + 1: padded), against numpy and, with gradients, against the plain
+    [B, L, V] logits' log-softmax."""
     rng = np.random.default_rng(1)
-    logits = rng.normal(size=(4, 7, 11)).astype(np.float32)
+    states = rng.normal(size=(4, 7, 5)).astype(np.float32)
+    kernel = rng.normal(size=(5, 11)).astype(np.float32)
+    bias = rng.normal(size=(11,)).astype(np.float32)
     targets = rng.integers(0, 11, (4, 7))
     chosen = rng.random((4, 7)) < 0.3
-    loss, m = masked.mlm_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(chosen))
+    args = jnp.asarray(states), jnp.asarray(kernel), jnp.asarray(bias)
+
+    def loss(fn, *a):
+        return masked.token_loss(*fn(*a), jnp.asarray(chosen))
+
+    chunked = lambda x, k, b: masked.vocab_nll(x, k, b, jnp.asarray(targets), chunk=chunk)
+
+    def plain(x, k, b):
+        logits = x @ k + b
+        logp = jax.nn.log_softmax(logits)
+        t = jnp.asarray(targets)[..., None]
+        return -jnp.take_along_axis(logp, t, -1)[..., 0], jnp.argmax(logits, -1) == t[..., 0]
+
+    (value, m), grads = jax.value_and_grad(lambda *a: loss(chunked, *a), argnums=(0, 1, 2),
+                                           has_aux=True)(*args)
+    logits = states @ kernel + bias
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
-    assert float(loss) == pytest.approx(nll[chosen].mean(), rel=1e-5)
+    assert float(value) == pytest.approx(nll[chosen].mean(), rel=1e-5)
     assert float(m["accuracy"]) == pytest.approx((logits.argmax(-1) == targets)[chosen].mean())
+    want = jax.grad(lambda *a: loss(plain, *a)[0], argnums=(0, 1, 2))(*args)
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_mim_masking_and_loss():

@@ -13,6 +13,7 @@ from helpers import random_params, random_state
 from vlm_jax import config as config_lib, objectives, rules
 from vlm_jax.data import pipeline
 from vlm_jax.losses.caption import caption_loss
+from vlm_jax.losses.masked import vocab_nll
 from vlm_jax.setup import Setup
 from vlm_jax.train.trainer import train
 
@@ -161,9 +162,11 @@ def test_total_is_the_weighted_sum_and_balancing_divides_by_running_means():
 
 def test_caption_loss_matches_numpy():
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 5, 7)).astype(np.float32)
+    states = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    kernel = rng.normal(size=(4, 7)).astype(np.float32)
     tokens = rng.integers(0, 7, (3, 5))
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
+    logits = states @ kernel
     nll, hits, n = 0.0, 0, 0
     for i in range(3):
         for t in range(4):
@@ -172,7 +175,9 @@ def test_caption_loss_matches_numpy():
                 nll -= z[tokens[i, t + 1]] - np.log(np.exp(z).sum())
                 hits += int(np.argmax(logits[i, t]) == tokens[i, t + 1])
                 n += 1
-    loss, m = caption_loss(jnp.asarray(logits), jnp.asarray(tokens), jnp.asarray(mask))
+    scores = vocab_nll(jnp.asarray(states[:, :-1]), jnp.asarray(kernel), jnp.zeros(7),
+                       jnp.asarray(tokens[:, 1:]), chunk=2)
+    loss, m = caption_loss(*scores, jnp.asarray(mask))
     assert float(loss) == pytest.approx(nll / n, rel=1e-5)
     assert float(m["accuracy"]) == pytest.approx(hits / n)
 

@@ -28,14 +28,41 @@ def mlm_mask(rng, tokens, mask, *, mask_id: int, vocab_size: int, first_regular:
     return inputs, chosen
 
 
-def mlm_loss(logits, targets, chosen) -> tuple[jax.Array, dict]:
-    """Cross-entropy over the chosen positions only, the mean over all of them in the batch."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    w = chosen.astype(jnp.float32)
+def vocab_nll(states, kernel, bias, targets, *, dtype=jnp.float32, chunk: int | None = None):
+    """Per-token (nll [B, L] float32, hit [B, L] bool: the argmax is the target) of the logits
+    `states @ kernel + bias` ([B, L, D] @ [D, V], computed in `dtype`, then float32) against
+    `targets` [B, L], never holding the [B, L, V] logits at once: the positions go in chunks
+    of about 2^18 / V, and each chunk's logits are recomputed in the backward pass. A whole
+    batch's logits at a 32k vocabulary are 8 MB per example in float32, and its
+    log-softmax and cotangent as much again."""
+    b, length, d = states.shape
+    c = min(length, chunk or max(1, 2**18 // kernel.shape[1]))
+    n = -(-length // c)
+    pad = n * c - length
+    x = jnp.pad(states, ((0, 0), (0, pad), (0, 0)))
+    t = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))
+    chunks = lambda a: jnp.moveaxis(a.reshape((b, n, c) + a.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one(xt):
+        xc, tc = xt
+        logits = (jnp.dot(xc.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+                  ).astype(jnp.float32)
+        target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+        return jax.nn.logsumexp(logits, axis=-1) - target, jnp.argmax(logits, -1) == tc
+
+    nll, hit = jax.lax.map(one, (chunks(x), chunks(t)))
+    unchunk = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, n * c)[:, :length]
+    return unchunk(nll), unchunk(hit)
+
+
+def token_loss(nll, hit, weights) -> tuple[jax.Array, dict]:
+    """The mean of the per-token `nll` over the positions `weights` marks (MLM's chosen tokens,
+    a captioner's real next tokens), in the whole batch, and the accuracy there."""
+    w = weights.astype(jnp.float32)
     n = jnp.maximum(w.sum(), 1.0)
     loss = (nll * w).sum() / n
-    acc = ((jnp.argmax(logits, -1) == targets) * w).sum() / n
+    acc = (hit * w).sum() / n
     return loss, {"loss": loss, "accuracy": acc, "chosen_fraction": w.mean()}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlm_jax.losses.masked import vocab_nll
 from vlm_jax.models.text import attention_mask
 from vlm_jax.models.transformer import Dtype, layer_norm, logical, stack
 
@@ -42,18 +43,33 @@ class ItmHead(nn.Module):
                         bias_init=logical(nn.initializers.zeros, (None,)))(cls).astype(jnp.float32)
 
 
+class _Weights(nn.Module):
+    """A Dense layer's params without the layer (the vocabulary decoder's kernel and bias), for
+    the head to use both ways."""
+    features: int
+
+    @nn.compact
+    def __call__(self, inputs: int):
+        return (self.param("kernel", logical(nn.initializers.xavier_uniform(), ("embed", "vocab")),
+                           (inputs, self.features)),
+                self.param("bias", logical(nn.initializers.zeros, ("vocab",)), (self.features,)))
+
+
 class VocabHead(nn.Module):
     """Token states -> vocabulary logits (BERT's transform, LayerNorm, decoder): MLM and
-    captioning."""
+    captioning. Given `targets`, the per-token (nll, hit) instead, without ever holding the
+    [B, L, vocab] logits (losses/masked.py: vocab_nll)."""
     vocab_size: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens):
+    def __call__(self, tokens, targets=None):
         x = nn.Dense(tokens.shape[-1], dtype=self.dtype, name="transform",
                      kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "mlp")),
                      bias_init=logical(nn.initializers.zeros, ("mlp",)))(tokens)
         x = layer_norm("ln", self.dtype)(nn.gelu(x))
-        return nn.Dense(self.vocab_size, dtype=self.dtype, name="decoder",
-                        kernel_init=logical(nn.initializers.xavier_uniform(), ("embed", "vocab")),
-                        bias_init=logical(nn.initializers.zeros, ("vocab",)))(x).astype(jnp.float32)
+        kernel, bias = _Weights(self.vocab_size, name="decoder")(x.shape[-1])
+        if targets is not None:
+            return vocab_nll(x, kernel, bias, targets, dtype=self.dtype)
+        return (jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+                + bias.astype(self.dtype)).astype(jnp.float32)

@@ -104,21 +104,24 @@ class VisionLanguageModel(nn.Module):
         """Text tower tokens and image tower tokens of matched rows -> [B, 2] (no, yes)."""
         return self.itm_head(self.fusion(txt_tokens, txt_mask, img_tokens)["cls"])
 
-    def mlm_logits(self, tokens, mask, img_tokens):
-        """Masked token ids -> [B, L, vocab], read through the text tower and the fusion encoder."""
+    def mlm_logits(self, tokens, mask, img_tokens, targets=None):
+        """Masked token ids -> [B, L, vocab], read through the text tower and the fusion encoder;
+        given `targets` [B, L], the per-token (nll, hit) instead (VocabHead)."""
         txt = self.txt(tokens, mask)["tokens"]
-        return self.mlm_head(self.fusion(txt, mask, img_tokens)["tokens"])
+        return self.mlm_head(self.fusion(txt, mask, img_tokens)["tokens"], targets)
 
     def mim_pixels(self, images, visible):
         """The image tower sees only the `visible` [B, n] patches; -> [B, N, p*p*C] pixels."""
         tokens = self.img(pixels(images, self.pixel_norm), visible)["tokens"]
         return self.mim_decoder(tokens[:, -visible.shape[1]:], visible)
 
-    def caption_logits(self, txt_tokens, txt_mask, img_tokens):
-        """Causal text tower tokens -> [B, L, vocab]; position t predicts token t + 1."""
-        return self.caption_head(
-            self.caption_decoder(txt_tokens, txt_mask, img_tokens)["tokens"])
-
+    def caption_logits(self, txt_tokens, txt_mask, img_tokens, targets=None):
+        """Causal text tower tokens -> [B, L, vocab]; position t predicts token t + 1. Given the
+        next tokens `targets` [B, L - 1], the per-token (nll, hit) of positions 0..L-2 instead."""
+        states = self.caption_decoder(txt_tokens, txt_mask, img_tokens)["tokens"]
+        if targets is not None:
+            states = states[:, :targets.shape[1]]
+        return self.caption_head(states, targets)
 
 def build(config: ml_collections.ConfigDict, vocab_size: int,
           heads=frozenset()) -> VisionLanguageModel:

@@ -26,5 +26,6 @@ class Objective:
                               "text tower would show the captioner the tokens it predicts")
 
     def __call__(self, out: dict, batch: dict, ctx):
-        logits = ctx.call("caption_logits", out["txt/tokens"], batch["mask"], out["img/tokens"])
-        return caption_loss(logits, batch["tokens"], batch["mask"])
+        nll, hit = ctx.call("caption_logits", out["txt/tokens"], batch["mask"],
+                            out["img/tokens"], batch["tokens"][:, 1:])
+        return caption_loss(nll, hit, batch["mask"])

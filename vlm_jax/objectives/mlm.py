@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from vlm_jax.config import ConfigError
-from vlm_jax.losses.masked import mlm_loss, mlm_mask
+from vlm_jax.losses.masked import mlm_mask, token_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,5 +42,6 @@ class Objective:
 
     def __call__(self, out: dict, batch: dict, ctx):
         inputs, chosen = self.mask(ctx.rng, batch["tokens"], batch["mask"])
-        logits = ctx.call("mlm_logits", inputs, batch["mask"], out["img/tokens"])
-        return mlm_loss(logits, batch["tokens"], chosen)
+        nll, hit = ctx.call("mlm_logits", inputs, batch["mask"], out["img/tokens"],
+                            batch["tokens"])
+        return token_loss(nll, hit, chosen)
