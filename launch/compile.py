@@ -2,7 +2,7 @@
 each chip would hold.
 
   python -m launch.compile --config configs/siglip.py --topology v5e-256 [--num_slices 2]
-      [--find_batch] [--json] [--config.KEY=VALUE ...]
+      [--find_batch [--find_batch_resolution N]] [--json] [--config.KEY=VALUE ...]
 
 The run is built as `launch.train` builds it, minus the data: the same config, setup and jitted
 programs (the train step; the evaluators' image and text towers), lowered on abstract state and
@@ -39,7 +39,11 @@ HBM_GIB = flags.DEFINE_float("hbm_gib", 0.0, "Usable HBM per chip in GiB; 0: the
 NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Training examples, for durations in epochs.")
 FIND_BATCH = flags.DEFINE_bool("find_batch", False, "Search for the largest global batch that "
                                 "fits (a multiple of the data-parallel shards times the "
-                                "micro-batches), one compile per probe; then report it.")
+                                "micro-batches), one compile per probe, from the config's "
+                                "batch_size up or down; then report it.")
+RESOLUTION = flags.DEFINE_integer("find_batch_resolution", 0, "Stop the search when the batch "
+                                  "that fits and the one that does not are at most this far "
+                                  "apart; 0: exact (one multiple).")
 JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the text report.")
 
 DOES_NOT_FIT = 3
@@ -78,7 +82,8 @@ def main(argv):
                 sys.exit(f"compile: no HBM figure for {devices[0].device_kind}; set --hbm_gib")
             search = aot.find_batch(lambda b: compile_at(b, probe=True)["fits"],
                                     aot.batch_unit(config, devices),
-                                    log=lambda m: print(m, file=sys.stderr, flush=True))
+                                    log=lambda m: print(m, file=sys.stderr, flush=True),
+                                    start=config.batch_size, resolution=RESOLUTION.value)
             if search["largest"] is None:
                 sys.exit(f"compile: not even a global batch of {search['next']} fits")
         report = compile_at(search["largest"] if search else config.batch_size)

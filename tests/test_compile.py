@@ -125,7 +125,8 @@ def test_itm_mining_gathers_each_embedding_once_on_tpu():
 
 def test_find_batch_returns_a_batch_that_fits_where_the_next_does_not():
     """The search over real compiles (the gathered loss on 4 chips, 150 KiB of HBM): the batch it
-    returns fits and the next candidate does not; every probe is logged."""
+    returns fits and the next candidate does not; every probe is logged. From a start above
+    the boundary it halves down, and it stops within the resolution asked."""
     @functools.lru_cache      # probed again below: compile-only programs do not load back
     def fits(batch):
         return aot.total_bytes(_loss_program(4, "gather", batch // 4)) <= 150 * 2**10
@@ -136,6 +137,11 @@ def test_find_batch_returns_a_batch_that_fits_where_the_next_does_not():
     assert len(seen) == len(out["probes"]) >= 3
     assert seen[-1] == f"global batch {out['probes'][-1][0]}: " + (
         "fits" if out["probes"][-1][1] else "does not fit")
+    # From a start that does not fit, halving; bisected to within 4 multiples.
+    down = aot.find_batch(fits, 64, start=2 * out["next"] + 5, resolution=256, log=seen.append)
+    assert down["probes"][0] == (2 * out["next"], False)
+    assert fits(down["largest"]) and not fits(down["next"])
+    assert down["largest"] <= out["largest"] < down["next"] <= down["largest"] + 256
 
 
 def test_published_setups_build_at_their_papers_size():

@@ -205,13 +205,17 @@ def batch_unit(config, devices) -> int:
     return sharding.batch_shards(mesh, sharding.logical_rules(config)) * config.microbatches
 
 
-def find_batch(fits, unit: int, limit: int = 1 << 24, log=print) -> dict:
-    """The largest multiple of `unit` (at most `limit`) for which `fits(batch)` holds: doubling
-    from `unit` until a batch does not fit, then bisecting between the last that did and the
-    first that did not. Memory grows with the batch, so one boundary exists. Each probe is
-    logged. {"largest": batch or None, "next": the candidate above it that does not fit (None at
-    the limit), "probes": [(batch, fits)]}."""
+def find_batch(fits, unit: int, limit: int = 1 << 24, log=print, *, start: int | None = None,
+               resolution: int | None = None) -> dict:
+    """The largest multiple of `unit` (at most `limit`) for which `fits(batch)` holds: from
+    `start` (rounded down to a multiple of `unit`; default `unit`), doubling until a batch does
+    not fit (or halving until one does), then bisecting between the last that did and the first
+    that did not until they are at most `resolution` apart (default `unit`: exact). Memory grows
+    with the batch, so one boundary exists. Each probe is logged. {"largest": batch or None,
+    "next": the smallest probed batch above it that does not fit (None at the limit),
+    "probes": [(batch, fits)]}."""
     probes = []
+    step = max(unit, (resolution or unit) // unit * unit)
 
     def probe(b):
         ok = bool(fits(b))
@@ -219,14 +223,24 @@ def find_batch(fits, unit: int, limit: int = 1 << 24, log=print) -> dict:
         log(f"global batch {b}: {'fits' if ok else 'does not fit'}")
         return ok
 
-    good, bad = None, unit
-    while bad <= limit and probe(bad):
-        good, bad = bad, bad * 2
-    if good is None:
-        return {"largest": None, "next": unit, "probes": probes}
-    if bad > limit:
-        return {"largest": good, "next": None, "probes": probes}
-    while bad - good > unit:                       # good fits, bad does not
+    b = max(unit, min(limit, start or unit) // unit * unit)
+    if probe(b):
+        good, bad = b, b * 2
+        while bad <= limit and probe(bad):
+            good, bad = bad, bad * 2
+        if bad > limit:
+            return {"largest": good, "next": None, "probes": probes}
+    else:
+        good, bad = None, b
+        while bad > unit:
+            half = bad // 2 // unit * unit
+            if probe(half):
+                good = half
+                break
+            bad = half
+        if good is None:
+            return {"largest": None, "next": bad, "probes": probes}
+    while bad - good > step:                       # good fits, bad does not
         mid = good + (bad - good) // unit // 2 * unit
         good, bad = (mid, bad) if probe(mid) else (good, mid)
     return {"largest": good, "next": bad, "probes": probes}
