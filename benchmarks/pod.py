@@ -34,8 +34,8 @@ def config(name: str, impl: str, batch: int, chips: int, args):
     c = published.get_config(name)
     c.batch_size, c.contrastive.impl = batch, impl
     c.model.remat = args.remat
-    if args.fsdp:                                   # params and optimizer state sharded
-        c.mesh.data, c.mesh.fsdp = 1, -1
+    if args.fsdp:                 # params and optimizer state sharded over fsdp chips
+        c.mesh.data, c.mesh.fsdp = (1, -1) if args.fsdp < 0 else (-1, args.fsdp)
     if args.image_size:
         c.data.image_size = args.image_size
     per_chip = batch // chips
@@ -85,8 +85,10 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="32768,262144,1048576", help="global batches")
     p.add_argument("--image_size", type=int, default=0, help="override the setups' image size")
     p.add_argument("--remat", default="sublayers")
-    p.add_argument("--fsdp", action="store_true", help="shard params and optimizer state "
-                   "over all chips (mesh.fsdp=-1) instead of replicating them (mesh.data=-1)")
+    p.add_argument("--fsdp", type=int, nargs="?", const=-1, default=0,
+                   help="shard params and optimizer state over this many chips (mesh.fsdp; "
+                   "alone: all of them) instead of replicating them; a dimension that the "
+                   "count does not divide stays replicated (So400m's 1152 and 4304: use 16)")
     p.add_argument("--micro_rows", type=int, default=512,
                    help="at most this many rows per chip in one micro-batch")
     p.add_argument("--json", action="store_true", help="one JSON object per row")

@@ -40,11 +40,13 @@ def test_pod_benchmark_rows_split_the_batch_into_micro_batches():
     micro_rows rows per chip that split every shard."""
     import argparse
     pod = _benchmark("pod")
-    args = argparse.Namespace(remat="sublayers", fsdp=True, image_size=224, micro_rows=512)
+    args = argparse.Namespace(remat="sublayers", fsdp=16, image_size=224, micro_rows=512)
     c = pod.config("siglip-b16-256", "ring", 1 << 20, 256, args)
     assert c.batch_size == 1 << 20 and c.contrastive.impl == "ring" and c.microbatches == 8
     assert c.model.remat == "sublayers" and c.data.image_size == 224
-    assert (c.mesh.data, c.mesh.fsdp) == (1, -1)
+    assert (c.mesh.data, c.mesh.fsdp) == (-1, 16)
+    args.fsdp = -1               # --fsdp alone: over every chip
+    assert (pod.config("siglip-b16-256", "ring", 1 << 20, 256, args).mesh.fsdp) == -1
     assert pod.config("clip-l14-224", "gather", 32768, 256, args).microbatches == 1
     args.micro_rows = 4          # 10 rows per chip: not 3 micro-batches, nor 4, but 5
     assert pod.config("clip-l14-224", "gather", 20, 2, args).microbatches == 5
