@@ -47,11 +47,10 @@ class Objective:
                                            local=self.negatives == "local")
         txt_neg, mask_neg = take((txt, mask), neg_txt)
         img_neg, = take((img,), neg_img)
-        # The three sets of pairs through one fusion encoder, mapped over a new axis 1 (the
-        # batch axis, and its sharding, stay first): one encoder in the program, not three.
-        stack = lambda *xs: jnp.stack(xs, axis=1)
-        logits = jax.vmap(lambda t, m, i: ctx.call("itm_logits", t, m, i), in_axes=1,
-                          out_axes=1)(stack(txt, txt_neg, txt), stack(mask, mask_neg, mask),
-                                      stack(img, img, img_neg))
-        pos, neg_t, neg_i = logits[:, 0], logits[:, 1], logits[:, 2]
+        # The three sets of pairs through one fusion encoder, one set after the other (a loop:
+        # one encoder in the program, and one set's activations alive at a time in the
+        # backward pass, where all three at once were ALBEF's largest working set).
+        stack = lambda *xs: jnp.stack(xs)
+        pos, neg_t, neg_i = jax.lax.map(lambda a: ctx.call("itm_logits", *a), (
+            stack(txt, txt_neg, txt), stack(mask, mask_neg, mask), stack(img, img, img_neg)))
         return itm_loss(pos, neg_t, neg_i)
