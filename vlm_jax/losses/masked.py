@@ -31,10 +31,10 @@ def mlm_mask(rng, tokens, mask, *, mask_id: int, vocab_size: int, first_regular:
 def vocab_nll(states, kernel, bias, targets, *, dtype=jnp.float32, chunk: int | None = None):
     """Per-token (nll [B, L] float32, hit [B, L] bool: the argmax is the target) of the logits
     `states @ kernel + bias` ([B, L, D] @ [D, V], computed in `dtype`, then float32) against
-    `targets` [B, L], never holding the [B, L, V] logits at once: the positions go in chunks
-    of about 2^18 / V, and each chunk's logits are recomputed in the backward pass. A whole
-    batch's logits at a 32k vocabulary are 8 MB per example in float32, and its
-    log-softmax and cotangent as much again."""
+    `targets` [B, L], never holding the [B, L, V] logits at once: the positions go in chunks of
+    `chunk` (default 2^18 / V: eight at a 32k vocabulary), and each chunk's logits are recomputed
+    in the backward pass. A whole batch's logits at a 32k vocabulary are 8 MB per example in
+    float32, and their log-softmax and cotangent as much again."""
     b, length, d = states.shape
     c = min(length, chunk or max(1, 2**18 // kernel.shape[1]))
     n = -(-length // c)
