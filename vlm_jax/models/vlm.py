@@ -123,6 +123,7 @@ class VisionLanguageModel(nn.Module):
             states = states[:, :targets.shape[1]]
         return self.caption_head(states, targets)
 
+
 def build(config: ml_collections.ConfigDict, vocab_size: int,
           heads=frozenset()) -> VisionLanguageModel:
     """The towers from `config.model`, plus the `heads` (method names: itm_logits, mlm_logits,
