@@ -100,7 +100,7 @@ def test_sharded_objectives_match_unsharded_reference(data_dir):
     """Every objective's loss and every gradient on 8 devices against the whole batch on one
     device with no mesh: same negatives, same masks, same numbers (each loss alone is checked on
     1, 2, 4 and 8 devices in test_losses/test_itm/test_masked, the model with the contrastive
-    loss on 1 and 8 in test_train)."""
+    loss on 1 and 8 in test_train); the 8-device model rematerialised."""
     cfg = _all_objectives(data_dir)
     ref = Setup(cfg, mesh=make_mesh(1))
     params = random_params(ref.param_shapes)
@@ -109,7 +109,12 @@ def test_sharded_objectives_match_unsharded_reference(data_dir):
     ref_objs = objectives.build(cfg, ref.tokenizer, ref.total_steps)
     (want, want_m), want_g = jax.jit(_loss_fn(ref.model, ref_objs, rng))(params, host)
     scale = max(float(np.abs(w).max()) for w in jax.tree.leaves(want_g))
-    s = Setup(cfg, mesh=make_mesh(8))
+    # Rematerialised on 8 devices (the same params: blocks looped), ITM's sets of pairs
+    # recomputed from their inputs.
+    cfg8 = cfg.copy_and_resolve_references()
+    cfg8.model.remat = "sublayers"
+    s = Setup(cfg8, mesh=make_mesh(8))
+    assert s.objectives[1].objective.remat
     with s.context():
         (got, m), g = jax.jit(_loss_fn(s.model, s.objectives, rng))(
             jax.device_put(params, s.state_sh.params), pipeline.to_global(host, s.batch_sh))
