@@ -28,6 +28,12 @@ def mlm_mask(rng, tokens, mask, *, mask_id: int, vocab_size: int, first_regular:
     return inputs, chosen
 
 
+def vocab_logits(states, kernel, bias, dtype=jnp.float32):
+    """`states @ kernel + bias`, computed in `dtype` (as a Dense layer would), in float32."""
+    return (jnp.dot(states.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+            ).astype(jnp.float32)
+
+
 def vocab_nll(states, kernel, bias, targets, *, dtype=jnp.float32, chunk: int | None = None):
     """Per-token (nll [B, L] float32, hit [B, L] bool: the argmax is the target) of the logits
     `states @ kernel + bias` ([B, L, D] @ [D, V], computed in `dtype`, then float32) against
@@ -46,8 +52,7 @@ def vocab_nll(states, kernel, bias, targets, *, dtype=jnp.float32, chunk: int | 
     @jax.checkpoint
     def one(xt):
         xc, tc = xt
-        logits = (jnp.dot(xc.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
-                  ).astype(jnp.float32)
+        logits = vocab_logits(xc, kernel, bias, dtype)
         target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         return jax.nn.logsumexp(logits, axis=-1) - target, jnp.argmax(logits, -1) == tc
 

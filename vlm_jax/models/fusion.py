@@ -7,7 +7,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlm_jax.losses.masked import vocab_nll
+from vlm_jax.losses.masked import vocab_logits, vocab_nll
 from vlm_jax.models.text import attention_mask
 from vlm_jax.models.transformer import Dtype, layer_norm, logical, stack
 
@@ -71,5 +71,4 @@ class VocabHead(nn.Module):
         kernel, bias = _Weights(self.vocab_size, name="decoder")(x.shape[-1])
         if targets is not None:
             return vocab_nll(x, kernel, bias, targets, dtype=self.dtype)
-        return (jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-                + bias.astype(self.dtype)).astype(jnp.float32)
+        return vocab_logits(x, kernel, bias, self.dtype)
