@@ -25,7 +25,12 @@ def test_zeroshot_prompt_ensemble():
     emb = zeroshot.class_embeddings(_embed_texts, classes, ["{word}", "the digit {word}"])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
     images = _unit([[1, 0.1, 0], [0, 0, 1], [0, 1, 0], [0.9, 0, 1]])
-    assert zeroshot.top1(images, np.array([0, 2, 1, 0]), emb) == 0.75
+    pred = retrieval.top_k(images, emb, 5)
+    assert pred.shape == (4, 3)                         # k is at most the number of classes
+    out = zeroshot.scores(pred, np.array([0, 2, 1, 0]), 3)
+    assert out["zeroshot_top1"] == 0.75 and out["zeroshot_top5"] == 1.0
+    # class 0: 1 of 2 right, classes 1 and 2: all right
+    assert out["zeroshot_mean_per_class_recall"] == pytest.approx((0.5 + 1 + 1) / 3)
 
 
 ANIMALS = {"cat": [1, 0, 0], "dog": [0, 1, 0], "bird": [0, 0, 1], "puppy": [0, 1, 0.3]}
@@ -53,6 +58,7 @@ def _numpy_recall(images, captions, text_emb, texts, ks):
     for name, s, pos in (("i2t", sim, positive), ("t2i", sim.T, positive.T)):
         hits = np.take_along_axis(pos, np.argsort(-s, axis=1, kind="stable"), axis=1)
         out.update({f"{name}_r{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks})
+    out["r_mean"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
     return out
 
 
@@ -119,7 +125,8 @@ def test_evaluator_runs_sharded_with_padding(data_dir):
     ev = evals.Evaluators(s)
     out = ev.run(params)
     assert set(out) == {f"eval/{d}/{m}" for d in ("digits", "shapes") for m in (
-        "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")} | {"eval/digits/zeroshot_top1"}
+        "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean")} | {
+        f"eval/digits/zeroshot_{m}" for m in ("top1", "top5", "mean_per_class_recall")}
     assert all(0.0 <= v <= 1.0 for v in out.values())
     # The eval pipeline's embeddings come back in source order, padding dropped: they equal
     # the same images embedded straight from memory, one at a time.
@@ -149,10 +156,15 @@ def test_ridge_probe_predicts_like_sklearn():
     assert 0.4 < ours < 1.0
 
 
-def test_clip_templates_and_prompts():
-    from vlm_jax.evals import templates
-    assert len(templates.CLIP) == len(set(templates.CLIP)) == 80
-    assert all(t.count("{}") == 1 for t in templates.CLIP)
+def test_shipped_class_names_and_templates_and_prompts():
+    from vlm_jax.evals import datasets
+    lines = lambda name, suffix: datasets.read_lines(name, (name,), "x", suffix)
+    clip = lines("imagenet1k", "templates")
+    assert len(clip) == len(set(clip)) == 80 and len(lines("cifar", "templates")) == 18
+    assert all(t.count("{}") == 1 for t in clip + lines("cifar", "templates"))
+    # CLIP's ImageNet names repeat two (missile and sunglasses name two classes each).
+    assert [len(lines(n, "classes")) for n in ("imagenet1k", "cifar10", "cifar100")] == [
+        1000, 10, 100]
     classes = [{"word": "seven", "digit": "7"}, {"word": "one", "digit": "1"}]
     assert zeroshot.prompts(classes, ["a photo of a {}.", "handwritten {digit}"]) == [
         "a photo of a seven.", "handwritten 7", "a photo of a one.", "handwritten 1"]
@@ -164,16 +176,20 @@ def test_clip_templates_and_prompts():
 def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_dir):
     from sklearn.linear_model import RidgeClassifier
 
+    from vlm_jax import config as config_lib
     from vlm_jax.data import builtin, pipeline
-    from vlm_jax.evals import templates
+    from vlm_jax.evals import datasets
     from vlm_jax.setup import Setup
     cfg = tiny_config(data_dir, **{"eval.linear_probe": ("digits",), "eval.retrieval": (),
-                                   "eval.templates": "clip", "eval.probe_l2": 0.01})
+                                   "eval.probe_l2": 0.01})
+    cfg.eval.datasets.digits = config_lib.eval_dataset(kind="builtin", path="digits",
+                                                       templates="imagenet1k")
     s = Setup(cfg)                      # the trainer's mesh: its init and encoders are compiled
     params = s.init_state().params
     ev = evals.Evaluators(s)
     out = ev.run(params)
-    assert set(out) == {"eval/digits/linear_probe_top1", "eval/digits/zeroshot_top1"}
+    assert set(out) == {"eval/digits/linear_probe_top1", "eval/digits/zeroshot_top1",
+                        "eval/digits/zeroshot_top5", "eval/digits/zeroshot_mean_per_class_recall"}
     # The same numbers from the images held in memory, embedded directly, scored by sklearn and
     # by a plain numpy prompt ensemble.
     emb = ev.data.embedder
@@ -186,7 +202,8 @@ def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_d
     want = float(np.mean(ref.predict(feats["test"]) == labels["test"]))
     assert out["eval/digits/linear_probe_top1"] == pytest.approx(want)
     words = [c["word"] for c in builtin.info("digits", data_dir)["classes"]]
-    text = emb.texts(params, [t.format(w) for w in words for t in templates.CLIP])
+    clip = datasets.read_lines("imagenet1k", ("imagenet1k",), "templates", "templates")
+    text = emb.texts(params, [t.format(w) for w in words for t in clip])
     cls = text.reshape(10, 80, -1).mean(1)
     cls /= np.linalg.norm(cls, axis=1, keepdims=True)
     img = emb.images(params, pipeline.load_split("digits", "test", data_dir, 16)["image"])
@@ -223,7 +240,8 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     # launch.eval runs the evaluators asked for, under the same names, without the training data.
     os.remove(shard)
     out = evaluate.evaluate_workdir(str(tmp_path), kinds=("zeroshot",))
-    assert set(out) == {"step", "zs/digits/zeroshot_top1"} and out["step"] == 8
+    assert set(out) == {"step", "zs/digits/zeroshot_top1", "zs/digits/zeroshot_top5",
+                        "zs/digits/zeroshot_mean_per_class_recall"} and out["step"] == 8
     assert out["zs/digits/zeroshot_top1"] == pytest.approx(
         [r for r in rows if "zs/digits/zeroshot_top1" in r][-1]["zs/digits/zeroshot_top1"])
 

@@ -28,7 +28,7 @@ CROPS = ("resize", "center", "random_resized")
 UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
 # Evaluators (modules of vlm_jax/evals): each has eval.<name> (datasets), eval.<name>_every_*
 # and eval.<name>_prefix; options of their own follow their datasets in `defaults()`.
-EVALUATORS = ("zeroshot", "retrieval", "itm_rerank", "mlm", "linear_probe")
+EVALUATORS = ("zeroshot", "retrieval", "itm_rerank", "mlm", "linear_probe", "logistic_probe")
 REQUIRED = "required"
 # Duration -> what leaving it unset means: REQUIRED, (unit, value), or None (the caller decides:
 # eval_every unset evaluates at the last step only; eval.<name>_every unset follows eval_every).
@@ -250,15 +250,17 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.itm_rerank = ()
     c.eval.rerank_k = 16
     c.eval.mlm = ()                 # MLM accuracy (needs mlm.weight > 0)
-    # Zero-shot prompts: the dataset's own (builtin), CLIP's 80 ImageNet ones (clip), or
-    # custom_templates ('{}' stands for the class name); class_names replaces the dataset's names.
-    _choice(c.eval, "templates", "builtin", ("builtin", "clip", "custom"), "eval.templates")
-    c.eval.custom_templates = ()
-    c.eval.class_names = ()
-    # Linear probe: a ridge classifier fit on each dataset's train split, scored on its test split.
+    # Linear probes on frozen image features, fit on each dataset's train split, scored on its
+    # test split: a closed-form ridge classifier (linear_probe) and L2-regularised logistic
+    # regression with C picked on a validation split (logistic_probe, the CLIP paper's protocol).
     c.eval.linear_probe = ()
+    c.eval.logistic_probe = ()
     c.eval.probe_representation = "img/pre_logits"   # any image-tower output: img/embed, ...
     c.eval.probe_l2 = 1e-3          # ridge penalty per training example
+    c.eval.probe_val_fraction = 0.2  # held out of the train split where a set has no val_split
+    # Eval sets beyond the built-in digits and shapes (which need no entry): name -> an
+    # eval_dataset(...) section; the evaluators' lists above name them.
+    c.eval.datasets = ml_collections.ConfigDict()
     # Each evaluator's cadence (unset: eval_every; every evaluator also runs at the last step)
     # and its metric prefix ('{dataset}' stands for the dataset's name).
     for kind in EVALUATORS:
@@ -278,6 +280,11 @@ def evaluator(section: ml_collections.ConfigDict, name: str) -> None:
 OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption")
 # Sections renamed since: old name -> new name (a config using the old one gets told).
 RENAMED = {"loss": "contrastive"}
+# Keys removed since -> where their job went (a config setting one is told; older workdirs'
+# config.json files drop them).
+REMOVED = {f"eval.{k}": "prompts and class names are per eval set now: "
+                        "eval.datasets.NAME.templates and eval.datasets.NAME.class_names"
+           for k in ("templates", "custom_templates", "class_names")}
 
 
 def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
@@ -286,6 +293,42 @@ def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
     # constant outside, multiplying `weight`; () keeps it constant. ((0, 0.), (20, 1.)) ramps the
     # objective in over the first 20% of the steps.
     section.schedule = ()
+
+
+def _entry(s: ml_collections.ConfigDict, values: dict, what: str) -> ml_collections.ConfigDict:
+    for key, value in values.items():
+        if key not in s:
+            close = difflib.get_close_matches(key, list(s.keys()), n=1)
+            raise ConfigError(f"unknown {what} key '{key}'" + (f"; did you mean '{close[0]}'?"
+                                                              if close else ""))
+        s[key] = value
+    return s
+
+
+def eval_dataset(**values) -> ml_collections.ConfigDict:
+    """One entry of `eval.datasets`: an eval set, where its prepared copy is and how to read it."""
+    s = ml_collections.ConfigDict()
+    # builtin | array_record (our shards) | tfds (prepared in array_record) | folder
+    # (root/<class>/*.jpg, the ImageNet validation layout)
+    _choice(s, "kind", "array_record", ("builtin", "array_record", "tfds", "folder"),
+            "eval_dataset.kind")
+    s.path = ""                     # as in source(); folder: the root
+    s.split = "test"                # the split scored (builtin, tfds)
+    s.train_split = "train"         # the probes' training split
+    s.val_split = ""                # logistic_probe picks C on it; "": held out of train_split
+    s.image_key = "image"           # record/feature names; 'a/b' reads a nested feature
+    s.caption_key = "captions"      # a string or strings per example; "" for none
+    s.label_key = "label"           # an integer class; "" for none
+    # Zero-shot class names: "" the dataset's own (built-in info, TFDS label names, folder
+    # names); a shipped list (imagenet1k, cifar10, cifar100) or a file, one name per line.
+    s.class_names = ""
+    # Zero-shot prompts: "" the dataset's own (built-in) or else imagenet1k; a shipped set
+    # (imagenet1k: CLIP's 80, cifar: CLIP's 18) or a file, one per line, '{}' the class name.
+    s.templates = ""
+    # The eval view: the centred square resized to data.image_size (center) or the whole image
+    # squashed to a square (resize).
+    _choice(s, "crop", "center", ("center", "resize"), "eval_dataset.crop")
+    return _entry(s, values, "eval dataset")
 
 
 def source(**values) -> ml_collections.ConfigDict:
@@ -305,13 +348,11 @@ def source(**values) -> ml_collections.ConfigDict:
     s.crop_scale_min = config_dict.placeholder(float)
     s.crop_padding = config_dict.placeholder(int)
     s.flip = config_dict.placeholder(bool)
-    for key, value in values.items():
-        if key not in s:
-            close = difflib.get_close_matches(key, list(s.keys()), n=1)
-            raise ConfigError(f"unknown source key '{key}'" + (f"; did you mean '{close[0]}'?"
-                                                              if close else ""))
-        s[key] = value
-    return s
+    return _entry(s, values, "source")
+
+
+# Sections of user-named entries -> the function that makes one.
+ENTRIES = {"data.sources": source, "eval.datasets": eval_dataset}
 
 
 def _paths(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -342,24 +383,31 @@ def _walk(cfg, schema, prefix: str, all_paths: list[str]) -> None:
             raise ConfigError(f"config section '{path}' is now '{RENAMED[path]}': rename "
                               f"{path}.KEY to {RENAMED[path]}.KEY (e.g. --config.{RENAMED[path]}"
                               f".name=sigmoid)")
+        if key not in schema and path in REMOVED:
+            raise ConfigError(f"config key '{path}' was removed: {REMOVED[path]}")
         if key not in schema:
             close = difflib.get_close_matches(path, all_paths, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{path}'{hint}")
         value, expected = cfg[key], schema[key]
-        if path == "data.sources":
+        if path in ENTRIES:
+            make = ENTRIES[path]
             for name, src in value.items():
                 if not isinstance(src, ml_collections.ConfigDict):
-                    raise ConfigError(f"'data.sources.{name}' must be a source(...) section")
-                _walk(src, source(), f"data.sources.{name}.", _paths(source(), f"{path}.{name}."))
-                if src.kind not in CHOICES["source.kind"]:
-                    raise ConfigError(f"'data.sources.{name}.kind' is {src.kind!r}; "
-                                      f"choose one of {CHOICES['source.kind']}")
+                    raise ConfigError(f"'{path}.{name}' must be a {make.__name__}(...) section")
+                _walk(src, make(), f"{path}.{name}.", _paths(make(), f"{path}.{name}."))
+                for k in src.keys():
+                    where = f"{make.__name__}.{k}"
+                    if where in CHOICES and src[k] is not None and src[k] not in CHOICES[where]:
+                        raise ConfigError(f"'{path}.{name}.{k}' is {src[k]!r}; "
+                                          f"choose one of {CHOICES[where]}")
+                if not src.path:
+                    raise ConfigError(f"'{path}.{name}.path' is empty")
+                if make is not source:
+                    continue
                 if src.crop is not None and src.crop not in CROPS:
                     raise ConfigError(f"'data.sources.{name}.crop' is {src.crop!r}; "
                                       f"choose one of {CROPS}")
-                if not src.path:
-                    raise ConfigError(f"'data.sources.{name}.path' is empty")
                 if src.weight <= 0:
                     raise ConfigError(f"'data.sources.{name}.weight' must be positive")
             continue
@@ -403,8 +451,9 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     _check_objectives(cfg)
     _check_mesh(cfg)
     _check_microbatches(cfg)
-    if cfg.eval.templates == "custom" and not cfg.eval.custom_templates:
-        raise ConfigError("'eval.templates' is 'custom' but 'eval.custom_templates' is empty")
+    if not 0 < cfg.eval.probe_val_fraction < 1:
+        raise ConfigError(f"'eval.probe_val_fraction' must be in (0, 1), got "
+                          f"{cfg.eval.probe_val_fraction}")
     for kind in EVALUATORS:
         try:
             cfg.eval[f"{kind}_prefix"].format(dataset="")
@@ -527,10 +576,12 @@ def from_json(text: str, where: str = "config.json") -> ml_collections.ConfigDic
 def _update(cfg, raw: dict, prefix: str, where: str) -> None:
     for key, value in raw.items():
         key = RENAMED.get(prefix + key, key) if not prefix else key   # older workdirs
-        if prefix == "data." and key == "sources":
+        if prefix + key in ENTRIES:
             for name, entry in value.items():
-                cfg.sources[name] = source()
-                _update(cfg.sources[name], entry, f"data.sources.{name}.", where)
+                cfg[key][name] = ENTRIES[prefix + key]()
+                _update(cfg[key][name], entry, f"{prefix}{key}.{name}.", where)
+            continue
+        if prefix + key in REMOVED:
             continue
         if key not in cfg:
             raise ConfigError(f"unknown config key '{prefix}{key}' in {where}")

@@ -37,9 +37,10 @@ def source_configs(config) -> dict:
     return {config.data.name: config_lib.source(kind="builtin", path=config.data.name)}
 
 
-def parsed(src, data_dir: str | None, strict: bool = False, split: str | None = None):
+def parsed(src, data_dir: str | None, strict: bool = False, split: str | None = None,
+           need_captions: bool = True):
     """(MapDataset of parsed examples / skip markers, description)."""
-    ds, parse, where = sources.open_source(src, data_dir, strict, split)
+    ds, parse, where = sources.open_source(src, data_dir, strict, split, need_captions)
     return grain.MapDataset.source(ds).map_with_index(parse), where
 
 
@@ -143,7 +144,7 @@ def eval_batches(src, data_dir: str | None, image_size: int, batch_size: int, *,
     pc = jax.process_count() if process_count is None else process_count
     if batch_size % pc:
         raise ValueError(f"eval batch {batch_size} is not divisible by {pc} processes")
-    examples, _ = parsed(src, data_dir)
+    examples, _ = parsed(src, data_dir, need_captions=False)
     n = len(examples)
     padded = math.ceil(n / batch_size) * batch_size
     ds = grain.MapDataset.range(padded)[pi::pc].map(EvalView(examples, n, image_size, crop))
@@ -153,8 +154,12 @@ def eval_batches(src, data_dir: str | None, image_size: int, batch_size: int, *,
 
 
 def read_texts(src, data_dir: str | None) -> tuple[list[list[str]], np.ndarray]:
-    """Every example's captions and label, without decoding an image (skipped ones empty)."""
-    examples, _ = parsed(src, data_dir)
+    """Every example's captions and label, without decoding an image (unusable ones: no
+    captions, label -1). An image folder's labels are its file list's: no file is read."""
+    if src.kind == "folder":
+        labels = sources.ImageFolder(os.path.expanduser(src.path)).labels
+        return [[] for _ in labels], labels
+    examples, _ = parsed(src, data_dir, need_captions=False)
     caps, labels = [], []
     for i in range(len(examples)):
         ex = examples[i]

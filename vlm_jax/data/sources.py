@@ -1,4 +1,5 @@
-"""Where records come from: built-in datasets, our ArrayRecord shards, TFDS array_record datasets.
+"""Where records come from: built-in datasets, our ArrayRecord shards, TFDS array_record datasets
+and (for evaluation) image-folder trees `root/<class>/*.jpg`.
 
 `open_source(cfg, data_dir)` gives a random-access Grain data source plus a `Parse` that turns one
 of its records into {'image': encoded bytes or uint8 array, 'captions': [str], 'label': int}, or
@@ -32,11 +33,15 @@ class Parse:
     image_key: str = "image"
     caption_key: str = "captions"
     strict: bool = False
+    label_key: str = "label"
+    need_captions: bool = True      # False: classification sets, whose records have none
 
     def where(self, index: int) -> str:
         starts = np.cumsum((0,) + self.counts)
         index %= int(starts[-1])
         f = int(np.searchsorted(starts, index, side="right") - 1)
+        if self.counts[f] == 1:         # a file per record (an image folder)
+            return self.files[f]
         return f"record #{index - int(starts[f])} of {self.files[f]}"
 
     def ref(self, index: int) -> "RecordRef":
@@ -51,12 +56,13 @@ class Parse:
         image = _get(record, self.image_key)
         if image is None or (isinstance(image, (bytes, np.ndarray)) and len(image) == 0):
             return self._skip("image", f"{self.ref(index)} has no '{self.image_key}'")
-        captions = _captions(_get(record, self.caption_key))
-        if not captions:
+        captions = _captions(_get(record, self.caption_key)) if self.caption_key else []
+        if not captions and self.need_captions:
             return self._skip("caption",
                               f"{self.ref(index)} has no non-empty '{self.caption_key}'")
-        return {"image": image, "captions": captions, "label": int(record.get("label", -1)),
-                "where": self.ref(index)}
+        label = _get(record, self.label_key) if self.label_key else None
+        return {"image": image, "captions": captions,
+                "label": -1 if label is None else int(label), "where": self.ref(index)}
 
     def _skip(self, reason: str, message: str) -> dict:
         if self.strict:
@@ -108,22 +114,68 @@ def expand_paths(pattern: str) -> list[str]:
     return files
 
 
-def open_source(src, data_dir: str | None, strict: bool = False, split: str | None = None):
-    """(grain data source, Parse for its records, a short description)."""
+def open_source(src, data_dir: str | None, strict: bool = False, split: str | None = None,
+                need_captions: bool = True):
+    """(grain data source, Parse for its records, a short description). `src` is a
+    `data.sources` or an `eval.datasets` entry; the latter names its label feature."""
     split = split or src.split
+    keys = dict(image_key=src.image_key, caption_key=src.caption_key, strict=strict,
+                label_key=src.get("label_key", "label"), need_captions=need_captions)
     if src.kind == "builtin":
         path = builtin.split_path(src.path, split, data_dir)
         ds = grain.sources.ArrayRecordDataSource([path])
-        return ds, Parse((path,), (len(ds),), strict=strict), path
+        return ds, Parse((path,), (len(ds),), strict=strict, need_captions=need_captions), path
     if src.kind == "array_record":
         files = expand_paths(src.path)
         where = files[0] if len(files) == 1 else f"{len(files)} files {src.path}"
         ds = grain.sources.ArrayRecordDataSource(files)
-        parse = Parse(tuple(files), record_counts(files), src.image_key, src.caption_key, strict)
-        return ds, parse, where
+        return ds, Parse(tuple(files), record_counts(files), **keys), where
     if src.kind == "tfds":
-        return _tfds(src, data_dir, split, strict)
+        ds, where = _tfds(src, data_dir, split)
+        return ds, Parse((where,), (len(ds),), **keys), where
+    if src.kind == "folder":
+        ds = ImageFolder(os.path.expanduser(src.path))
+        return ds, Parse(ds.files, (1,) * len(ds), "image", "", strict, "label",
+                         need_captions=False), f"{src.path} ({len(ds.classes)} classes)"
     raise ValueError(f"unknown source kind {src.kind!r}")
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ImageFolder:
+    """`root/<class>/<image>` (the ImageNet validation layout) as a random-access source: the
+    classes are the sub-folders in sorted order, label = position; files in sorted order. A
+    record is {'image': the file's bytes, 'label'}; an unreadable file gives no image (skipped,
+    counted, named by Parse)."""
+
+    def __init__(self, root: str):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"image folder {root!r} does not exist")
+        self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        if not self.classes:
+            raise ValueError(f"image folder {root!r} has no class sub-folders (root/<class>/*.jpg)")
+        files, labels = [], []
+        for label, name in enumerate(self.classes):
+            found = sorted(f for f in os.listdir(os.path.join(root, name))
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            files += [os.path.join(root, name, f) for f in found]
+            labels += [label] * len(found)
+        if not files:
+            raise ValueError(f"image folder {root!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.files, self.labels = tuple(files), np.asarray(labels, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        index %= len(self.files)
+        try:
+            with open(self.files[index], "rb") as f:
+                image = f.read()
+        except OSError:
+            image = None
+        return {"image": image, "label": int(self.labels[index])}
 
 
 def record_counts(files) -> tuple[int, ...]:
@@ -137,7 +189,8 @@ def record_counts(files) -> tuple[int, ...]:
     return tuple(counts)
 
 
-def _tfds(src, data_dir, split, strict):
+def tfds_builder(src, data_dir):
+    """The prepared TFDS builder `src.path` names (a folder, or a name under data_dir)."""
     import tensorflow_datasets as tfds
     path = os.path.expanduser(src.path)
     if os.path.isdir(path):
@@ -148,6 +201,11 @@ def _tfds(src, data_dir, split, strict):
             raise FileNotFoundError(
                 f"TFDS dataset {path!r} is not prepared in {builder.data_dir}; prepare it with "
                 f"`tfds build {path} --file_format=array_record` or give its folder as the path")
+    return builder
+
+
+def _tfds(src, data_dir, split):
+    path, builder = src.path, tfds_builder(src, data_dir)
     fmt = getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord"
     if fmt != "array_record":
         raise ValueError(f"TFDS dataset {path!r} is stored as {fmt}; only the array_record "
@@ -155,6 +213,4 @@ def _tfds(src, data_dir, split, strict):
     if split not in builder.info.splits:
         raise ValueError(f"TFDS dataset {path!r} has no split {split!r}; it has "
                          f"{sorted(builder.info.splits)}")
-    ds = builder.as_data_source(split=split)
-    where = f"{builder.info.full_name}[{split}]"
-    return ds, Parse((where,), (len(ds),), src.image_key, src.caption_key, strict), where
+    return builder.as_data_source(split=split), f"{builder.info.full_name}[{split}]"

@@ -11,7 +11,8 @@ metric prefix (`eval.<name>_prefix`, '{dataset}' standing for the dataset). A mo
         def __init__(self, data: EvalData, config): ...
         def run(self, params, dataset: str) -> dict[str, float]: ...
 
-`image_keys` lets every due evaluator of a dataset share one pass over its images.
+`image_keys` lets every due evaluator of a dataset share one pass over its images. Datasets are
+the built-in ones or entries of `eval.datasets` (vlm_jax/evals/datasets.py).
 """
 from __future__ import annotations
 
@@ -53,11 +54,14 @@ class Evaluators:
                 raise config_lib.ConfigError(
                     f"'eval.{name}' lists {tuple(self.config.eval[name])} but the model has no "
                     f"{needs.removesuffix('_logits').upper()} head (its objective's weight is 0)")
+            for dataset in self.config.eval[name]:
+                self.data.spec(dataset)         # an unknown name fails here, before any run
             self.evaluators[name] = cls(self.data, self.config)
 
-    def run(self, params, names=None) -> dict[str, float]:
-        """The evaluators in `names` (default: all) on every dataset they list; each metric is
-        named `eval.<evaluator>_prefix` (with the dataset) + the metric."""
+    def run(self, params, names=None, datasets=None) -> dict[str, float]:
+        """The evaluators in `names` (default: all) on every dataset they list (of `datasets`,
+        default: all); each metric is named `eval.<evaluator>_prefix` (with the dataset) + the
+        metric."""
         names = config_lib.EVALUATORS if names is None else names
         unknown = set(names) - set(config_lib.EVALUATORS)
         if unknown:
@@ -65,16 +69,17 @@ class Evaluators:
                              f"choose from {config_lib.EVALUATORS}")
         t0, e = time.perf_counter(), self.config.eval
         due = [n for n in names if n in self.evaluators]
+        lists = {n: [d for d in e[n] if datasets is None or d in datasets] for n in due}
         keys = collections.defaultdict(set)
         for name in due:
-            for dataset in e[name]:
+            for dataset in lists[name]:
                 keys[dataset].update(self.evaluators[name].image_keys)
         out = {}
         try:
             for dataset, k in keys.items():     # one pass over each test split's images
                 self.data.embed_images(params, dataset, "test", k)
             for name in due:
-                for dataset in e[name]:
+                for dataset in lists[name]:
                     prefix = e[f"{name}_prefix"].format(dataset=dataset)
                     metrics = self.evaluators[name].run(params, dataset)
                     out.update({prefix + k: v for k, v in metrics.items()})

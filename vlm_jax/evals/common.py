@@ -10,7 +10,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from vlm_jax.data import builtin, pipeline
+from vlm_jax.data import pipeline
+from vlm_jax.evals import datasets
 from vlm_jax.data.tokenizer import Tokenizer, tokenize
 from vlm_jax.progress import Ticker
 from vlm_jax.parallel import sharding
@@ -94,8 +95,10 @@ class Embedder:
     def images_from(self, params, batches, n: int, keys=("img/normed",),
                     what: str = "embedding images") -> dict:
         """Eval-pipeline batches (this process's rows, with `index` and `valid`) -> {key: [n, ...]}
-        in source order on every process; rows never seen (unreadable examples) are zero."""
+        in source order on every process, plus 'valid' [n]: False where the image could not be
+        read (its rows are zero)."""
         out, ticker = None, Ticker(what, n, "images")
+        seen = np.zeros(n, bool)
         fn = self.features(tuple(keys))
         for b in batches:
             g = {k: jax.make_array_from_process_local_data(self.sharding, np.asarray(b[k]))
@@ -107,9 +110,10 @@ class Embedder:
                 out = jax.tree.map(lambda a: np.zeros((n, *a.shape[1:]), a.dtype), y)
             for k in y:
                 out[k][index[valid]] = y[k][valid]
+            seen[index[valid]] = True
             ticker.update(int(valid.sum()))
         ticker.close()
-        return out
+        return {**out, "valid": seen}
 
     def images(self, params, images: np.ndarray, key: str = "img/normed") -> np.ndarray:
         """uint8 [N, S, S, 3] -> the image tower's `key` [N, ...] (default: normalised [N, D])."""
@@ -127,41 +131,57 @@ class Embedder:
 
 
 class EvalData:
-    """The eval sets as evaluators read them: captions and labels (read once), class info, and
-    image-tower outputs of the params under evaluation, computed once per dataset and split for
-    all the evaluators of one run (`reset` between runs)."""
+    """The eval sets as evaluators read them: captions and labels (read once), classes and
+    prompts, and image-tower outputs of the params under evaluation, computed once per dataset
+    and split for all the evaluators of one run (`reset` between runs)."""
 
     def __init__(self, config, embedder: Embedder):
         self.config, self.embedder = config, embedder
+        self.data_dir = config.data_dir or None
         self._images: dict[tuple[str, str, str], np.ndarray] = {}
 
     def reset(self) -> None:
         self._images.clear()
+
+    def spec(self, name: str):
+        """The set's eval_dataset(...) entry (eval.datasets.NAME or a built-in's)."""
+        return datasets.spec(self.config, name)
+
+    def split(self, name: str, split: str) -> str:
+        """'test' / 'train' / 'val' -> the set's own name for that split."""
+        s = self.spec(name)
+        return {"test": s.split, "train": s.train_split, "val": s.val_split}.get(split, split)
 
     def embed_images(self, params, name: str, split: str, keys) -> None:
         """One pass over a split's images for every output in `keys` not embedded yet."""
         keys = tuple(sorted(k for k in keys if (name, split, k) not in self._images))
         if not keys:
             return
-        c = self.config
+        s = self.spec(name)
         batches, n = pipeline.eval_batches(
-            pipeline.builtin_source(name, split), c.data_dir or None, c.data.image_size,
-            self.embedder.batch, num_threads=c.data.num_threads)
+            datasets.source(s, self.split(name, split)), self.data_dir,
+            self.config.data.image_size, self.embedder.batch, crop=s.crop,
+            num_threads=self.config.data.num_threads)
         out = self.embedder.images_from(params, batches, n, keys,
                                         what=f"embedding {name} {split} images")
         self._images.update({(name, split, k): v for k, v in out.items()})
 
     def images(self, params, name: str, split: str = "test", key: str = "img/normed"):
-        """The image tower's `key` for every example of the split [N, ...], in source order."""
-        self.embed_images(params, name, split, (key,))
+        """The image tower's `key` for every example of the split [N, ...], in source order;
+        key 'valid': whether each image could be read (the others' rows are zero)."""
+        self.embed_images(params, name, split, () if key == "valid" else (key,))
+        if (name, split, key) not in self._images:       # 'valid' of a split not embedded yet
+            self.embed_images(params, name, split, ("img/normed",))
         return self._images[name, split, key]
 
     @functools.lru_cache(maxsize=None)
     def texts(self, name: str, split: str = "test"):
         """(each example's captions, labels [N] with -1 where there is none)."""
-        return pipeline.read_texts(pipeline.builtin_source(name, split),
-                                   self.config.data_dir or None)
+        return pipeline.read_texts(datasets.source(self.spec(name), self.split(name, split)),
+                                   self.data_dir)
 
-    def info(self, name: str) -> dict:
-        """The dataset's metadata: classes, prompt templates."""
-        return builtin.info(name, self.config.data_dir or None)
+    def classes(self, name: str) -> list[dict]:
+        return datasets.classes(self.spec(name), name, self.data_dir)
+
+    def templates(self, name: str) -> tuple[str, ...]:
+        return datasets.templates(self.spec(name), name, self.data_dir)

@@ -18,8 +18,8 @@ class Evaluator:
 
     def run(self, params, dataset: str) -> dict[str, float]:
         emb = self.data.embedder
-        captions, _ = self.data.texts(dataset)
-        img_tokens = self.data.images(params, dataset, key="img/tokens")
+        keep, captions = retrieval.usable(self.data, params, dataset)
+        img_tokens = self.data.images(params, dataset, key="img/tokens")[keep]
         itm = emb.head("itm_logits", _match_score)
         cache = {}      # the texts go through the tower once; their tokens are kept for ITM
 
@@ -32,6 +32,6 @@ class Evaluator:
             return emb.batched(itm, params, cache["tok"][txt_idx], cache["mask"][txt_idx],
                                 img_tokens[img_idx], what="ITM re-ranking")
 
-        out = retrieval.recall(self.data.images(params, dataset), captions, embed, itm=score,
+        out = retrieval.recall(self.data.images(params, dataset)[keep], captions, embed, itm=score,
                                rerank_k=self.k, mesh=emb.mesh, axes=emb.axes)
         return {k: v for k, v in out.items() if k.startswith("itm_")}

@@ -31,6 +31,21 @@ def ridge_top1(train_x, train_labels, test_x, test_labels, l2: float = 1e-3) -> 
     return float(np.mean(pred[scored] == test_labels[scored]))
 
 
+def features(data, params, dataset: str, key: str, splits=("train", "test")) -> dict:
+    """split -> (the image tower's `key` [n, ...] as float64, labels [n]) over the split's
+    labelled images that could be read."""
+    out = {}
+    for split in splits:
+        x = data.images(params, dataset, split, key)
+        labels = data.texts(dataset, split)[1]
+        keep = data.images(params, dataset, split, "valid") & (labels >= 0)
+        if not keep.any():
+            raise ValueError(f"eval set {dataset!r} has no labelled images in its "
+                             f"{split} split ({data.split(dataset, split)!r})")
+        out[split] = (np.asarray(x[keep], np.float64).reshape(int(keep.sum()), -1), labels[keep])
+    return out
+
+
 class Evaluator:
     """A ridge classifier fit on a dataset's train split of `eval.probe_representation` (any
     image-tower output), top-1 on its test split."""
@@ -41,10 +56,5 @@ class Evaluator:
 
     def run(self, params, dataset: str) -> dict[str, float]:
         e = self.config.eval
-        feats = {split: self.data.images(params, dataset, split, e.probe_representation)
-                 for split in ("train", "test")}
-        labels = {split: self.data.texts(dataset, split)[1] for split in ("train", "test")}
-        if (labels["train"] < 0).all() or (labels["test"] < 0).all():
-            raise ValueError(f"eval.linear_probe: dataset {dataset!r} has no class labels")
-        return {"linear_probe_top1": ridge_top1(feats["train"], labels["train"], feats["test"],
-                                                labels["test"], e.probe_l2)}
+        f = features(self.data, params, dataset, e.probe_representation)
+        return {"linear_probe_top1": ridge_top1(*f["train"], *f["test"], e.probe_l2)}

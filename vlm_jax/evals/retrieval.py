@@ -4,7 +4,8 @@ The text pool is the set of distinct captions of a split, and an image's positiv
 captions. Identical strings share one embedding, so a caption shared by many images (e.g.
 "handwritten 7") is one text whose positives are all of those images:
 - i2t R@k: the share of images with at least one of their captions among their k nearest texts;
-- t2i R@k: the share of texts with at least one of their images among their k nearest images.
+- t2i R@k: the share of texts with at least one of their images among their k nearest images;
+- r_mean: the mean of the six (R@1/5/10 both ways).
 
 Rankings are computed on the devices (`top_k`): the candidates are split over the mesh's batch
 axes, each device keeps the k best of its shard for a chunk of queries, and the shards' lists
@@ -123,11 +124,23 @@ def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1,
             hits = _hits(order, _padded(pos))
             for k in ks:
                 out[f"{prefix}{name}_r{k}"] = float(hits[:, :k].any(axis=1).mean())
+        out[f"{prefix}r_mean"] = float(np.mean([out[f"{prefix}{d}_r{k}"] for d in ("i2t", "t2i")
+                                                for k in ks]))
     return out
 
 
+def usable(data, params, dataset: str) -> tuple[np.ndarray, list[list[str]]]:
+    """(which test images take part: read, with captions; their captions)."""
+    captions, _ = data.texts(dataset)
+    keep = data.images(params, dataset, key="valid") & np.array([bool(c) for c in captions])
+    if not keep.any():
+        raise ValueError(f"eval set {dataset!r} has no captioned images to retrieve")
+    return keep, [c for c, k in zip(captions, keep) if k]
+
+
 class Evaluator:
-    """Image->text and text->image recall@1/5/10 by embedding similarity on a test split."""
+    """Image->text and text->image recall@1/5/10 by embedding similarity on a test split, and
+    their mean (r_mean), over the images that could be read and have captions."""
     image_keys = ("img/normed",)
 
     def __init__(self, data, config):
@@ -135,6 +148,6 @@ class Evaluator:
 
     def run(self, params, dataset: str) -> dict[str, float]:
         emb = self.data.embedder
-        captions, _ = self.data.texts(dataset)
-        return recall(self.data.images(params, dataset), captions,
+        keep, captions = usable(self.data, params, dataset)
+        return recall(self.data.images(params, dataset)[keep], captions,
                       lambda t: emb.texts(params, t), mesh=emb.mesh, axes=emb.axes)

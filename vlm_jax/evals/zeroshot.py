@@ -2,14 +2,14 @@
 templates' text embeddings; an image's prediction is the most similar class.
 
 A template is either a format string over the class's fields (the built-in datasets' own, e.g.
-"the digit {word}") or holds `{}` for the class name (CLIP's, `templates.CLIP`)."""
+"the digit {word}") or holds `{}` for the class name (CLIP's: vlm_jax/evals/data/)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-from vlm_jax.evals import templates
+from vlm_jax.evals import retrieval
 
 
 def class_name(c: dict) -> str:
@@ -34,27 +34,39 @@ def class_embeddings(embed_texts, classes: list[dict], templates: Sequence[str],
     return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
 
-def top1(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray) -> float:
-    return float(np.mean(np.argmax(image_emb @ class_emb.T, axis=1) == labels))
+def scores(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, float]:
+    """pred [N, k] class indices best first, labels [N] -> top-1, top-5 accuracy and the mean
+    over classes of each class's top-1 recall (classes without a test example left out)."""
+    hit1 = pred[:, 0] == labels
+    counts = np.bincount(labels, minlength=n_classes)
+    per_class = np.bincount(labels, weights=hit1, minlength=n_classes)[counts > 0] / counts[counts > 0]
+    return {"zeroshot_top1": float(hit1.mean()),
+            "zeroshot_top5": float((pred[:, :5] == labels[:, None]).any(axis=1).mean()),
+            "zeroshot_mean_per_class_recall": float(per_class.mean())}
 
 
 class Evaluator:
-    """Zero-shot top-1 on a dataset's test split: `eval.templates` (the dataset's own, CLIP's 80,
-    or `eval.custom_templates`), `eval.class_names` replacing the dataset's class names."""
+    """Zero-shot classification on a dataset's test split with its classes and templates
+    (vlm_jax/evals/datasets.py): top-1, top-5 and mean per-class recall over the labelled
+    images that could be read."""
     image_keys = ("img/normed",)
 
     def __init__(self, data, config):
-        self.data, self.config = data, config
-
-    def _templates(self, meta: dict) -> tuple:
-        e = self.config.eval
-        return {"builtin": tuple(meta["templates"]), "clip": templates.CLIP,
-                "custom": tuple(e.custom_templates)}[e.templates]
+        self.data = data
 
     def run(self, params, dataset: str) -> dict[str, float]:
-        meta = self.data.info(dataset)
-        texts = lambda t: self.data.embedder.texts(params, t)
-        classes = class_embeddings(texts, meta["classes"], self._templates(meta),
-                                   tuple(self.config.eval.class_names))
+        emb = self.data.embedder
+        names = self.data.classes(dataset)
+        classes = class_embeddings(lambda t: emb.texts(params, t), names,
+                                   self.data.templates(dataset))
         _, labels = self.data.texts(dataset)
-        return {"zeroshot_top1": top1(self.data.images(params, dataset), labels, classes)}
+        if labels.max(initial=-1) >= len(names):
+            s = self.data.spec(dataset)
+            raise ValueError(f"eval set {dataset!r}: label {labels.max()} but "
+                             f"{s.class_names or 'its class list'} names {len(names)} classes")
+        keep = self.data.images(params, dataset, key="valid") & (labels >= 0)
+        if not keep.any():
+            raise ValueError(f"eval set {dataset!r} has no labelled images to classify")
+        pred = retrieval.top_k(self.data.images(params, dataset)[keep], classes, 5,
+                               emb.mesh, emb.axes)
+        return scores(pred, labels[keep], len(names))
