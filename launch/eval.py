@@ -1,11 +1,17 @@
-"""Evaluate the latest checkpoint of a training workdir.
+"""Evaluate a checkpoint: the evaluators its config lists, or a benchmark suite.
 
   python -m launch.eval --workdir DIR [--step N] [--evaluators zeroshot,retrieval,...]
+  python -m launch.eval --workdir DIR --suite configs/evals/NAME.py [--output_dir OUT]
+  python -m launch.eval --checkpoint PATH --suite configs/evals/NAME.py
 
-Only the checkpoint's params and DIR/config.json are read: the training data need not exist.
+Only the checkpoint's params and the config.json beside it are read: the training data need
+not exist. PATH is a training workdir, a folder written by launch.convert_weights (a converted
+Hugging Face or open_clip model) or one step's WORKDIR/checkpoints/N.
 
-The model and eval settings come from DIR/config.json; results are printed and appended to
-DIR/metrics.jsonl.
+Without --suite the config's evaluators run; results are printed and appended to
+DIR/metrics.jsonl. With --suite the suite's eval sets are evaluated (those not found are listed
+with the reason), each reported as it finishes, and OUT/results.json and OUT/results.md are
+written (default OUT: PATH/eval/NAME).
 """
 from __future__ import annotations
 
@@ -13,23 +19,48 @@ import json
 
 from absl import app, flags
 
-from launch import flags as launch_flags  # noqa: F401  (defines --workdir)
+from launch import flags as launch_flags
+from launch import runtime
 
+CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A workdir, a converted checkpoint folder "
+                                 "or WORKDIR/checkpoints/N (instead of --workdir).")
 STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
-EVALUATORS = flags.DEFINE_list("evaluators", None, "Evaluators to run, each on the datasets its "
-                               "eval.<name> lists; default: every one (vlm_jax/evals/).")
+SUITE = flags.DEFINE_string("suite", None, "A suite file (configs/evals/NAME.py): its eval sets "
+                            "and evaluators replace the config's.")
+OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "With --suite: where results.json and "
+                                 "results.md go; default PATH/eval/NAME.")
+EVALUATORS = flags.DEFINE_list("evaluators", None, "Without --suite: evaluators to run, each on "
+                               "the datasets its eval.<name> lists; default: every one.")
 
 
 def main(argv):
-    workdir = launch_flags.start(argv)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    path = CHECKPOINT.value or launch_flags.WORKDIR.value
+    if not path or (CHECKPOINT.value and launch_flags.WORKDIR.value):
+        raise app.UsageError("give one of --workdir and --checkpoint")
+    if not SUITE.value and (CHECKPOINT.value or OUTPUT_DIR.value):
+        raise app.UsageError("--checkpoint and --output_dir go with --suite")
+    if SUITE.value and EVALUATORS.value:
+        raise app.UsageError("--evaluators goes without --suite (the suite lists what runs)")
+    runtime.set_up()
     from vlm_jax import config as config_lib
     from vlm_jax.train import evaluate
+    if SUITE.value:
+        try:
+            report = evaluate.evaluate_suite(path, SUITE.value, STEP.value, OUTPUT_DIR.value)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"launch.eval: {e}") from None
+        with open(report["files"][1]) as f:
+            print(f.read(), end="")
+        print("written:", *report["files"])
+        return
     names = tuple(EVALUATORS.value or config_lib.EVALUATORS)
     unknown = set(names) - set(config_lib.EVALUATORS)
     if unknown:
         raise app.UsageError(f"unknown --evaluators {sorted(unknown)}; "
                              f"choose from {','.join(config_lib.EVALUATORS)}")
-    results = evaluate.evaluate_workdir(workdir, STEP.value, names)
+    results = evaluate.evaluate_workdir(path, STEP.value, names)
     print(json.dumps(results, indent=1, sort_keys=True))
 
 

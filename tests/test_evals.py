@@ -242,8 +242,48 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     out = evaluate.evaluate_workdir(str(tmp_path), kinds=("zeroshot",))
     assert set(out) == {"step", "zs/digits/zeroshot_top1", "zs/digits/zeroshot_top5",
                         "zs/digits/zeroshot_mean_per_class_recall"} and out["step"] == 8
-    assert out["zs/digits/zeroshot_top1"] == pytest.approx(
-        [r for r in rows if "zs/digits/zeroshot_top1" in r][-1]["zs/digits/zeroshot_top1"])
+    logged = [r for r in rows if "zs/digits/zeroshot_top1" in r][-1]["zs/digits/zeroshot_top1"]
+    assert out["zs/digits/zeroshot_top1"] == pytest.approx(logged)
+    # A suite on the same workdir: what is present is evaluated, what is not is listed.
+    suite = tmp_path / "suite.py"
+    suite.write_text(
+        "import ml_collections\n"
+        "from vlm_jax.config import eval_dataset\n"
+        "def get_config():\n"
+        "    s = ml_collections.ConfigDict()\n"
+        "    s.datasets = ml_collections.ConfigDict()\n"
+        "    s.datasets.absent = eval_dataset(kind='folder', path='/nowhere/val')\n"
+        "    s.zeroshot = ('digits', 'absent')\n"
+        "    s.logistic_probe = ('digits',)\n"
+        "    return s\n")
+    report = evaluate.evaluate_suite(str(tmp_path), str(suite))
+    assert report["step"] == 8 and set(report["results"]) == {"digits"}
+    got = report["results"]["digits"]
+    assert set(got) == {"zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall",
+                        "logistic_probe_top1", "logistic_probe_c"}
+    assert got["zeroshot_top1"] == pytest.approx(logged)
+    assert report["missing"] == {"absent": "FileNotFoundError: image folder '/nowhere/val' does "
+                                           "not exist"}
+    where = tmp_path / "eval" / "suite"
+    assert json.load(open(where / "results.json"))["results"] == report["results"]
+    table = (where / "results.md").read_text()
+    assert f"| digits | zeroshot_top1 | {logged:.4f} |" in table and "- absent: " in table
+    pred = np.load(where / "predictions" / "digits.zeroshot.npz")
+    assert len(pred["index"]) == 360 and pred["top5"].shape == (360, 5)
+    assert np.mean(pred["top5"][:, 0] == pred["label"]) == pytest.approx(logged)
+
+
+def test_suites_load_and_validate():
+    import glob
+
+    from vlm_jax import config as config_lib
+    from vlm_jax.evals import suite
+    files = sorted(glob.glob("configs/evals/*.py"))
+    assert len(files) >= 2
+    for path in files:
+        c = config_lib.defaults()
+        suite.apply(c, suite.load(path))
+        assert any(c.eval[k] for k in config_lib.EVALUATORS), path
 
 
 def test_eval_config_errors():

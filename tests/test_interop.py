@@ -207,10 +207,66 @@ def test_lit_trains_from_a_converted_clip_with_the_image_tower_locked(data_dir, 
                               converted["img_proj"]["dense"]["kernel"])
 
 
-def test_convert_weights_command(tmp_path):
+WORDS = ("a", "photo", "of", "the", ".", "cat", "dog", "bird")
+
+
+def _hf_tokenizer(path):
+    """A word-level tokenizer.json with CLIP's specials (ids 1 and EOS), as a CLIP folder has."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {"<pad>": 0, "<|startoftext|>": 1, "[UNK]": 2, "<|endoftext|>": EOS}
+    vocab.update({w: 3 + i for i, w in enumerate(WORDS)})
+    vocab.update({f"w{i}": i for i in range(3 + len(WORDS), EOS)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", 1), ("<|endoftext|>", EOS)])
+    tok.save(str(path / "tokenizer.json"))
+
+
+def _hf_zero_shot(hf, hf_dir, files, classes, templates):
+    """Each image's classes by transformers' CLIPModel, best first: prompts through the
+    folder's tokenizer, images by the eval view (the centred square, resized)."""
+    import torch
+    import transformers
+
+    from vlm_jax.data import images
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"),
+                                               pad_token="<pad>")
+    enc = tok([t.format(c) for c in classes for t in templates], padding="max_length",
+              max_length=TEXT["max_position_embeddings"], return_tensors="pt")
+    pixels = np.stack([images.render(open(f, "rb").read(), VISION["image_size"], "center")
+                       for f in files])
+    with torch.no_grad():
+        txt = _unit(_features(hf.get_text_features(input_ids=enc["input_ids"],
+                                                   attention_mask=enc["attention_mask"])))
+        img = _unit(_features(hf.get_image_features(pixel_values=_pixels(
+            pixels, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)))))
+    cls = _unit(txt.reshape(len(classes), len(templates), -1).mean(1))
+    return np.argsort(-(img @ cls.T), axis=1, kind="stable")
+
+
+def _png(seed, size):
+    """Noise around a per-image colour: images a random model tells apart."""
+    import io
+
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, 3) + rng.normal(0, 40, (size[1], size[0], 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_convert_weights_command_and_zero_shot_of_the_converted_model(tmp_path):
+    """launch.convert_weights, then launch.eval --checkpoint on an image folder: the same
+    per-image zero-shot predictions as transformers' CLIPModel on the same images, class names
+    and templates."""
     import subprocess
     import sys
-    _hf_clip(tmp_path / "hf")
+
+    hf = _hf_clip(tmp_path / "hf")
+    _hf_tokenizer(tmp_path / "hf")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-m", "launch.convert_weights", "--input",
                         str(tmp_path / "hf"), "--output", str(tmp_path / "out")],
@@ -223,3 +279,34 @@ def test_convert_weights_command(tmp_path):
                         str(tmp_path / "missing"), "--output", str(tmp_path / "o2")],
                        cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "does not exist" in r.stderr
+    # Zero-shot on an image folder (3 classes, images of several shapes) through launch.eval.
+    files = []
+    for k, name in enumerate(("bird", "cat", "dog")):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(5):
+            f = tmp_path / "val" / name / f"{i}.png"
+            f.write_bytes(_png(10 * k + i, [(48, 40), (32, 32), (40, 64)][i % 3]))
+            files.append(str(f))
+    (tmp_path / "templates.txt").write_text("a photo of a {}.\nthe {}\n")
+    suite = tmp_path / "suite.py"
+    suite.write_text(
+        "import ml_collections\n"
+        "from vlm_jax.config import eval_dataset\n"
+        "def get_config():\n"
+        "    s = ml_collections.ConfigDict()\n"
+        "    s.datasets = ml_collections.ConfigDict()\n"
+        f"    s.datasets.val = eval_dataset(kind='folder', path={str(tmp_path / 'val')!r}, "
+        f"templates={str(tmp_path / 'templates.txt')!r})\n"
+        "    s.zeroshot = ('val',)\n"
+        "    return s\n")
+    r = subprocess.run([sys.executable, "-m", "launch.eval", "--checkpoint", str(tmp_path / "out"),
+                        "--suite", str(suite)], cwd=root, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| val | zeroshot_top1 |" in r.stdout and "[1/1] val" in r.stderr
+    pred = np.load(tmp_path / "out" / "eval" / "suite" / "predictions" / "val.zeroshot.npz")
+    want = _hf_zero_shot(hf, tmp_path / "hf", files, ("bird", "cat", "dog"),
+                         ("a photo of a {}.", "the {}"))
+    assert list(pred["index"]) == list(range(15))
+    np.testing.assert_array_equal(pred["top5"], want)
+    assert len({tuple(row) for row in want}) > 1, want     # not one ranking for every image

@@ -11,6 +11,7 @@ Images stay uint8 until they reach the device (4x less to transfer); the model r
 from __future__ import annotations
 
 import math
+import os
 
 import grain
 import jax

@@ -67,7 +67,7 @@ def own_classes(s, data_dir: str | None) -> list[dict] | None:
             if feature is None:
                 return None
         names = getattr(feature, "names", None)
-        return [{"name": n} for n in names] if names else None
+        return [{"name": n.replace("_", " ")} for n in names] if names else None
     return None
 
 

@@ -6,6 +6,8 @@ around the best by halving the step in log space; the classifier is then refit o
 validation with that C and scored on the test split (top-1)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from vlm_jax.evals.linear_probe import features
@@ -15,8 +17,11 @@ REFINEMENTS = 2
 
 
 def _fit(x, y, c: float):
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(C=c, max_iter=1000).fit(x, y)
+    with warnings.catch_warnings():     # the weakest penalties of the sweep reach max_iter
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LogisticRegression(C=c, max_iter=1000).fit(x, y)
 
 
 def _accuracy(model, x, y) -> float:

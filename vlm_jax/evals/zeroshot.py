@@ -53,6 +53,9 @@ class Evaluator:
 
     def __init__(self, data, config):
         self.data = data
+        # dataset -> per-image results of the last run: the images' positions in the split,
+        # their labels and top-5 predictions (launch.eval --suite saves them)
+        self.outputs: dict[str, dict[str, np.ndarray]] = {}
 
     def run(self, params, dataset: str) -> dict[str, float]:
         emb = self.data.embedder
@@ -69,4 +72,6 @@ class Evaluator:
             raise ValueError(f"eval set {dataset!r} has no labelled images to classify")
         pred = retrieval.top_k(self.data.images(params, dataset)[keep], classes, 5,
                                emb.mesh, emb.axes)
+        self.outputs[dataset] = {"index": np.flatnonzero(keep), "label": labels[keep],
+                                 "top5": pred}
         return scores(pred, labels[keep], len(names))

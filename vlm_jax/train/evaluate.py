@@ -1,20 +1,47 @@
 """Evaluating a saved checkpoint, outside a training run: only the checkpoint's params and the
-workdir's config are read (no training data, no optimizer)."""
+config beside it are read (no training data, no optimizer)."""
 from __future__ import annotations
 
 import os
 
+from absl import logging
+
 from vlm_jax import evals, workdir as workdir_lib
+from vlm_jax.evals import suite as suite_lib
 from vlm_jax.setup import Setup
 from vlm_jax.train import checkpoint, metrics as metrics_lib
 
 
+def locate(path: str, step: int | None = None) -> tuple[str, str]:
+    """(the folder holding config.json, the checkpoint path) of a training workdir, a converted
+    checkpoint (launch.convert_weights' OUTPUT) or one step's folder WORKDIR/checkpoints/N."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, os.path.join(path, "checkpoints", "" if step is None else str(step))
+    parent = os.path.dirname(os.path.dirname(path))
+    if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.isfile(
+            os.path.join(parent, "config.json")):
+        return parent, path
+    raise FileNotFoundError(f"{path}: no config.json here nor two folders up; give a training "
+                            "workdir, a folder written by launch.convert_weights, or "
+                            "WORKDIR/checkpoints/STEP")
+
+
+def restore(path: str, step: int | None = None, suite=None):
+    """(Setup, params, step) of a checkpoint (default: the latest), with a suite's eval sets
+    and evaluators in place of the config's."""
+    config_dir, ckpt = locate(path, step)
+    config = workdir_lib.load_config(config_dir)
+    if suite is not None:
+        suite_lib.apply(config, suite)
+    s = Setup(config)
+    params, step = checkpoint.read_params(ckpt, s.abstract_params())
+    return s, params, step
+
+
 def restore_workdir(workdir: str, step: int | None = None):
     """(Setup, params, step) of a training workdir's checkpoint (default: the latest)."""
-    s = Setup(workdir_lib.load_config(workdir))
-    path = os.path.join(workdir, "checkpoints", "" if step is None else str(step))
-    params, step = checkpoint.read_params(path, s.abstract_params())
-    return s, params, step
+    return restore(workdir, step)
 
 
 def evaluate_workdir(workdir: str, step: int | None = None, kinds=None) -> dict:
@@ -25,3 +52,23 @@ def evaluate_workdir(workdir: str, step: int | None = None, kinds=None) -> dict:
         results = evals.Evaluators(s).run(params, kinds)
     metrics_lib.JsonlWriter(workdir).write(step, results)
     return {"step": step, **results}
+
+
+def evaluate_suite(path: str, suite_path: str, step: int | None = None,
+                   output_dir: str | None = None) -> dict:
+    """Evaluates a checkpoint on a suite's eval sets; writes results.json and results.md to
+    `output_dir` (default: CHECKPOINT_FOLDER/eval/SUITE_NAME) and returns the report."""
+    s, params, step = restore(path, step, suite_lib.load(suite_path))
+    names, missing = suite_lib.present(s.config)
+    for name, why in missing.items():
+        logging.warning("%s: not evaluated: %s", name, why)
+    with s.context():
+        evaluators = evals.Evaluators(s)
+        results, seconds, failed = suite_lib.run(evaluators, params, names)
+    report = {"checkpoint": os.path.abspath(path), "step": step,
+              "suite": os.path.abspath(suite_path), "results": results, "seconds": seconds,
+              "missing": missing, "failed": failed}
+    name = os.path.splitext(os.path.basename(suite_path))[0]
+    out = output_dir or os.path.join(locate(path, step)[0], "eval", name)
+    report["files"] = suite_lib.write(report, out, evaluators)
+    return report

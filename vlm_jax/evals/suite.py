@@ -1,0 +1,124 @@
+"""Benchmark suites: a file listing eval sets (where each prepared copy is) and what to run on
+each, evaluated on one checkpoint with a report per dataset, the way CLIP_benchmark reports.
+
+A suite file (`configs/evals/NAME.py`) defines `get_config()` returning keys of the `eval`
+config section: `datasets` (name -> eval_dataset(...)) and the evaluators' lists (`zeroshot`,
+`retrieval`, `linear_probe`, ...), optionally `batch_size` or the probes' settings. Evaluators the
+suite does not list do not run. The sets that cannot be read are listed with the reason and
+skipped; the others run one after another, each reported as it finishes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from vlm_jax import config as config_lib
+from vlm_jax.evals import datasets as datasets_lib
+
+PROBES = ("linear_probe", "logistic_probe")
+
+
+def load(path: str):
+    """The suite file's get_config()."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"suite file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"suite_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"suite file {path} defines no get_config()")
+    return module.get_config()
+
+
+def apply(config, suite) -> None:
+    """Replaces the config's evaluator lists with the suite's and adds its eval sets; every
+    metric is named '<dataset>/<metric>'."""
+    e = config.eval
+    for name in config_lib.EVALUATORS:
+        e[name] = ()
+        e[f"{name}_prefix"] = "{dataset}/"
+    for key, value in suite.items():
+        if key == "datasets":
+            for name, entry in value.items():
+                e.datasets[name] = entry
+        elif key in e:
+            e[key] = value
+        else:
+            raise config_lib.ConfigError(f"suite key '{key}' is not an eval config key")
+    config_lib.validate(config)
+
+
+def present(config) -> tuple[list[str], dict[str, str]]:
+    """(the listed sets that can be read, {set: why not} for the others)."""
+    listed = []
+    for name in config_lib.EVALUATORS:
+        listed += [d for d in config.eval[name] if d not in listed]
+    ok, missing = [], {}
+    data_dir = config.data_dir or None
+    for name in listed:
+        s = datasets_lib.spec(config, name)
+        probed = any(name in config.eval[p] for p in PROBES)
+        splits = [s.split] + ([s.train_split] if probed else []) + (
+            [s.val_split] if probed and s.val_split else [])
+        why = datasets_lib.missing(s, splits, data_dir)
+        if why:
+            missing[name] = why
+        else:
+            ok.append(name)
+    return ok, missing
+
+
+def run(evaluators, params, names: list[str]) -> tuple[dict, dict]:
+    """({dataset: {metric: value}}, {dataset: seconds}), one dataset after another; a dataset
+    whose evaluation fails is reported as failed (the others still run)."""
+    config = evaluators.config
+    results, seconds, failed = {}, {}, {}
+    for i, name in enumerate(names):
+        kinds = [k for k in config_lib.EVALUATORS if name in config.eval[k]]
+        logging.info("[%d/%d] %s: %s", i + 1, len(names), name, ", ".join(kinds))
+        t0 = time.perf_counter()
+        try:
+            out = evaluators.run(params, kinds, datasets=(name,))
+        except (ValueError, OSError) as e:
+            failed[name] = f"{type(e).__name__}: {e}".splitlines()[0]
+            logging.error("[%d/%d] %s failed: %s", i + 1, len(names), name, failed[name])
+            continue
+        seconds[name] = time.perf_counter() - t0
+        results[name] = {k.removeprefix(f"{name}/"): v for k, v in out.items()}
+        logging.info("[%d/%d] %s done in %.1fs: %s", i + 1, len(names), name, seconds[name],
+                     " ".join(f"{k}={v:.4g}" for k, v in results[name].items()))
+    return results, seconds, failed
+
+
+def markdown(report: dict) -> str:
+    """The report as a table (dataset, metric, value), then the sets not evaluated."""
+    lines = [f"Checkpoint `{report['checkpoint']}` (step {report['step']}), suite "
+             f"`{report['suite']}`.", "", "| dataset | metric | value |", "|---|---|---|"]
+    for name, metrics in report["results"].items():
+        lines += [f"| {name} | {k} | {v:.4f} |" for k, v in metrics.items()]
+    for title, key in (("Not found", "missing"), ("Failed", "failed")):
+        if report[key]:
+            lines += ["", f"{title}:", ""] + [f"- {k}: {v}" for k, v in report[key].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, directory: str, evaluators=None) -> list[str]:
+    """results.json, results.md and, for evaluators that keep per-example outputs (zero-shot's
+    predictions), predictions/<dataset>.<evaluator>.npz in `directory`; returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, "results.json"), os.path.join(directory, "results.md")]
+    with open(paths[0], "w") as f:
+        json.dump(report, f, indent=1)
+    with open(paths[1], "w") as f:
+        f.write(markdown(report))
+    for kind, ev in (evaluators.evaluators.items() if evaluators else ()):
+        for name, arrays in getattr(ev, "outputs", {}).items():
+            os.makedirs(os.path.join(directory, "predictions"), exist_ok=True)
+            paths.append(os.path.join(directory, "predictions", f"{name}.{kind}.npz"))
+            np.savez(paths[-1], **arrays)
+    return paths
