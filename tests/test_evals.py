@@ -226,14 +226,17 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     cfg = tiny_config(data_dir, **{
         "log_every_steps": 4, "eval_every_steps": 4,       # the suite's tiny run: 8 steps
         "eval.zeroshot": ("digits",), "eval.zeroshot_prefix": "zs/{dataset}/",
-        "eval.retrieval": ("shapes",), "eval.retrieval_every_steps": 2,
+        "eval.retrieval": ("shards",), "eval.retrieval_every_steps": 2,
         "eval.linear_probe": ("digits",), "eval.linear_probe_every_percent": 100.0,
         "eval.linear_probe_prefix": "probe/"})
     cfg.data.sources["digits"] = config_lib.source(path=shard)
+    # An eval set that is not built in: the shapes test split's shards, read as ours.
+    cfg.eval.datasets.shards = config_lib.eval_dataset(path=os.path.join(
+        builtin.dataset_dir("shapes", data_dir), "test.array_record"), label_key="")
     trainer.train(cfg, str(tmp_path))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     steps = lambda key: sorted({r["step"] for r in rows if key in r})
-    assert steps("eval/shapes/i2t_r1") == [2, 4, 6, 8]      # its own cadence
+    assert steps("eval/shards/i2t_r1") == [2, 4, 6, 8]      # its own cadence
     assert steps("zs/digits/zeroshot_top1") == [4, 8]       # eval_every
     assert steps("probe/linear_probe_top1") == [8]          # 100% of the run
     assert not any(k.startswith("eval/digits") for r in rows for k in r)

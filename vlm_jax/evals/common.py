@@ -6,6 +6,7 @@ import functools
 
 import flax.linen as nn
 import jax
+from absl import logging
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -113,6 +114,9 @@ class Embedder:
             seen[index[valid]] = True
             ticker.update(int(valid.sum()))
         ticker.close()
+        if not seen.all():
+            logging.warning("%s: %d of %d images could not be read and are left out",
+                            what, int((~seen).sum()), n)
         return {**out, "valid": seen}
 
     def images(self, params, images: np.ndarray, key: str = "img/normed") -> np.ndarray:
