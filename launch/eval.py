@@ -51,9 +51,10 @@ def main(argv):
             report = evaluate.evaluate_suite(path, SUITE.value, STEP.value, OUTPUT_DIR.value)
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"launch.eval: {e}") from None
-        with open(report["files"][1]) as f:
-            print(f.read(), end="")
-        print("written:", *report["files"])
+        from vlm_jax.evals import suite
+        print(suite.markdown(report), end="")
+        if report["files"]:
+            print("written:", *report["files"])
         return
     names = tuple(EVALUATORS.value or config_lib.EVALUATORS)
     unknown = set(names) - set(config_lib.EVALUATORS)

@@ -114,3 +114,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def write_suite(path, datasets: dict, **evaluators) -> str:
+    """A suite file, as in configs/evals/: name -> eval_dataset(**keys), and evaluator lists."""
+    lines = ["import ml_collections", "from vlm_jax.config import eval_dataset", "",
+             "def get_config():", "    s = ml_collections.ConfigDict()",
+             "    s.datasets = ml_collections.ConfigDict()"]
+    lines += [f"    s.datasets.{name} = eval_dataset(**{keys!r})" for name, keys in datasets.items()]
+    lines += [f"    s.{name} = {tuple(sets)!r}" for name, sets in evaluators.items()]
+    with open(path, "w") as f:
+        f.write("\n".join(lines + ["    return s", ""]))
+    return str(path)

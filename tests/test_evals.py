@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
+from helpers import write_suite
 
 from vlm_jax import evals
 from vlm_jax.evals import retrieval, zeroshot
@@ -248,18 +249,9 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     logged = [r for r in rows if "zs/digits/zeroshot_top1" in r][-1]["zs/digits/zeroshot_top1"]
     assert out["zs/digits/zeroshot_top1"] == pytest.approx(logged)
     # A suite on the same workdir: what is present is evaluated, what is not is listed.
-    suite = tmp_path / "suite.py"
-    suite.write_text(
-        "import ml_collections\n"
-        "from vlm_jax.config import eval_dataset\n"
-        "def get_config():\n"
-        "    s = ml_collections.ConfigDict()\n"
-        "    s.datasets = ml_collections.ConfigDict()\n"
-        "    s.datasets.absent = eval_dataset(kind='folder', path='/nowhere/val')\n"
-        "    s.zeroshot = ('digits', 'absent')\n"
-        "    s.logistic_probe = ('digits',)\n"
-        "    return s\n")
-    report = evaluate.evaluate_suite(str(tmp_path), str(suite))
+    suite = write_suite(tmp_path / "suite.py", {"absent": dict(kind="folder", path="/nowhere/val")},
+                        zeroshot=("digits", "absent"), logistic_probe=("digits",))
+    report = evaluate.evaluate_suite(str(tmp_path), suite)
     assert report["step"] == 8 and set(report["results"]) == {"digits"}
     got = report["results"]["digits"]
     assert set(got) == {"zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall",

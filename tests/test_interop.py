@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import jitted_method
+from helpers import jitted_method, write_suite
 
 from vlm_jax import interop, models
 
@@ -288,19 +288,11 @@ def test_convert_weights_command_and_zero_shot_of_the_converted_model(tmp_path):
             f.write_bytes(_png(10 * k + i, [(48, 40), (32, 32), (40, 64)][i % 3]))
             files.append(str(f))
     (tmp_path / "templates.txt").write_text("a photo of a {}.\nthe {}\n")
-    suite = tmp_path / "suite.py"
-    suite.write_text(
-        "import ml_collections\n"
-        "from vlm_jax.config import eval_dataset\n"
-        "def get_config():\n"
-        "    s = ml_collections.ConfigDict()\n"
-        "    s.datasets = ml_collections.ConfigDict()\n"
-        f"    s.datasets.val = eval_dataset(kind='folder', path={str(tmp_path / 'val')!r}, "
-        f"templates={str(tmp_path / 'templates.txt')!r})\n"
-        "    s.zeroshot = ('val',)\n"
-        "    return s\n")
+    suite = write_suite(tmp_path / "suite.py", {"val": dict(
+        kind="folder", path=str(tmp_path / "val"), templates=str(tmp_path / "templates.txt"))},
+        zeroshot=("val",))
     r = subprocess.run([sys.executable, "-m", "launch.eval", "--checkpoint", str(tmp_path / "out"),
-                        "--suite", str(suite)], cwd=root, capture_output=True, text=True,
+                        "--suite", suite], cwd=root, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| val | zeroshot_top1 |" in r.stdout and "[1/1] val" in r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import logging
 
 from vlm_jax import evals, workdir as workdir_lib
@@ -70,5 +71,6 @@ def evaluate_suite(path: str, suite_path: str, step: int | None = None,
               "missing": missing, "failed": failed}
     name = os.path.splitext(os.path.basename(suite_path))[0]
     out = output_dir or os.path.join(locate(path, step)[0], "eval", name)
-    report["files"] = suite_lib.write(report, out, evaluators)
-    return report
+    # Every process holds the same results; one writes them.
+    files = suite_lib.write(report, out, evaluators) if jax.process_index() == 0 else []
+    return {**report, "files": files}
