@@ -25,7 +25,7 @@ COLUMNS = (("zero-shot", "eval/digits/zeroshot_top1"), ("i2t R@1", "eval/digits/
            ("t2i R@1 ITM", "eval/digits/itm_t2i_r1"), ("MLM acc", "eval/digits/mlm_accuracy"))
 
 
-def _last(path: str) -> dict:
+def last(path: str) -> dict:
     """The last value of every key in a metrics.jsonl."""
     out = {}
     with open(path) as f:
@@ -34,13 +34,18 @@ def _last(path: str) -> dict:
     return out
 
 
-def run(recipe: str, root: str) -> tuple[dict, float]:
-    workdir = os.path.join(root, recipe)
-    config = f"configs/{recipe}.py" + (f":{os.path.join(root, 'clip')}" if recipe == "lit" else "")
+def train(config: str, workdir: str, extra=()) -> tuple[dict, float]:
+    """(the last value of every metric, wall seconds) of `launch.train --config CONFIG` in
+    `workdir` (a finished one resumes at its end: evaluated again, not retrained)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "launch.train", "--config", config, "--workdir", workdir],
-                   cwd=ROOT, check=True)
-    return _last(os.path.join(workdir, "metrics.jsonl")), time.perf_counter() - t0
+    subprocess.run([sys.executable, "-m", "launch.train", "--config", config, "--workdir", workdir,
+                    *extra], cwd=ROOT, check=True)
+    return last(os.path.join(workdir, "metrics.jsonl")), time.perf_counter() - t0
+
+
+def run(recipe: str, root: str) -> tuple[dict, float]:
+    config = f"configs/{recipe}.py" + (f":{os.path.join(root, 'clip')}" if recipe == "lit" else "")
+    return train(config, os.path.join(root, recipe))
 
 
 def main() -> None:

@@ -308,3 +308,19 @@ def test_ticker_reports_progress_and_time_left(monkeypatch):
     assert t.close() == 40.0
     assert t.lines == ["embedding digits test images: 200/400 images (50%), 16.7/s, ETA 0m12s",
                        "embedding digits test images: 400 images in 40.0s"]
+
+
+def test_mlm_content_words_and_their_tokens():
+    from vlm_jax.data.tokenizer import ByteTokenizer
+    from vlm_jax.evals import mlm
+    captions = [["a red circle", "one red circle"], ["a blue square"], ["a red square"],
+                ["a green circle left of a red square"]]
+    # 'a' is in every image's captions, 'red' in three of four, 'circle' and 'square' in two
+    # (not fewer than half); the rest in one.
+    assert mlm.content_words(captions) == {"one", "blue", "green", "left", "of"}
+    tok = ByteTokenizer()
+    got = mlm.content_mask(tok, ["a blue square.", "one, two"], 10, {"blue", "one"})
+    # BOS first: 'blue' is bytes 2-5 of the text, ids 3-6; 'one,' loses its comma; the last
+    # position (EOS when truncated) is never content.
+    np.testing.assert_array_equal(np.flatnonzero(got[0]), [3, 4, 5, 6])
+    np.testing.assert_array_equal(np.flatnonzero(got[1]), [1, 2, 3])

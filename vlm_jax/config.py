@@ -28,7 +28,8 @@ CROPS = ("resize", "center", "random_resized")
 UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
 # Evaluators (modules of vlm_jax/evals): each has eval.<name> (datasets), eval.<name>_every_*
 # and eval.<name>_prefix; options of their own follow their datasets in `defaults()`.
-EVALUATORS = ("zeroshot", "retrieval", "itm_rerank", "mlm", "linear_probe", "logistic_probe")
+EVALUATORS = ("zeroshot", "retrieval", "itm_rerank", "mlm", "linear_probe", "logistic_probe",
+              "compositional")
 REQUIRED = "required"
 # Duration -> what leaving it unset means: REQUIRED, (unit, value), or None (the caller decides:
 # eval_every unset evaluates at the last step only; eval.<name>_every unset follows eval_every).
@@ -210,6 +211,10 @@ def defaults() -> ml_collections.ConfigDict:
     objective(c.itm)
     # mined within the shard (local) or the whole batch (global)
     _choice(c.itm, "negatives", "global", ("local", "global"), "itm.negatives")
+    # Which examples match each other's captions and so are never mined as negatives: the same
+    # class label where the data has one (label; digits: one caption set per class), or the very
+    # same caption only (caption; shapes, whose label is the count, not the scene).
+    _choice(c.itm, "groups", "label", ("label", "caption"), "itm.groups")
     c.mlm = ml_collections.ConfigDict()             # masked language modelling, image in context
     objective(c.mlm)
     c.mlm.rate = 0.15               # share of tokens chosen; of those 80% [MASK], 10% random, 10% kept
@@ -258,6 +263,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.probe_representation = "img/pre_logits"   # any image-tower output: img/embed, ...
     c.eval.probe_l2 = 1e-3          # ridge penalty per training example
     c.eval.probe_val_fraction = 0.2  # held out of the train split where a set has no val_split
+    # Compositional accuracy on shapes (true caption against its attribute-swapped, reordered and
+    # recounted versions), scored by ITC, ITM and caption likelihood where the model has them.
+    c.eval.compositional = ()
     # Eval sets beyond the built-in digits and shapes (which need no entry): name -> an
     # eval_dataset(...) section; the evaluators' lists above name them.
     c.eval.datasets = ml_collections.ConfigDict()

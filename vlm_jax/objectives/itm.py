@@ -12,14 +12,17 @@ from vlm_jax.losses.itm import itm_loss, mine_negatives
 from vlm_jax.parallel import rows, sharding
 
 
-def match_groups(batch: dict):
-    """Examples that match each other's captions: the same class label where the data has one
-    (label >= 0), else the very same caption (a 30-bit hash of its ids, kept apart from labels)."""
+def match_groups(batch: dict, by: str = "label"):
+    """Examples that match each other's captions: by 'label', the same class label where the
+    data has one (label >= 0); else (or by 'caption') the very same caption (a 30-bit hash of
+    its ids, kept apart from labels)."""
     tokens = batch["tokens"]
     weights = jnp.asarray(np.random.default_rng(0).integers(1, 2**31 - 1, tokens.shape[1]),
                           jnp.uint32)
     caption = ((tokens.astype(jnp.uint32) * weights).sum(axis=1) >> 2).astype(jnp.int32)
     label = batch.get("label", jnp.full(tokens.shape[:1], -1, jnp.int32))
+    if by == "caption":
+        return caption | (1 << 30)
     return jnp.where(label >= 0, label, caption | (1 << 30))
 
 
@@ -27,6 +30,7 @@ def match_groups(batch: dict):
 class Objective:
     negatives: str = "global"       # mined within the shard (local) or the whole batch (global)
     remat: bool = False             # recompute each set of pairs from its inputs when backward
+    groups: str = "label"           # what makes two examples match (match_groups)
     name = "itm"
     cross_example = True
     reads = None                    # mines and fuses across the batch: not micro-batchable
@@ -34,13 +38,13 @@ class Objective:
 
     @classmethod
     def from_config(cls, config, tokenizer=None):
-        return cls(config.itm.negatives, config.model.remat != "none")
+        return cls(config.itm.negatives, config.model.remat != "none", config.itm.groups)
 
     def __call__(self, out: dict, batch: dict, ctx):
         mesh, axes = sharding.ambient_batch()
         neg_txt, neg_img = mine_negatives(
             ctx.rng, out["img/normed"], out["txt/normed"], out["scale"], negatives=self.negatives,
-            mesh=mesh, batch_axes=axes, groups=match_groups(batch))
+            mesh=mesh, batch_axes=axes, groups=match_groups(batch, self.groups))
         img, txt, mask = out["img/tokens"], out["txt/tokens"], batch["mask"]
         # The negatives' token rows come from whichever shard holds them, one shard's block at
         # a time (rows.take): never the whole batch's tokens on every chip.

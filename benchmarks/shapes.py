@@ -1,0 +1,71 @@
+"""The shapes recipes (configs/shapes.py) trained and scored: retrieval, ITM re-ranking, MLM
+accuracy, and the compositional evaluator's accuracies with their 95% intervals (the tables
+"Compositional evaluation on shapes" in docs/BENCHMARKS.md).
+
+  python benchmarks/shapes.py --root workdirs/shapes                    # all three
+  python benchmarks/shapes.py --root workdirs/shapes albef              # some
+  python benchmarks/shapes.py --root workdirs/shapes albef --config.itm.weight=2   # a variant
+
+Each recipe trains in its own process (`python -m launch.train`) in --root/<recipe>; a finished
+workdir is not trained again. Extra arguments go to launch.train (config overrides).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from recipes import last, train
+
+VARIANTS = ("contrastive", "albef", "coca")
+RETRIEVAL = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"), ("i2t R@1 ITM", "itm_i2t_r1"),
+             ("t2i R@1 ITM", "itm_t2i_r1"), ("MLM acc", "mlm_accuracy"),
+             ("MLM content acc", "mlm_content_accuracy"))
+SCORERS = ("itc", "itm", "caption")
+
+
+def cell(m: dict, name: str) -> str:
+    if name not in m:
+        return "-"
+    return f"{m[name]:.3f} [{m[name + '_lo']:.2f}, {m[name + '_hi']:.2f}]"
+
+
+def tables(results: dict) -> str:
+    lines = ["| recipe | " + " | ".join(c for c, _ in RETRIEVAL) + " | wall s |",
+             "|---" * (len(RETRIEVAL) + 2) + "|"]
+    for variant, (m, wall) in results.items():
+        vals = [f"{m['eval/shapes/' + k]:.3f}" if "eval/shapes/" + k in m else "-"
+                for _, k in RETRIEVAL]
+        lines.append(f"| {variant} | " + " | ".join(vals) + f" | {wall:.0f} |")
+    lines += ["", "| recipe | perturbation | pairs (held out) | " + " | ".join(
+        f"{s}" for s in SCORERS) + " | " + " | ".join(f"{s} held out" for s in SCORERS) + " |",
+        "|---" * (3 + 2 * len(SCORERS)) + "|"]
+    for variant, (m, _) in results.items():
+        m = {k.removeprefix("eval/shapes/"): v for k, v in m.items()}
+        for kind in ("swap", "order", "count"):
+            pre = f"compositional_{kind}"
+            n = f"{m.get(pre + '_n', 0):.0f} ({m.get(pre + '_heldout_n', 0):.0f})"
+            lines.append(f"| {variant} | {kind} | {n} | " + " | ".join(
+                cell(m, f"{pre}_{s}") for s in SCORERS) + " | " + " | ".join(
+                cell(m, f"{pre}_{s}_heldout") for s in SCORERS) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("variants", nargs="*", help=f"any of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--root", default="workdirs/shapes")
+    args, extra = p.parse_known_args()
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown recipes {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    results = {}
+    for variant in args.variants or VARIANTS:
+        workdir = os.path.join(os.path.abspath(args.root), variant)
+        results[variant] = train(f"configs/shapes.py:{variant}", workdir, extra)
+    print(tables(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Compositional evaluation on the built-in shapes (ARO / Winoground-style): each test image's
+true caption against the same caption perturbed one way, the model asked which is right.
+
+Perturbations of an image whose objects are, left to right, (colour, kind) pairs:
+- swap: the colours of the first two objects that differ in both colour and kind exchanged
+  ("a red circle left of a blue square" -> "a blue circle left of a red square"); the caption
+  then names a colour-kind pair the image does not hold;
+- order: the objects listed in reverse ("... left of ..." with its two sides exchanged, or the
+  three from right to left), where that changes the caption;
+- count: the caption's count word replaced (one -> two, two -> three, three -> two).
+Each is built from the dataset's own caption forms (`shapes.describe`), so the two captions
+differ only in the perturbed words. An image takes part in a kind where the perturbation
+exists; it counts as held out when the objects perturbed include a colour-shape pair never seen
+in training (`shapes.HELD_OUT`).
+
+Scorers, where the model has them: itc (cosine similarity of the embeddings), itm (the match
+head's logit difference), caption (the caption decoder's log-likelihood of the caption's tokens
+given the image). The share of images whose true caption scores higher (ties: half) is reported
+with its 95% Wilson interval: `compositional_<kind>_<scorer>` and `..._lo`, `..._hi`, the same
+on the held-out subset (`..._heldout`), and the counts `compositional_<kind>_n`,
+`..._heldout_n`. Chance is 0.5.
+"""
+from __future__ import annotations
+
+import math
+
+import grain
+import numpy as np
+
+from vlm_jax.data import builtin, records
+from vlm_jax.data.builtin import shapes
+from vlm_jax.data.tokenizer import tokenize
+
+KINDS = ("swap", "order", "count")
+SCORERS = {"itc": None, "itm": "itm_logits", "caption": "caption_logits"}   # -> the head needed
+COUNT_SWAP = {"one": "two", "two": "three", "three": "two"}
+
+
+def perturb(objects: list[tuple[str, str]], kind: str):
+    """(true caption, perturbed caption, which objects were perturbed) or None."""
+    objects = [tuple(o) for o in objects]
+    n = len(objects)
+    if kind == "count":
+        true = shapes.describe(objects)[2 if n == 2 else 1]     # the forms with a count word
+        word, rest = true.split(" ", 1)
+        return true, f"{COUNT_SWAP[word]} {rest}", tuple(range(n))
+    if n == 1:
+        return None
+    if kind == "swap":
+        for i in range(n):
+            for j in range(i + 1, n):
+                (ci, ki), (cj, kj) = objects[i], objects[j]
+                if ci != cj and ki != kj:
+                    new = list(objects)
+                    new[i], new[j] = (cj, ki), (ci, kj)
+                    return shapes.describe(objects)[0], shapes.describe(new)[0], (i, j)
+        return None
+    if kind == "order":
+        new = objects[::-1]
+        if new == objects:
+            return None
+        return shapes.describe(objects)[0], shapes.describe(new)[0], tuple(range(n))
+    raise ValueError(f"unknown perturbation {kind!r}; choose from {KINDS}")
+
+
+def pairs(objects_per_image) -> list[dict]:
+    """Every (image, kind) with its two captions and whether it touches a held-out pair."""
+    held = {tuple(p) for p in shapes.HELD_OUT}
+    out = []
+    for index, objects in enumerate(objects_per_image):
+        for kind in KINDS:
+            p = perturb(objects, kind)
+            if p is not None:
+                out.append({"index": index, "kind": kind, "true": p[0], "false": p[1],
+                            "held_out": any(tuple(objects[i]) in held for i in p[2])})
+    return out
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial proportion k / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def accuracy(true_scores, false_scores) -> np.ndarray:
+    """Per pair: 1 where the true caption scores higher, 0.5 on a tie, else 0."""
+    t, f = np.asarray(true_scores), np.asarray(false_scores)
+    return (t > f) + 0.5 * (t == f)
+
+
+def summarise(rows: list[dict], correct: dict[str, np.ndarray]) -> dict[str, float]:
+    out = {}
+    kinds = np.array([r["kind"] for r in rows])
+    held = np.array([r["held_out"] for r in rows])
+    for kind in KINDS:
+        for subset, keep in (("", kinds == kind), ("_heldout", (kinds == kind) & held)):
+            n = int(keep.sum())
+            out[f"compositional_{kind}{subset}_n"] = float(n)
+            for scorer, c in correct.items():
+                name = f"compositional_{kind}_{scorer}{subset}"
+                k = float(c[keep].sum())
+                out[name] = k / n if n else float("nan")
+                out[name + "_lo"], out[name + "_hi"] = wilson(k, n)
+    return out
+
+
+def read_objects(path: str) -> list[list]:
+    """Each record's objects (left to right) of a shapes split file."""
+    ds = grain.sources.ArrayRecordDataSource([path])
+    return [records.unpack(ds[i], f"record #{i} of {path}").get("objects") for i in range(len(ds))]
+
+
+class Evaluator:
+    image_keys = ("img/normed", "img/tokens")
+
+    def __init__(self, data, config):
+        self.data = data
+
+    def _objects(self, dataset: str) -> list[list]:
+        s = self.data.spec(dataset)
+        if s.kind != "builtin" or s.path != "shapes":
+            raise ValueError(f"eval.compositional: {dataset!r} is not the built-in shapes (its "
+                             "records must list their objects)")
+        return read_objects(builtin.split_path("shapes", s.split, self.data.data_dir))
+
+    def scores(self, params, dataset: str, rows: list[dict]) -> dict[str, np.ndarray]:
+        """scorer -> [2, pairs] scores of the true and the perturbed captions."""
+        emb = self.data.embedder
+        idx = np.array([r["index"] for r in rows])
+        texts = [r["true"] for r in rows] + [r["false"] for r in rows]
+        z, tok, mask = emb.texts(params, texts, tokens=True)
+        img = np.concatenate([idx, idx])
+        out = {"itc": np.sum(z * self.data.images(params, dataset)[img], axis=1)}
+        tokens = self.data.images(params, dataset, key="img/tokens")[img]
+        if emb.has("itm_logits"):
+            itm = emb.head("itm_logits", lambda l: l[:, 1] - l[:, 0])
+            out["itm"] = emb.batched(itm, params, tok, mask, tokens, what="ITM scores")
+        if emb.has("caption_logits"):
+            ids, _ = tokenize(emb.tokenizer, texts, emb.max_len)
+            nll = emb.batched(emb.head("caption_logits", lambda o: o[0]), params, tok, mask,
+                              tokens, ids[:, 1:], what="caption likelihoods")
+            out["caption"] = -(nll * mask[:, 1:]).sum(axis=1)
+        return {k: v.reshape(2, len(rows)) for k, v in out.items()}
+
+    def run(self, params, dataset: str) -> dict[str, float]:
+        rows = pairs(self._objects(dataset))
+        keep = self.data.images(params, dataset, key="valid")[[r["index"] for r in rows]]
+        rows = [r for r, k in zip(rows, keep) if k]
+        scores = self.scores(params, dataset, rows)
+        return summarise(rows, {k: accuracy(*v) for k, v in scores.items()})
