@@ -31,8 +31,9 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["vlm_jax", "vlm_jax.*"]),
-    # zero-shot class names and prompt templates (vlm_jax/evals/datasets.py)
-    package_data={"vlm_jax": ["evals/data/*.txt"]},
+    # zero-shot class names and prompt templates (vlm_jax/evals/datasets.py); the built-in
+    # shapes' word-level tokenizer
+    package_data={"vlm_jax": ["evals/data/*.txt", "data/builtin/*.json"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={

@@ -12,6 +12,7 @@ shapes test split: retrieval (and ITM re-ranking, MLM accuracy where the heads e
 compositional evaluator (swap / order / count, scored by ITC, ITM and caption likelihood).
 """
 from configs import albef, coca, quickstart
+from vlm_jax.data.builtin import shapes
 
 VARIANTS = {"contrastive": lambda: quickstart.get_config("softmax"),
             "albef": albef.get_config, "coca": coca.get_config}
@@ -23,7 +24,9 @@ def get_config(arg: str | None = None):
         raise ValueError(f"configs/shapes.py:{arg}: choose one of {sorted(VARIANTS)}")
     c = VARIANTS[arg]()
     c.data.name = "shapes"
-    c.tokenizer.max_len = 80        # the longest caption is 77 bytes, plus BOS and EOS
+    # Word-level: the longest caption is 15 words and marks (77 bytes), plus BOS and EOS.
+    c.tokenizer.name, c.tokenizer.path = "hf", shapes.TOKENIZER
+    c.tokenizer.max_len = 20
     c.batch_size = 128
     c.total_steps = 400
     c.checkpoint_every_steps = 100

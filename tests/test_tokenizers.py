@@ -101,3 +101,24 @@ def test_bad_tokenizer_config_is_named(tmp_path, hf_json):
     assert _build("hf", str(path), eos=False).eos_id is None
     with pytest.raises(ValueError, match="no room"):
         tok_lib.tokenize(_build("bytes"), ["x"], 2)
+
+
+def test_shapes_word_tokenizer_is_current_and_covers_every_caption(tmp_path):
+    import itertools
+
+    from vlm_jax.data.builtin import shapes
+    from vlm_jax.data.tokenizer import HFTokenizer
+    fresh = shapes.write_tokenizer(str(tmp_path / "tok.json"))
+    assert open(fresh).read() == open(shapes.TOKENIZER).read()    # the shipped file is current
+    tok = HFTokenizer(shapes.TOKENIZER)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.mask_id) == (0, 1, 2, 3)
+    unk = tok.tok.token_to_id("[UNK]")
+    lengths = []
+    for objs in itertools.chain.from_iterable(itertools.product(
+            itertools.product(shapes.COLORS, shapes.KINDS), repeat=n) for n in (1, 2, 3)):
+        for caption in shapes.describe(list(objs)):
+            ids = tok.encode(caption)
+            assert unk not in ids
+            assert tok.decode(ids).replace(" ,", ",").replace(" :", ":") == caption
+            lengths.append(len(ids))
+    assert max(lengths) + 2 <= 20      # configs/shapes.py's tokenizer.max_len, BOS and EOS

@@ -4,6 +4,9 @@ Each 64x64 image holds 1-3 shapes laid out left to right; captions state their c
 count and relative position. The test split is compositional: every test image contains at
 least one colour-shape pair (e.g. a red triangle) that never appears in the train split.
 Everything is deterministic from the seed.
+
+`TOKENIZER` is a word-level tokenizer of the captions' 24 words (`tokenizer.name=hf`; 17 ids for
+the longest caption, where bytes take 79), written by `write_tokenizer` and shipped.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ KINDS = ("circle", "square", "triangle")
 HELD_OUT = (("red", "triangle"), ("green", "circle"), ("blue", "square"), ("yellow", "triangle"))
 COUNT_WORDS = ("one", "two", "three")
 SPLITS = {"train": (4000, 1), "test": (500, 2)}   # split -> (examples, seed)
+TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_tokenizer.json")
+SPECIALS = ("<pad>", "<s>", "</s>", "[MASK]", "[UNK]")
 
 
 def _draw(draw: ImageDraw.ImageDraw, kind: str, color, cx: float, cy: float, r: float) -> None:
@@ -77,6 +82,31 @@ def examples(split: str):
         yield {"image": records.encode_png(render(objs, rng)), "label": len(objs) - 1,
                "captions": describe(objs), "id": i,
                "objects": [list(o) for o in objs]}
+
+
+def vocabulary() -> list[str]:
+    """Every word and punctuation mark of every caption `describe` can write."""
+    import itertools
+
+    from tokenizers import pre_tokenizers
+    split = pre_tokenizers.Whitespace().pre_tokenize_str
+    words = set()
+    for n in (1, 2, 3):
+        for objs in itertools.product(itertools.product(COLORS, KINDS), repeat=n):
+            words.update(w for c in describe(list(objs)) for w, _ in split(c))
+    return sorted(words)
+
+
+def write_tokenizer(path: str = TOKENIZER) -> str:
+    """The word-level tokenizer.json of the captions: the specials, then the vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    vocab = {w: i for i, w in enumerate(SPECIALS + tuple(vocabulary()))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()      # words joined by spaces
+    tok.add_special_tokens(list(SPECIALS))  # their ids kept; decoding leaves them out
+    tok.save(path)
+    return path
 
 
 def prepare(out_dir: str) -> dict:
