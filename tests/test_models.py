@@ -143,6 +143,10 @@ def test_fusion_encoder_and_heads():
     itm = ItmHead()
     logits = itm.apply({"params": random_params(shapes(itm, out["cls"]))}, out["cls"])
     assert logits.shape == (2, 2) and logits.dtype == jnp.float32
+    # As initialised, the head passes the ITM loss's gradient back to the fusion encoder.
+    head = itm.init(jax.random.key(0), out["cls"])
+    grad = jax.grad(lambda c: -jax.nn.log_softmax(itm.apply(head, c))[:, 1].sum())(out["cls"])
+    assert (np.linalg.norm(np.asarray(grad), axis=1) > 1e-3).all()
     mlm = VocabHead(vocab_size=260)
     mlm_params = random_params(shapes(mlm, out["tokens"]))
     assert mlm.apply({"params": mlm_params}, out["tokens"]).shape == (2, 6, 260)

@@ -34,12 +34,15 @@ class FusionEncoder(nn.Module):
 
 
 class ItmHead(nn.Module):
-    """Fusion [CLS] state -> 2 logits (no match, match), float32."""
+    """Fusion [CLS] state -> 2 logits (no match, match), float32. The kernel starts random
+    (BERT's N(0, 0.02), as ALBEF's): a zero kernel passes no gradient back to the fusion
+    encoder, whose [CLS] then never learns to tell pairs apart, and ITM stays at its prior."""
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, cls):
-        return nn.Dense(2, dtype=self.dtype, name="dense", kernel_init=logical(nn.initializers.zeros, ("embed", None)),
+        return nn.Dense(2, dtype=self.dtype, name="dense",
+                        kernel_init=logical(nn.initializers.normal(0.02), ("embed", None)),
                         bias_init=logical(nn.initializers.zeros, (None,)))(cls).astype(jnp.float32)
 
 
