@@ -31,12 +31,14 @@ def cell(m: dict, name: str) -> str:
 
 
 def tables(results: dict) -> str:
-    lines = ["| recipe | " + " | ".join(c for c, _ in RETRIEVAL) + " | wall s |",
-             "|---" * (len(RETRIEVAL) + 2) + "|"]
+    lines = ["| recipe | " + " | ".join(c for c, _ in RETRIEVAL) + " | ITM acc | wall s |",
+             "|---" * (len(RETRIEVAL) + 3) + "|"]
     for variant, (m, wall) in results.items():
         vals = [f"{m['eval/shapes/' + k]:.3f}" if "eval/shapes/" + k in m else "-"
                 for _, k in RETRIEVAL]
-        lines.append(f"| {variant} | " + " | ".join(vals) + f" | {wall:.0f} |")
+        itm = cell({k.removeprefix("eval/shapes/"): v for k, v in m.items()},
+                   "compositional_itm_accuracy")
+        lines.append(f"| {variant} | " + " | ".join(vals) + f" | {itm} | {wall:.0f} |")
     lines += ["", "| recipe | perturbation | pairs (held out) | " + " | ".join(
         f"{s}" for s in SCORERS) + " | " + " | ".join(f"{s} held out" for s in SCORERS) + " |",
         "|---" * (3 + 2 * len(SCORERS)) + "|"]

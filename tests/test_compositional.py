@@ -94,4 +94,6 @@ def test_every_scorer_equals_a_direct_computation(data_dir):
     assert set(full) == {"itc", "itm", "caption"}
     summary = comp.summarise(comp.pairs(objects), {k: comp.accuracy(*v) for k, v in full.items()})
     assert {k: got[f"eval/shapes/{k}"] for k in summary} == pytest.approx(summary, nan_ok=True)
+    decisions = np.concatenate([full["itm"][0] > 0, full["itm"][1] < 0])
+    assert got["eval/shapes/compositional_itm_accuracy"] == pytest.approx(decisions.mean())
     assert got["eval/shapes/compositional_count_n"] == 500

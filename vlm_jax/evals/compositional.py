@@ -18,7 +18,9 @@ head's logit difference), caption (the caption decoder's log-likelihood of the c
 given the image). The share of images whose true caption scores higher (ties: half) is reported
 with its 95% Wilson interval: `compositional_<kind>_<scorer>` and `..._lo`, `..._hi`, the same
 on the held-out subset (`..._heldout`), and the counts `compositional_<kind>_n`,
-`..._heldout_n`. Chance is 0.5.
+`..._heldout_n`. Chance is 0.5. With an ITM head, also the head's own decisions on every
+pair, `compositional_itm_accuracy` (true caption: match, perturbed: no match; answering "no
+match" always scores 0.5), with its interval.
 """
 from __future__ import annotations
 
@@ -151,4 +153,10 @@ class Evaluator:
         keep = self.data.images(params, dataset, key="valid")[[r["index"] for r in rows]]
         rows = [r for r, k in zip(rows, keep) if k]
         scores = self.scores(params, dataset, rows)
-        return summarise(rows, {k: accuracy(*v) for k, v in scores.items()})
+        out = summarise(rows, {k: accuracy(*v) for k, v in scores.items()})
+        if "itm" in scores:     # the head's own decisions: true captions match, perturbed not
+            hits = np.concatenate([scores["itm"][0] > 0, scores["itm"][1] < 0])
+            out["compositional_itm_accuracy"] = float(hits.mean())
+            lo, hi = wilson(float(hits.sum()), len(hits))
+            out["compositional_itm_accuracy_lo"], out["compositional_itm_accuracy_hi"] = lo, hi
+        return out
