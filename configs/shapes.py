@@ -34,8 +34,10 @@ def get_config(arg: str | None = None):
     c.eval.retrieval = ("shapes",)
     c.eval.compositional = ("shapes",)
     if arg == "albef":
-        # Shapes' label is the object count: matching by label would never mine a scene with
-        # the same count as a negative, the hard negatives that teach binding.
-        c.itm.groups = "caption"
+        # Many images show the same scene (in a batch of 128, about 60 have a twin) and the
+        # label is only the object count: the same caption set is what makes a match. By label
+        # no scene with the same count would be a negative; by caption the mined "negatives"
+        # would often be the twin's captions, true of the image.
+        c.itm.groups = "scene"
         c.eval.itm_rerank = c.eval.mlm = ("shapes",)
     return c

@@ -120,3 +120,17 @@ def test_rows_taken_around_the_ring_are_the_plain_take(n):
     own = np.arange(16) // (16 // n) * (16 // n) + rng.integers(0, 16 // n, 16)
     got = jax.jit(lambda x: rows.take((x,), jnp.asarray(own), mesh=mesh, local=True)[0])(args[0])
     np.testing.assert_array_equal(got, x[own])
+
+
+def test_scene_groups_label_examples_by_their_caption_set():
+    from vlm_jax.data.tokenizer import ByteTokenizer
+    from vlm_jax.data.transforms import Augment
+    image = np.zeros((8, 8, 3), np.uint8)
+    ex = lambda caps, label=2: {"image": image, "captions": caps, "label": label, "where": "x"}
+    scene = Augment(ByteTokenizer(), 16, 8, scene_label=True)
+    rng = np.random.default_rng(0)
+    a = scene(ex(["a red circle", "one red circle"]), rng)["label"]
+    b = scene(ex(["one red circle", "a red circle"], 0), rng)["label"]    # the same set
+    c = scene(ex(["a red circle"]), rng)["label"]                          # another set
+    assert a == b != c and min(a, c) >= 0
+    assert Augment(ByteTokenizer(), 16, 8)(ex(["a red circle"]), rng)["label"] == 2

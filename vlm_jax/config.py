@@ -212,9 +212,11 @@ def defaults() -> ml_collections.ConfigDict:
     # mined within the shard (local) or the whole batch (global)
     _choice(c.itm, "negatives", "global", ("local", "global"), "itm.negatives")
     # Which examples match each other's captions and so are never mined as negatives: the same
-    # class label where the data has one (label; digits: one caption set per class), or the very
-    # same caption only (caption; shapes, whose label is the count, not the scene).
-    _choice(c.itm, "groups", "label", ("label", "caption"), "itm.groups")
+    # class label where the data has one (label; digits: one caption set per class), the very
+    # same caption only (caption), or the same set of captions (scene: the pipeline's label is
+    # then a hash of the example's captions; shapes, where many images show one scene and the
+    # label is only the count).
+    _choice(c.itm, "groups", "label", ("label", "caption", "scene"), "itm.groups")
     c.mlm = ml_collections.ConfigDict()             # masked language modelling, image in context
     objective(c.mlm)
     c.mlm.rate = 0.15               # share of tokens chosen; of those 80% [MASK], 10% random, 10% kept

@@ -3,6 +3,7 @@ deterministic view evaluations use. Skip markers from `sources.Parse` pass throu
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class Augment:
     crop_padding: int = 0
     flip: bool = False
     strict: bool = False
+    scene_label: bool = False       # label = the example's caption set (itm.groups=scene)
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         if "skipped" in ex:
@@ -52,8 +54,12 @@ class Augment:
         caption = ex["captions"][int(rng.integers(len(ex["captions"])))]
         ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
         # The class label (-1 when the data has none): ITM never mines a same-class negative.
+        # As the scene, a 30-bit hash of the caption set: examples whose captions are the same
+        # set describe the same scene, and each other's captions are no negatives.
+        label = (zlib.crc32("\n".join(sorted(ex["captions"])).encode()) & 0x3FFFFFFF
+                 if self.scene_label else ex.get("label", -1))
         return {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0],
-                "label": np.int32(ex.get("label", -1))}
+                "label": np.int32(label)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,10 @@ from vlm_jax.parallel import rows, sharding
 
 
 def match_groups(batch: dict, by: str = "label"):
-    """Examples that match each other's captions: by 'label', the same class label where the
-    data has one (label >= 0); else (or by 'caption') the very same caption (a 30-bit hash of
-    its ids, kept apart from labels)."""
+    """Examples that match each other's captions: by 'label' (or 'scene', whose labels the
+    pipeline made hashes of the caption sets), the same label where the data has one (>= 0);
+    else (or by 'caption') the very same caption (a 30-bit hash of its ids, kept apart from
+    labels)."""
     tokens = batch["tokens"]
     weights = jnp.asarray(np.random.default_rng(0).integers(1, 2**31 - 1, tokens.shape[1]),
                           jnp.uint32)
