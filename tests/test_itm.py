@@ -134,3 +134,16 @@ def test_scene_groups_label_examples_by_their_caption_set():
     c = scene(ex(["a red circle"]), rng)["label"]                          # another set
     assert a == b != c and min(a, c) >= 0
     assert Augment(ByteTokenizer(), 16, 8)(ex(["a red circle"]), rng)["label"] == 2
+
+
+def test_hardness_follows_its_schedule_over_the_run():
+    from vlm_jax import config as config_lib
+    from vlm_jax.objectives.itm import Objective
+    c = config_lib.defaults()
+    c.itm.hardness, c.itm.hardness_schedule = 2.0, ((0, 0.0), (50, 1.0))
+    obj = Objective.from_config(c)
+    assert [float(obj.hardness_at(p)) for p in (0.0, 25.0, 50.0, 90.0)] == [0.0, 1.0, 2.0, 2.0]
+    assert float(Objective.from_config(config_lib.defaults()).hardness_at(10.0)) == 1.0
+    c.itm.hardness_schedule = ((50, 1.0), (10, 0.0))
+    with pytest.raises(config_lib.ConfigError, match="itm.hardness_schedule"):
+        config_lib.validate(c)

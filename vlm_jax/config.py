@@ -217,6 +217,12 @@ def defaults() -> ml_collections.ConfigDict:
     # then a hash of the example's captions; shapes, where many images show one scene and the
     # label is only the count).
     _choice(c.itm, "groups", "label", ("label", "caption", "scene"), "itm.groups")
+    # Negatives are drawn with probability softmax(hardness * s * similarity) (s: the contrastive
+    # scale): 1 is ALBEF's, 0 draws them uniformly (easy ones), larger values the hardest.
+    c.itm.hardness = 1.0
+    # Curriculum on it: ((percent of the run, factor), ...), as `schedule`; ((0, 0.), (30, 1.))
+    # starts from easy negatives and reaches ALBEF's at 30% of the run.
+    c.itm.hardness_schedule = ()
     c.mlm = ml_collections.ConfigDict()             # masked language modelling, image in context
     objective(c.mlm)
     c.mlm.rate = 0.15               # share of tokens chosen; of those 80% [MASK], 10% random, 10% kept
@@ -506,6 +512,16 @@ def _check_mesh(cfg) -> None:
         raise ConfigError(f"'mesh.fsdp_min_mib' must be >= 0, got {m.fsdp_min_mib}")
 
 
+def _check_schedule(points, key: str) -> None:
+    ok = all(isinstance(p, (tuple, list)) and len(p) == 2
+             and all(_type_ok(float, v) for v in p) for p in points)
+    where = [p[0] for p in points] if ok else []
+    if not ok or any(b < a for a, b in zip(where, where[1:])) or any(
+            not 0 <= w <= 100 for w in where):
+        raise ConfigError(f"'{key}' must be ((percent, factor), ...) with percents rising "
+                          f"within [0, 100], got {points!r}")
+
+
 def _check_objectives(cfg) -> None:
     if not any(cfg[name].weight > 0 for name in OBJECTIVES):
         raise ConfigError("every objective's weight is 0; set one of "
@@ -513,14 +529,10 @@ def _check_objectives(cfg) -> None:
     for name in OBJECTIVES:
         if cfg[name].weight < 0:
             raise ConfigError(f"'{name}.weight' must be >= 0, got {cfg[name].weight}")
-        points = cfg[name].schedule
-        ok = all(isinstance(p, (tuple, list)) and len(p) == 2
-                 and all(_type_ok(float, v) for v in p) for p in points)
-        where = [p[0] for p in points] if ok else []
-        if not ok or any(b < a for a, b in zip(where, where[1:])) or any(
-                not 0 <= w <= 100 for w in where):
-            raise ConfigError(f"'{name}.schedule' must be ((percent, factor), ...) with percents "
-                              f"rising within [0, 100], got {points!r}")
+        _check_schedule(cfg[name].schedule, f"{name}.schedule")
+    _check_schedule(cfg.itm.hardness_schedule, "itm.hardness_schedule")
+    if cfg.itm.hardness < 0:
+        raise ConfigError(f"'itm.hardness' must be >= 0, got {cfg.itm.hardness}")
     if not 0 <= cfg.balance.decay < 1:
         raise ConfigError(f"'balance.decay' must lie in [0, 1), got {cfg.balance.decay}")
 

@@ -41,6 +41,7 @@ class Context:
     """What an objective may use beyond the tower outputs and the batch."""
     call: Callable[..., Any] | None = None   # call(method name, *args) with this step's params
     rng: jax.Array | None = None             # this objective's randomness at this step
+    percent: Any = 0.0                       # how far the run is, in percent of its steps
 
 
 def objective_class(section: str):
@@ -72,6 +73,7 @@ class Weighted:
     objective: Any
     weight: float
     schedule: tuple = ()            # ((step, factor), ...), piecewise linear
+    total_steps: int = 1
 
     def at(self, step):
         if not self.schedule:
@@ -90,7 +92,7 @@ def build(config, tokenizer=None, total_steps: int = 1) -> list[Weighted]:
         c = config[section]
         schedule = tuple((p / 100 * total_steps, f) for p, f in c.schedule)
         out.append(Weighted(objective_class(section).from_config(config, tokenizer), c.weight,
-                            schedule))
+                            schedule, total_steps))
     return out
 
 
@@ -103,7 +105,8 @@ def total_loss(objectives: Sequence[Weighted], out: dict, batch: dict, *, call=N
     total, metrics, new_running = 0.0, {}, {}
     for i, w in enumerate(objectives):
         obj = w.objective
-        ctx = Context(call, None if rng is None else jax.random.fold_in(rng, i))
+        ctx = Context(call, None if rng is None else jax.random.fold_in(rng, i),
+                      100.0 * jnp.asarray(step, jnp.float32) / w.total_steps)
         loss, m = obj(out, batch, ctx)
         weight = w.at(step)
         term = loss

@@ -32,6 +32,8 @@ class Objective:
     negatives: str = "global"       # mined within the shard (local) or the whole batch (global)
     remat: bool = False             # recompute each set of pairs from its inputs when backward
     groups: str = "label"           # what makes two examples match (match_groups)
+    hardness: float = 1.0           # the mining temperature's multiplier: 0 draws uniformly
+    hardness_schedule: tuple = ()   # ((percent of the run, factor), ...) on `hardness`
     name = "itm"
     cross_example = True
     reads = None                    # mines and fuses across the batch: not micro-batchable
@@ -39,12 +41,22 @@ class Objective:
 
     @classmethod
     def from_config(cls, config, tokenizer=None):
-        return cls(config.itm.negatives, config.model.remat != "none", config.itm.groups)
+        i = config.itm
+        return cls(i.negatives, config.model.remat != "none", i.groups, i.hardness,
+                   tuple(tuple(map(float, p)) for p in i.hardness_schedule))
+
+    def hardness_at(self, percent):
+        if not self.hardness_schedule:
+            return jnp.float32(self.hardness)
+        xs, ys = zip(*self.hardness_schedule)
+        return self.hardness * jnp.interp(percent, jnp.asarray(xs, jnp.float32),
+                                          jnp.asarray(ys, jnp.float32))
 
     def __call__(self, out: dict, batch: dict, ctx):
         mesh, axes = sharding.ambient_batch()
         neg_txt, neg_img = mine_negatives(
-            ctx.rng, out["img/normed"], out["txt/normed"], out["scale"], negatives=self.negatives,
+            ctx.rng, out["img/normed"], out["txt/normed"], self.hardness_at(ctx.percent) * out["scale"],
+            negatives=self.negatives,
             mesh=mesh, batch_axes=axes, groups=match_groups(batch, self.groups))
         img, txt, mask = out["img/tokens"], out["txt/tokens"], batch["mask"]
         # The negatives' token rows come from whichever shard holds them, one shard's block at
