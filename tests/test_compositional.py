@@ -96,4 +96,11 @@ def test_every_scorer_equals_a_direct_computation(data_dir):
     assert {k: got[f"eval/shapes/{k}"] for k in summary} == pytest.approx(summary, nan_ok=True)
     decisions = np.concatenate([full["itm"][0] > 0, full["itm"][1] < 0])
     assert got["eval/shapes/compositional_itm_accuracy"] == pytest.approx(decisions.mean())
+    other = np.random.default_rng(0).permutation(len(objects))
+    rows = [{"index": i, "true": shapes.describe(objects[i])[0],
+             "false": shapes.describe(objects[j])[0]}
+            for i, j in enumerate(other) if objects[i] != objects[j]]
+    itm_other = comp_ev.scores(params, "shapes", rows)["itm"]
+    assert got["eval/shapes/compositional_itm_other_scene_accuracy"] == pytest.approx(
+        np.concatenate([itm_other[0] > 0, itm_other[1] < 0]).mean())
     assert got["eval/shapes/compositional_count_n"] == 500

@@ -20,7 +20,8 @@ with its 95% Wilson interval: `compositional_<kind>_<scorer>` and `..._lo`, `...
 on the held-out subset (`..._heldout`), and the counts `compositional_<kind>_n`,
 `..._heldout_n`. Chance is 0.5. With an ITM head, also the head's own decisions on every
 pair, `compositional_itm_accuracy` (true caption: match, perturbed: no match; answering "no
-match" always scores 0.5), with its interval.
+match" always scores 0.5), with its interval; and the same against another test scene's
+caption instead of a perturbed one (`compositional_itm_other_scene_accuracy`).
 """
 from __future__ import annotations
 
@@ -149,14 +150,26 @@ class Evaluator:
         return {k: v.reshape(2, len(rows)) for k, v in out.items()}
 
     def run(self, params, dataset: str) -> dict[str, float]:
-        rows = pairs(self._objects(dataset))
-        keep = self.data.images(params, dataset, key="valid")[[r["index"] for r in rows]]
-        rows = [r for r, k in zip(rows, keep) if k]
+        objects = self._objects(dataset)
+        valid = self.data.images(params, dataset, key="valid")
+        rows = [r for r in pairs(objects) if valid[r["index"]]]
         scores = self.scores(params, dataset, rows)
         out = summarise(rows, {k: accuracy(*v) for k, v in scores.items()})
         if "itm" in scores:     # the head's own decisions: true captions match, perturbed not
-            hits = np.concatenate([scores["itm"][0] > 0, scores["itm"][1] < 0])
-            out["compositional_itm_accuracy"] = float(hits.mean())
-            lo, hi = wilson(float(hits.sum()), len(hits))
-            out["compositional_itm_accuracy_lo"], out["compositional_itm_accuracy_hi"] = lo, hi
+            out.update(_decisions("compositional_itm_accuracy", scores["itm"]))
+            # ... and against another scene's caption, as in training before the mining
+            other = np.random.default_rng(0).permutation(len(objects))
+            rows = [{"index": i, "true": shapes.describe(objects[i])[0],
+                     "false": shapes.describe(objects[j])[0]}
+                    for i, j in enumerate(other) if valid[i] and objects[i] != objects[j]]
+            out.update(_decisions("compositional_itm_other_scene_accuracy",
+                                  self.scores(params, dataset, rows)["itm"]))
         return out
+
+
+def _decisions(name: str, itm: np.ndarray) -> dict[str, float]:
+    """The ITM head's accuracy on [2, n] scores of true (match) and false (no match) captions,
+    with its 95% interval."""
+    hits = np.concatenate([itm[0] > 0, itm[1] < 0])
+    lo, hi = wilson(float(hits.sum()), len(hits))
+    return {name: float(hits.mean()), name + "_lo": lo, name + "_hi": hi}
