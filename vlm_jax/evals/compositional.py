@@ -33,6 +33,7 @@ import numpy as np
 from vlm_jax.data import builtin, records
 from vlm_jax.data.builtin import shapes
 from vlm_jax.data.tokenizer import tokenize
+from vlm_jax.evals.itm_rerank import match_score
 
 KINDS = ("swap", "order", "count")
 SCORERS = {"itc": None, "itm": "itm_logits", "caption": "caption_logits"}   # -> the head needed
@@ -111,6 +112,10 @@ def summarise(rows: list[dict], correct: dict[str, np.ndarray]) -> dict[str, flo
     return out
 
 
+def _nll(nll_and_hit):     # module-level: the embedder's jitted heads are cached by function
+    return nll_and_hit[0]
+
+
 def read_objects(path: str) -> list[list]:
     """Each record's objects (left to right) of a shapes split file."""
     ds = grain.sources.ArrayRecordDataSource([path])
@@ -140,11 +145,11 @@ class Evaluator:
         out = {"itc": np.sum(z * self.data.images(params, dataset)[img], axis=1)}
         tokens = self.data.images(params, dataset, key="img/tokens")[img]
         if emb.has("itm_logits"):
-            itm = emb.head("itm_logits", lambda l: l[:, 1] - l[:, 0])
-            out["itm"] = emb.batched(itm, params, tok, mask, tokens, what="ITM scores")
+            out["itm"] = emb.batched(emb.head("itm_logits", match_score), params, tok, mask,
+                                     tokens, what="ITM scores")
         if emb.has("caption_logits"):
             ids, _ = tokenize(emb.tokenizer, texts, emb.max_len)
-            nll = emb.batched(emb.head("caption_logits", lambda o: o[0]), params, tok, mask,
+            nll = emb.batched(emb.head("caption_logits", _nll), params, tok, mask,
                               tokens, ids[:, 1:], what="caption likelihoods")
             out["caption"] = -(nll * mask[:, 1:]).sum(axis=1)
         return {k: v.reshape(2, len(rows)) for k, v in out.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from vlm_jax.evals import retrieval
 
 
-def _match_score(logits):
+def match_score(logits):
     return logits[:, 1] - logits[:, 0]      # match minus no-match
 
 
@@ -20,7 +20,7 @@ class Evaluator:
         emb = self.data.embedder
         keep, captions = retrieval.usable(self.data, params, dataset)
         img_tokens = self.data.images(params, dataset, key="img/tokens")[keep]
-        itm = emb.head("itm_logits", _match_score)
+        itm = emb.head("itm_logits", match_score)
         cache = {}      # the texts go through the tower once; their tokens are kept for ITM
 
         def embed(texts):
