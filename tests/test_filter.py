@@ -83,7 +83,7 @@ def test_scores_from_a_checkpoint_match_an_independent_computation(dataset, data
     got = score(exs, caps)
     # Independent: the model applied directly, on one device, no mesh, no padding.
     from vlm_jax.data import images, tokenizer
-    s, params, _ = evaluate.restore_workdir(workdir)
+    s, params, _ = evaluate.restore(workdir)
     params = jax.device_get(params)
     tok = tokenizer.build(s.config)
     encode_image = jitted_method(s.model, s.model.encode_image)

@@ -158,7 +158,7 @@ def model_scorer(workdir: str, step: int | None = None, crop: str = "center", ch
     eval view at the model's image size) and its best caption."""
     from vlm_jax.evals.common import Embedder
     from vlm_jax.train import evaluate
-    s, params, _ = evaluate.restore_workdir(workdir, step)
+    s, params, _ = evaluate.restore(workdir, step)
     embed, size = Embedder.from_setup(s), s.config.data.image_size
 
     def score(examples: list[dict], captions: list[list[str]]) -> np.ndarray:

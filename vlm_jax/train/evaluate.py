@@ -40,15 +40,10 @@ def restore(path: str, step: int | None = None, suite=None):
     return s, params, step
 
 
-def restore_workdir(workdir: str, step: int | None = None):
-    """(Setup, params, step) of a training workdir's checkpoint (default: the latest)."""
-    return restore(workdir, step)
-
-
 def evaluate_workdir(workdir: str, step: int | None = None, kinds=None) -> dict:
     """Runs the evaluators `kinds` (default: all) on a checkpoint; appends the results to
     metrics.jsonl."""
-    s, params, step = restore_workdir(workdir, step)
+    s, params, step = restore(workdir, step)
     with s.context():
         results = evals.Evaluators(s).run(params, kinds)
     metrics_lib.JsonlWriter(workdir).write(step, results)
