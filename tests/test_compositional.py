@@ -8,7 +8,7 @@ from conftest import tiny_config
 
 from vlm_jax.data import builtin
 from vlm_jax.data.builtin import shapes
-from vlm_jax.evals import compositional as comp
+from vlm_jax.evals import compositional as comp, stats
 
 
 def _pairs_named(caption: str) -> list[tuple[str, str]]:
@@ -38,23 +38,41 @@ def test_perturbations_change_exactly_what_they_claim(data_dir):
             assert any(p not in objs for p in named), r       # one the image does not hold
         elif r["kind"] == "order":
             assert sorted(t) == sorted(f) and _pairs_named(r["false"]) == objs[::-1]
-        else:
-            assert t[1:] == f[1:] and {t[0], f[0]} <= set(shapes.COUNT_WORDS)
+        else:       # one object more (the last repeated) or fewer, the count word to match
+            named = _pairs_named(r["false"])
+            assert named == (objs[:-1] if len(objs) == 3 else objs + objs[-1:]), r
             assert t[0] == shapes.COUNT_WORDS[len(objs) - 1]
+            assert f[0] == shapes.COUNT_WORDS[len(named) - 1]
+            assert r["held_out"] == (objs[-1] in shapes.HELD_OUT)
     assert comp.perturb([("red", "circle")], "swap") is None
     assert comp.perturb([("red", "circle"), ("red", "square")], "swap") is None   # same colour
     assert comp.perturb([("red", "circle"), ("red", "circle")], "order") is None
 
 
-def test_wilson_interval():
-    lo, hi = comp.wilson(50, 100)
+def test_wilson_interval_and_mcnemar():
+    from scipy import stats as sp
+    lo, hi = stats.wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
-    assert comp.wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+    assert stats.wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_array_equal(comp.accuracy([2, 1, 3], [1, 1, 4]), [1, 0.5, 0])
+    rng = np.random.default_rng(0)
+    for n, p in ((40, 0.5), (500, 0.55), (3000, 0.5)):
+        a, b = rng.random(n) < p, rng.random(n) < 0.5
+        only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+        want = sp.binomtest(only_a, only_a + only_b, 0.5).pvalue
+        assert stats.mcnemar(a, b) == pytest.approx(want, rel=1e-9)
+        assert stats.mcnemar(b, a) == pytest.approx(want, rel=1e-9)
+    assert stats.mcnemar([True, False], [True, False]) == 1.0
+    # The pairs' other images for p(caption): never the pair's own, spread over the rest.
+    idx = np.arange(500) % 7
+    others = comp.marginal_images(idx, 7, 50)
+    assert others.shape == (50, 500) and not (others == idx).any()
+    assert set(np.unique(others)) == set(range(7))
 
 
 def test_every_scorer_equals_a_direct_computation(data_dir):
     import jax
+    from scipy.special import logsumexp
 
     from helpers import jitted_method
     from vlm_jax import evals
@@ -63,12 +81,17 @@ def test_every_scorer_equals_a_direct_computation(data_dir):
     from vlm_jax.setup import Setup
     cfg = tiny_config(data_dir, **{"itm.weight": 1.0, "caption.weight": 1.0,
                                    "model.text.causal": True, "eval.retrieval": (),
-                                   "eval.zeroshot": (), "eval.compositional": ("shapes",)})
+                                   "eval.zeroshot": (), "eval.compositional": ("shapes",),
+                                   "eval.marginal_images": 3})
     s = Setup(cfg)
     params = s.init_state().params
     ev = evals.Evaluators(s)
-    got = ev.run(params)
     comp_ev = ev.evaluators["compositional"]
+    scored = []     # the scores behind the reported figures, as the evaluator computed them
+    score = comp_ev.scores
+    comp_ev.scores = lambda *args: scored.append(score(*args)) or scored[-1]
+    got = ev.run(params)
+    comp_ev.scores = score
     objects = comp_ev._objects("shapes")
     rows = comp.pairs(objects)[::7]                       # a sample of the pairs, every kind
     # Direct: the model's own methods on the images held in memory and the captions tokenized.
@@ -82,25 +105,29 @@ def test_every_scorer_equals_a_direct_computation(data_dir):
     itc = np.sum(np.asarray(img["img/normed"]) * np.asarray(txt["txt/normed"]), axis=1)
     itm = np.asarray(jitted_method(m, m.itm_logits)(params, txt["txt/tokens"], mask,
                                                     img["img/tokens"]))
-    logits = jitted_method(m, m.caption_logits)(params, txt["txt/tokens"], mask, img["img/tokens"])
-    logp = np.asarray(jax.nn.log_softmax(logits.astype(np.float32), axis=-1))[:, :-1]
-    ll = (np.take_along_axis(logp, ids[:, 1:, None], axis=2)[..., 0] * mask[:, 1:]).sum(1)
-    want = {"itc": itc, "itm": itm[:, 1] - itm[:, 0], "caption": ll}
+    def log_likelihood(image_tokens):
+        logits = jitted_method(m, m.caption_logits)(params, txt["txt/tokens"], mask, image_tokens)
+        logp = np.asarray(jax.nn.log_softmax(logits.astype(np.float32), axis=-1))[:, :-1]
+        return (np.take_along_axis(logp, ids[:, 1:, None], axis=2)[..., 0] * mask[:, 1:]).sum(1)
+
+    ll = log_likelihood(img["img/tokens"])
+    # p(caption): the mean likelihood over other images, the same ones for both captions
+    others = [jitted_method(m, m.encode_image)(params, pixels[np.tile(o, 2)])["img/tokens"]
+              for o in comp.marginal_images(idx[:len(rows)], len(pixels), 3)]
+    marginal = logsumexp([log_likelihood(t) for t in others], axis=0) - np.log(len(others))
+    want = {"itc": itc, "itm": itm[:, 1] - itm[:, 0], "caption": ll,
+            "caption_debiased": ll - marginal}
     mine = comp_ev.scores(params, "shapes", rows)
     for k, v in want.items():
         np.testing.assert_allclose(mine[k].reshape(-1), v, rtol=2e-4, atol=2e-4, err_msg=k)
-    # The reported accuracies are those of the evaluator's scores over every pair.
-    full = comp_ev.scores(params, "shapes", comp.pairs(objects))
-    assert set(full) == {"itc", "itm", "caption"}
+    # The reported figures are those of the evaluator's scores: every pair, then other scenes.
+    full, itm_other = scored
+    assert set(full) == set(want)
     summary = comp.summarise(comp.pairs(objects), {k: comp.accuracy(*v) for k, v in full.items()})
     assert {k: got[f"eval/shapes/{k}"] for k in summary} == pytest.approx(summary, nan_ok=True)
+    assert "compositional_swap_caption_debiased_vs_itc_p" in summary
     decisions = np.concatenate([full["itm"][0] > 0, full["itm"][1] < 0])
     assert got["eval/shapes/compositional_itm_accuracy"] == pytest.approx(decisions.mean())
-    other = np.random.default_rng(0).permutation(len(objects))
-    rows = [{"index": i, "true": shapes.describe(objects[i])[0],
-             "false": shapes.describe(objects[j])[0]}
-            for i, j in enumerate(other) if objects[i] != objects[j]]
-    itm_other = comp_ev.scores(params, "shapes", rows)["itm"]
     assert got["eval/shapes/compositional_itm_other_scene_accuracy"] == pytest.approx(
-        np.concatenate([itm_other[0] > 0, itm_other[1] < 0]).mean())
-    assert got["eval/shapes/compositional_count_n"] == 500
+        np.concatenate([itm_other["itm"][0] > 0, itm_other["itm"][1] < 0]).mean())
+    assert itm_other["itm"].shape[1] > 450 and got["eval/shapes/compositional_count_n"] == 500

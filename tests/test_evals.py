@@ -113,6 +113,8 @@ def test_itm_reranking_reorders_each_querys_top_k():
     assert r["i2t_r1"] == pytest.approx(0.75) and r["itm_i2t_r1"] == 1.0
     assert r["itm_t2i_r1"] == 1.0
     assert calls == [4 * 3, 4 * 3]                       # k candidates per query, each direction
+    # One image gained, none lost: McNemar's p of one discordant query is 1; t2i likewise.
+    assert r["itm_i2t_r1_p"] == 1.0 and r["itm_t2i_r1_p"] == 1.0
     # Outside the top k nothing moves: k = 1 keeps the similarity ranking.
     r1 = retrieval.recall(images, captions, embed, ks=(1, 2), itm=oracle, rerank_k=1)
     assert all(r1[f"itm_{k}"] == r1[k] for k in ("i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2"))

@@ -274,6 +274,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Compositional accuracy on shapes (true caption against its attribute-swapped, reordered and
     # recounted versions), scored by ITC, ITM and caption likelihood where the model has them.
     c.eval.compositional = ()
+    # caption_debiased divides a caption's likelihood by its mean over this many other test
+    # images (the same for both captions of a pair); 32 is where the estimate stops moving.
+    c.eval.marginal_images = 32
     # Eval sets beyond the built-in digits and shapes (which need no entry): name -> an
     # eval_dataset(...) section; the evaluators' lists above name them.
     c.eval.datasets = ml_collections.ConfigDict()
@@ -467,6 +470,9 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     _check_objectives(cfg)
     _check_mesh(cfg)
     _check_microbatches(cfg)
+    if cfg.eval.marginal_images < 1:
+        raise ConfigError(f"'eval.marginal_images' must be at least 1, got "
+                          f"{cfg.eval.marginal_images}")
     if not 0 < cfg.eval.probe_val_fraction < 1:
         raise ConfigError(f"'eval.probe_val_fraction' must be in (0, 1), got "
                           f"{cfg.eval.probe_val_fraction}")

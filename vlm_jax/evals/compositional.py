@@ -7,7 +7,11 @@ Perturbations of an image whose objects are, left to right, (colour, kind) pairs
   then names a colour-kind pair the image does not hold;
 - order: the objects listed in reverse ("... left of ..." with its two sides exchanged, or the
   three from right to left), where that changes the caption;
-- count: the caption's count word replaced (one -> two, two -> three, three -> two).
+- count: the caption with a count word describing one object more or fewer: the last object
+  repeated (one, two objects: "one red circle" -> "two shapes: a red circle and a red circle")
+  or dropped (three: "three shapes: a, b, c" -> "two shapes: a and b"). The perturbed caption
+  is a consistent sentence about a scene next to the image's, so no scorer can reject it
+  without looking (changing the count word alone would contradict the objects listed).
 Each is built from the dataset's own caption forms (`shapes.describe`), so the two captions
 differ only in the perturbed words. An image takes part in a kind where the perturbation
 exists; it counts as held out when the objects perturbed include a colour-shape pair never seen
@@ -15,17 +19,24 @@ in training (`shapes.HELD_OUT`).
 
 Scorers, where the model has them: itc (cosine similarity of the embeddings), itm (the match
 head's logit difference), caption (the caption decoder's log-likelihood of the caption's tokens
-given the image). The share of images whose true caption scores higher (ties: half) is reported
-with its 95% Wilson interval: `compositional_<kind>_<scorer>` and `..._lo`, `..._hi`, the same
-on the held-out subset (`..._heldout`), and the counts `compositional_<kind>_n`,
-`..._heldout_n`. Chance is 0.5. With an ITM head, also the head's own decisions on every
-pair, `compositional_itm_accuracy` (true caption: match, perturbed: no match; answering "no
-match" always scores 0.5), with its interval; and the same against another test scene's
-caption instead of a perturbed one (`compositional_itm_other_scene_accuracy`).
+given the image) and caption_debiased: log p(c | image) - log p(c), p(c) estimated as the mean
+of p(c | image') over `eval.marginal_images` other test images drawn at random, the same for both
+captions of a pair. Dividing by p(c) takes out the language prior, which favours captions of
+familiar colour-shape pairs whatever the image shows (the pointwise mutual information of
+caption and image; VisualGPTScore's debiasing, Lin et al. 2023, with the marginal in place of a
+null image: a blank image's own bias, towards fewer objects, showed in the count kind).
+
+The share of images whose true caption scores higher (ties: half) is reported with its 95%
+Wilson interval: `compositional_<kind>_<scorer>` and `..._lo`, `..._hi`, the same on the
+held-out subset (`..._heldout`), the counts `compositional_<kind>_n`, `..._heldout_n`, and each
+scorer's exact McNemar p-value against ITC on the same pairs
+(`compositional_<kind>_<scorer>_vs_itc_p`; below 0.05 the two differ by more than noise).
+Chance is 0.5. With an ITM head, also the head's own decisions on every pair,
+`compositional_itm_accuracy` (true caption: match, perturbed: no match; answering "no match"
+always scores 0.5), with its interval; and the same against another test scene's caption
+instead of a perturbed one (`compositional_itm_other_scene_accuracy`).
 """
 from __future__ import annotations
-
-import math
 
 import grain
 import numpy as np
@@ -34,10 +45,15 @@ from vlm_jax.data import builtin, records
 from vlm_jax.data.builtin import shapes
 from vlm_jax.data.tokenizer import tokenize
 from vlm_jax.evals.itm_rerank import match_score
+from vlm_jax.evals.stats import mcnemar, wilson
 
 KINDS = ("swap", "order", "count")
-SCORERS = {"itc": None, "itm": "itm_logits", "caption": "caption_logits"}   # -> the head needed
-COUNT_SWAP = {"one": "two", "two": "three", "three": "two"}
+SCORERS = {"itc": None, "itm": "itm_logits", "caption": "caption_logits",
+           "caption_debiased": "caption_logits"}                       # -> the head needed
+
+
+def _counted(objects) -> str:
+    return shapes.describe(objects)[2 if len(objects) == 2 else 1]     # the form with a count
 
 
 def perturb(objects: list[tuple[str, str]], kind: str):
@@ -45,9 +61,8 @@ def perturb(objects: list[tuple[str, str]], kind: str):
     objects = [tuple(o) for o in objects]
     n = len(objects)
     if kind == "count":
-        true = shapes.describe(objects)[2 if n == 2 else 1]     # the forms with a count word
-        word, rest = true.split(" ", 1)
-        return true, f"{COUNT_SWAP[word]} {rest}", tuple(range(n))
+        new = objects[:-1] if n == len(shapes.COUNT_WORDS) else objects + objects[-1:]
+        return _counted(objects), _counted(new), (n - 1,)
     if n == 1:
         return None
     if kind == "swap":
@@ -80,16 +95,6 @@ def pairs(objects_per_image) -> list[dict]:
     return out
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a binomial proportion k / n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def accuracy(true_scores, false_scores) -> np.ndarray:
     """Per pair: 1 where the true caption scores higher, 0.5 on a tie, else 0."""
     t, f = np.asarray(true_scores), np.asarray(false_scores)
@@ -109,7 +114,18 @@ def summarise(rows: list[dict], correct: dict[str, np.ndarray]) -> dict[str, flo
                 k = float(c[keep].sum())
                 out[name] = k / n if n else float("nan")
                 out[name + "_lo"], out[name + "_hi"] = wilson(k, n)
+        for scorer, c in correct.items():     # the same pairs: is the difference noise?
+            if scorer != "itc" and "itc" in correct:
+                keep = kinds == kind
+                out[f"compositional_{kind}_{scorer}_vs_itc_p"] = mcnemar(
+                    c[keep] == 1, correct["itc"][keep] == 1)
     return out
+
+
+def marginal_images(index: np.ndarray, n: int, k: int, seed: int = 0) -> np.ndarray:
+    """[k, pairs] test images other than each pair's own (fixed seed), for estimating p(c)."""
+    draw = np.random.default_rng(seed).integers(n - 1, size=(k, len(index)))
+    return draw + (draw >= index)       # skip the pair's own image
 
 
 def _nll(nll_and_hit):     # module-level: the embedder's jitted heads are cached by function
@@ -126,7 +142,7 @@ class Evaluator:
     image_keys = ("img/normed", "img/tokens")
 
     def __init__(self, data, config):
-        self.data = data
+        self.data, self.marginal = data, config.eval.marginal_images
 
     def _objects(self, dataset: str) -> list[list]:
         s = self.data.spec(dataset)
@@ -149,9 +165,16 @@ class Evaluator:
                                      tokens, what="ITM scores")
         if emb.has("caption_logits"):
             ids, _ = tokenize(emb.tokenizer, texts, emb.max_len)
-            nll = emb.batched(emb.head("caption_logits", _nll), params, tok, mask,
-                              tokens, ids[:, 1:], what="caption likelihoods")
-            out["caption"] = -(nll * mask[:, 1:]).sum(axis=1)
+            ll = lambda t: -(emb.batched(emb.head("caption_logits", _nll), params, tok, mask, t,
+                                         ids[:, 1:], what="caption likelihoods") * mask[:, 1:]
+                             ).sum(axis=1)
+            out["caption"] = ll(tokens)
+            all_tokens = self.data.images(params, dataset, key="img/tokens")
+            others = marginal_images(idx, len(all_tokens), self.marginal)
+            marginal = np.stack([ll(all_tokens[np.concatenate([o, o])]) for o in others])
+            top = marginal.max(axis=0)     # log of the mean likelihood, without underflow
+            out["caption_debiased"] = out["caption"] - top - np.log(
+                np.exp(marginal - top).mean(axis=0))
         return {k: v.reshape(2, len(rows)) for k, v in out.items()}
 
     def run(self, params, dataset: str) -> dict[str, float]:

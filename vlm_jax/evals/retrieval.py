@@ -12,7 +12,9 @@ axes, each device keeps the k best of its shard for a chunk of queries, and the 
 are merged. Neither the hosts nor any device ever hold a queries x candidates matrix.
 
 Re-ranking (ALBEF): each query's top `rerank_k` candidates by embedding similarity are reordered
-by the ITM head's score of the (image, text) pair; the rest keep their order.
+by the ITM head's score of the (image, text) pair; the rest keep their order. Beside the `itm_`
+recalls, `itm_i2t_r1_p` and `itm_t2i_r1_p`: the exact McNemar p-value of re-ranked against
+similarity R@1 over the same queries (below 0.05: the difference is not noise).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vlm_jax.evals import stats
 from vlm_jax.parallel import sharding
 
 # (texts, image indices, text indices) -> one ITM score per pair, higher = better match
@@ -118,12 +121,15 @@ def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1,
     if itm is not None and rerank_k > 0:
         orders["itm_"] = (_rerank(i2t, rerank_k, lambda q, c: itm(texts, q, c)),
                           _rerank(t2i, rerank_k, lambda q, c: itm(texts, c, q)))
-    out = {}
+    out, top1 = {}, {}
     for prefix, (a, b) in orders.items():
         for name, order, pos in (("i2t", a, img_pos), ("t2i", b, txt_pos)):
             hits = _hits(order, _padded(pos))
+            top1[prefix + name] = hits[:, 0]
             for k in ks:
                 out[f"{prefix}{name}_r{k}"] = float(hits[:, :k].any(axis=1).mean())
+            if prefix:      # is re-ranking's R@1 gain over similarity more than noise?
+                out[f"{prefix}{name}_r1_p"] = stats.mcnemar(top1[prefix + name], top1[name])
         out[f"{prefix}r_mean"] = float(np.mean([out[f"{prefix}{d}_r{k}"] for d in ("i2t", "t2i")
                                                 for k in ks]))
     return out

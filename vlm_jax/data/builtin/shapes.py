@@ -22,6 +22,7 @@ SIZE = 64
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
           "yellow": (230, 210, 40), "purple": (150, 60, 190), "white": (235, 235, 235)}
 KINDS = ("circle", "square", "triangle")
+BACKGROUND = (25, 25, 30)
 HELD_OUT = (("red", "triangle"), ("green", "circle"), ("blue", "square"), ("yellow", "triangle"))
 COUNT_WORDS = ("one", "two", "three")
 SPLITS = {"train": (4000, 1), "test": (500, 2)}   # split -> (examples, seed)
@@ -63,7 +64,7 @@ def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str
 
 
 def render(objects: list[tuple[str, str]], rng: np.random.Generator) -> np.ndarray:
-    img = Image.new("RGB", (SIZE, SIZE), (25, 25, 30))
+    img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
     draw = ImageDraw.Draw(img)
     slot = SIZE / len(objects)
     for i, (color, kind) in enumerate(objects):
