@@ -18,6 +18,8 @@ import sys
 
 from recipes import last, train
 
+from vlm_jax.evals.compositional import KINDS
+
 VARIANTS = ("contrastive", "albef", "coca")
 RETRIEVAL = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"), ("i2t R@1 ITM", "itm_i2t_r1"),
              ("t2i R@1 ITM", "itm_t2i_r1"), ("MLM acc", "mlm_accuracy"),
@@ -49,7 +51,7 @@ def tables(results: dict) -> str:
         "|---" * (3 + 2 * len(SCORERS)) + "|"]
     for variant, (m, _) in results.items():
         m = {k.removeprefix("eval/shapes/"): v for k, v in m.items()}
-        for kind in ("swap", "order", "count"):
+        for kind in KINDS:
             pre = f"compositional_{kind}"
             n = f"{m.get(pre + '_n', 0):.0f} ({m.get(pre + '_heldout_n', 0):.0f})"
             lines.append(f"| {variant} | {kind} | {n} | " + " | ".join(

@@ -11,7 +11,9 @@ Perturbations of an image whose objects are, left to right, (colour, kind) pairs
   repeated (one, two objects: "one red circle" -> "two shapes: a red circle and a red circle")
   or dropped (three: "three shapes: a, b, c" -> "two shapes: a and b"). The perturbed caption
   is a consistent sentence about a scene next to the image's, so no scorer can reject it
-  without looking (changing the count word alone would contradict the objects listed).
+  without looking (changing the count word alone would contradict the objects listed);
+- scene: another test scene's caption (a fixed random scene with other objects): the easy case,
+  the negatives ITM sees before its mining gets hard.
 Each is built from the dataset's own caption forms (`shapes.describe`), so the two captions
 differ only in the perturbed words. An image takes part in a kind where the perturbation
 exists; it counts as held out when the objects perturbed include a colour-shape pair never seen
@@ -33,8 +35,9 @@ scorer's exact McNemar p-value against ITC on the same pairs
 (`compositional_<kind>_<scorer>_vs_itc_p`; below 0.05 the two differ by more than noise).
 Chance is 0.5. With an ITM head, also the head's own decisions on every pair,
 `compositional_itm_accuracy` (true caption: match, perturbed: no match; answering "no match"
-always scores 0.5), with its interval; and the same against another test scene's caption
-instead of a perturbed one (`compositional_itm_other_scene_accuracy`).
+always scores 0.5), with its interval, and the same on the scene pairs
+(`compositional_itm_other_scene_accuracy`). These need the head calibrated (a threshold at 0);
+the pairwise `compositional_<kind>_itm` does not.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from vlm_jax.data.tokenizer import tokenize
 from vlm_jax.evals.itm_rerank import match_score
 from vlm_jax.evals.stats import mcnemar, wilson
 
-KINDS = ("swap", "order", "count")
+KINDS = ("swap", "order", "count", "scene")
 SCORERS = {"itc": None, "itm": "itm_logits", "caption": "caption_logits",
            "caption_debiased": "caption_logits"}                       # -> the head needed
 
@@ -83,15 +86,23 @@ def perturb(objects: list[tuple[str, str]], kind: str):
 
 
 def pairs(objects_per_image) -> list[dict]:
-    """Every (image, kind) with its two captions and whether it touches a held-out pair."""
+    """Every (image, kind) with its two captions and whether it touches a held-out pair; kind
+    `scene` pairs each image with another scene's caption (a fixed random one that differs)."""
     held = {tuple(p) for p in shapes.HELD_OUT}
+    objects_per_image = [[tuple(o) for o in objs] for objs in objects_per_image]
+    other = np.random.default_rng(0).permutation(len(objects_per_image))
     out = []
     for index, objects in enumerate(objects_per_image):
         for kind in KINDS:
-            p = perturb(objects, kind)
+            if kind == "scene":
+                new = objects_per_image[other[index]]
+                p = None if new == objects else (shapes.describe(objects)[0],
+                                                 shapes.describe(new)[0], range(len(objects)))
+            else:
+                p = perturb(objects, kind)
             if p is not None:
                 out.append({"index": index, "kind": kind, "true": p[0], "false": p[1],
-                            "held_out": any(tuple(objects[i]) in held for i in p[2])})
+                            "held_out": any(objects[i] in held for i in p[2])})
     return out
 
 
@@ -183,15 +194,11 @@ class Evaluator:
         rows = [r for r in pairs(objects) if valid[r["index"]]]
         scores = self.scores(params, dataset, rows)
         out = summarise(rows, {k: accuracy(*v) for k, v in scores.items()})
-        if "itm" in scores:     # the head's own decisions: true captions match, perturbed not
-            out.update(_decisions("compositional_itm_accuracy", scores["itm"]))
-            # ... and against another scene's caption, as in training before the mining
-            other = np.random.default_rng(0).permutation(len(objects))
-            rows = [{"index": i, "true": shapes.describe(objects[i])[0],
-                     "false": shapes.describe(objects[j])[0]}
-                    for i, j in enumerate(other) if valid[i] and objects[i] != objects[j]]
+        if "itm" in scores:     # the head's own decisions: true captions match, the others not
+            scene = np.array([r["kind"] == "scene" for r in rows])
+            out.update(_decisions("compositional_itm_accuracy", scores["itm"][:, ~scene]))
             out.update(_decisions("compositional_itm_other_scene_accuracy",
-                                  self.scores(params, dataset, rows)["itm"]))
+                                  scores["itm"][:, scene]))
         return out
 
 
