@@ -252,7 +252,8 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     assert out["zs/digits/zeroshot_top1"] == pytest.approx(logged)
     # A suite on the same workdir: what is present is evaluated, what is not is listed.
     suite = write_suite(tmp_path / "suite.py", {"absent": dict(kind="folder", path="/nowhere/val")},
-                        zeroshot=("digits", "absent"), logistic_probe=("digits",))
+                        zeroshot=("digits", "absent"), logistic_probe=("digits",),
+                        itm_rerank=("digits",))     # a suite's evaluator without its head: left out
     report = evaluate.evaluate_suite(str(tmp_path), suite)
     assert report["step"] == 8 and set(report["results"]) == {"digits"}
     got = report["results"]["digits"]
@@ -261,10 +262,13 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     assert got["zeroshot_top1"] == pytest.approx(logged)
     assert report["missing"] == {"absent": "FileNotFoundError: image folder '/nowhere/val' does "
                                            "not exist"}
+    assert report["skipped"] == {"itm_rerank": "the model has no ITM head (its objective's "
+                                               "weight is 0)"}
     where = tmp_path / "eval" / "suite"
     assert json.load(open(where / "results.json"))["results"] == report["results"]
     table = (where / "results.md").read_text()
     assert f"| digits | zeroshot_top1 | {logged:.4f} |" in table and "- absent: " in table
+    assert "- itm_rerank: the model has no ITM head" in table
     pred = np.load(where / "predictions" / "digits.zeroshot.npz")
     assert len(pred["index"]) == 360 and pred["top5"].shape == (360, 5)
     assert np.mean(pred["top5"][:, 0] == pred["label"]) == pytest.approx(logged)

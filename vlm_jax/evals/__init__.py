@@ -41,19 +41,26 @@ def evaluator_class(name: str):
 class Evaluators:
     """Every evaluator the config lists datasets for, over one shared EvalData."""
 
-    def __init__(self, setup):
+    def __init__(self, setup, strict: bool = True):
+        """strict=False (suites, written for many models): an evaluator whose head the model
+        lacks is left out, with the reason in `skipped`, instead of an error."""
         self.config = setup.config
         self.data = EvalData(setup.config, Embedder.from_setup(setup))
-        self.evaluators = {}
+        self.evaluators, self.skipped = {}, {}
         for name in config_lib.EVALUATORS:
             if not self.config.eval[name]:
                 continue
             cls = evaluator_class(name)
             needs = getattr(cls, "needs", None)
             if needs and not self.data.embedder.has(needs):
-                raise config_lib.ConfigError(
-                    f"'eval.{name}' lists {tuple(self.config.eval[name])} but the model has no "
-                    f"{needs.removesuffix('_logits').upper()} head (its objective's weight is 0)")
+                why = (f"the model has no {needs.removesuffix('_logits').upper()} head (its "
+                       "objective's weight is 0)")
+                if strict:
+                    raise config_lib.ConfigError(
+                        f"'eval.{name}' lists {tuple(self.config.eval[name])} but {why}")
+                self.skipped[name] = why
+                logging.warning("%s: not run: %s", name, why)
+                continue
             for dataset in self.config.eval[name]:
                 self.data.spec(dataset)         # an unknown name fails here, before any run
             self.evaluators[name] = cls(self.data, self.config)

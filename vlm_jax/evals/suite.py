@@ -101,8 +101,8 @@ def markdown(report: dict) -> str:
              f"`{report['suite']}`.", "", "| dataset | metric | value |", "|---|---|---|"]
     for name, metrics in report["results"].items():
         lines += [f"| {name} | {k} | {v:.4f} |" for k, v in metrics.items()]
-    for title, key in (("Not found", "missing"), ("Failed", "failed")):
-        if report[key]:
+    for title, key in (("Not found", "missing"), ("Not run", "skipped"), ("Failed", "failed")):
+        if report.get(key):
             lines += ["", f"{title}:", ""] + [f"- {k}: {v}" for k, v in report[key].items()]
     return "\n".join(lines) + "\n"
 

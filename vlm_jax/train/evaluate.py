@@ -59,11 +59,11 @@ def evaluate_suite(path: str, suite_path: str, step: int | None = None,
     for name, why in missing.items():
         logging.warning("%s: not evaluated: %s", name, why)
     with s.context():
-        evaluators = evals.Evaluators(s)
+        evaluators = evals.Evaluators(s, strict=False)
         results, seconds, failed = suite_lib.run(evaluators, params, names)
     report = {"checkpoint": os.path.abspath(path), "step": step,
               "suite": os.path.abspath(suite_path), "results": results, "seconds": seconds,
-              "missing": missing, "failed": failed}
+              "missing": missing, "skipped": evaluators.skipped, "failed": failed}
     name = os.path.splitext(os.path.basename(suite_path))[0]
     out = output_dir or os.path.join(locate(path, step)[0], "eval", name)
     # Every process holds the same results; one writes them.
