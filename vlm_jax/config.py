@@ -168,6 +168,9 @@ def defaults() -> ml_collections.ConfigDict:
             "model.image.pixel_norm")
     c.model.image.patch_bias = True     # the patch embedding has a bias (CLIP's has none)
     c.model.image.pre_norm = False      # LayerNorm before the blocks (CLIP's ln_pre)
+    # FLIP: the share of each image's patches dropped in the train step (a uniform random subset
+    # per example, new every step); evaluation always sees every patch.
+    c.model.image.patch_dropout = 0.0
     c.model.text = ml_collections.ConfigDict()
     c.model.text.width = 128
     c.model.text.depth = 4
@@ -470,6 +473,9 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     _check_objectives(cfg)
     _check_mesh(cfg)
     _check_microbatches(cfg)
+    if not 0 <= cfg.model.image.patch_dropout < 1:
+        raise ConfigError(f"'model.image.patch_dropout' is the share of patches dropped, in "
+                          f"[0, 1); got {cfg.model.image.patch_dropout}")
     if cfg.eval.marginal_images < 1:
         raise ConfigError(f"'eval.marginal_images' must be at least 1, got "
                           f"{cfg.eval.marginal_images}")

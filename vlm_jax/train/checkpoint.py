@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vlm_jax import rules as rules_lib
-from vlm_jax.models import layout
+from vlm_jax.models import layout, posemb
 
 
 class CheckpointSaveError(OSError):
@@ -138,14 +138,16 @@ class InitError(ValueError):
 def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
     """`params` with each leaf whose path the (regex, bool) `rules` select (first match wins)
     replaced by the same path in `loaded`, placed on the leaf's sharding. Returns (params,
-    report); raises InitError listing selected params missing from `loaded` or of another shape.
-    A checkpoint of scanned blocks loads into looped ones and vice versa (models/layout.py)."""
+    report); raises InitError listing selected params missing from `loaded` or of another shape,
+    except position embeddings, which follow the model's image size and text length
+    (models/posemb.py; listed in the report's `resized`). A checkpoint of scanned blocks loads
+    into looped ones and vice versa (models/layout.py)."""
     loaded = layout.match(loaded, params)
     flat_loaded = {rules_lib.path_str(p): v
                    for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
     chosen = rules_lib.tree_map_rules(rules, params, "init")
     paths = rules_lib.tree_paths(params)
-    missing, wrong, taken = [], [], []
+    missing, wrong, taken, resized = [], [], [], []
 
     def pick(path, leaf, use):
         p = rules_lib.path_str(path)
@@ -156,8 +158,13 @@ def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
             return leaf
         value = flat_loaded[p]
         if tuple(value.shape) != tuple(leaf.shape):
-            wrong.append(f"{p}: {tuple(value.shape)} in {where}, {tuple(leaf.shape)} in the model")
-            return leaf
+            fitted = posemb.fit(p, value, leaf)
+            if fitted is None:
+                wrong.append(f"{p}: {tuple(value.shape)} in {where}, {tuple(leaf.shape)} in the "
+                             "model")
+                return leaf
+            resized.append(f"{p}: {tuple(value.shape)} -> {tuple(leaf.shape)}")
+            value = fitted
         taken.append(p)
         return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
 
@@ -170,4 +177,4 @@ def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
                         + "\nchange config.init_rules to leave them out")
     unexpected = sorted(set(flat_loaded) - set(paths))
     return out, {"loaded": taken, "kept_init": [p for p in paths if p not in taken],
-                 "unexpected": unexpected}
+                 "unexpected": unexpected, "resized": resized}

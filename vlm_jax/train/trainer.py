@@ -110,6 +110,8 @@ def _start(s: Setup, ckpt, data_iter, workdir: str):
             logging.info("  kept from initialisation: %s", p)
         for p in report["unexpected"][:50]:
             logging.info("  unused from the checkpoint: %s", p)
+        for p in report["resized"]:
+            logging.info("  position embeddings fitted to this model: %s", p)
     return 0, state
 
 
