@@ -37,14 +37,16 @@ def fit_length(posemb: np.ndarray, fresh: np.ndarray) -> np.ndarray:
 
 
 def fit(path: str, value: np.ndarray, fresh) -> np.ndarray | None:
-    """A checkpoint's `value` at `path` fitted to the model's leaf `fresh` (same width), or None
-    when `path` is not a position embedding that can be fitted."""
+    """A checkpoint's `value` at `path` (the param, or its optimizer moment: `.../img/posemb`)
+    fitted to the model's leaf `fresh` (same width), or None when `path` is not a position
+    embedding that can be fitted."""
     if value.ndim != 2 or fresh.ndim != 2 or value.shape[1] != fresh.shape[1]:
         return None
-    if path == IMAGE:
+    is_ = lambda name: path == name or path.endswith("/" + name)
+    if is_(IMAGE):
         side = math.isqrt(fresh.shape[0])
         if side * side == fresh.shape[0]:
             return resample_2d(np.asarray(value), (side, side))
-    if path == TEXT:
+    if is_(TEXT):
         return fit_length(np.asarray(value), jax.device_get(fresh))
     return None
