@@ -3,6 +3,8 @@
 Each recipe trains in its own process (`python -m launch.train`), in `--root/<recipe>`; `lit`
 starts from the `clip` run's checkpoint, so `clip` runs first. A finished workdir is not trained
 again (its evaluation is re-run and reported), so an interrupted sweep continues where it stopped.
+`flip` and `clipa` train in two stages (`--root/<recipe>_1`, then `--root/<recipe>` resuming it);
+their wall time is both stages'.
 Figures are from the test splits: zero-shot top-1 on digits, retrieval R@1 on digits by
 similarity and (ITM heads) re-ranked by ITM, MLM accuracy; wall time includes compiles and evals.
 
@@ -19,7 +21,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = ("clip", "siglip", "lit", "albef", "flava", "coca")
+RECIPES = ("clip", "siglip", "lit", "albef", "flava", "coca", "flip", "clipa")
+STAGED = ("flip", "clipa")      # a first stage in <recipe>_1, the second resuming it
 COLUMNS = (("zero-shot", "eval/digits/zeroshot_top1"), ("i2t R@1", "eval/digits/i2t_r1"),
            ("t2i R@1", "eval/digits/t2i_r1"), ("i2t R@1 ITM", "eval/digits/itm_i2t_r1"),
            ("t2i R@1 ITM", "eval/digits/itm_t2i_r1"), ("MLM acc", "eval/digits/mlm_accuracy"))
@@ -44,6 +47,11 @@ def train(config: str, workdir: str, extra=()) -> tuple[dict, float]:
 
 
 def run(recipe: str, root: str) -> tuple[dict, float]:
+    if recipe in STAGED:     # wall time: both stages
+        first = os.path.join(root, f"{recipe}_1")
+        _, wall = train(f"configs/{recipe}.py", first)
+        metrics, wall2 = train(f"configs/{recipe}.py:{first}", os.path.join(root, recipe))
+        return metrics, wall + wall2
     config = f"configs/{recipe}.py" + (f":{os.path.join(root, 'clip')}" if recipe == "lit" else "")
     return train(config, os.path.join(root, recipe))
 

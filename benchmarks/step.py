@@ -5,6 +5,8 @@
       dots_with_no_batch_dims_saveable                        # on a GPU: the largest batch that fits
   python benchmarks/step.py --json                           # one JSON object per line
   python benchmarks/step.py --sizes B/16 --devices 1         # on one of the host's devices
+  python benchmarks/step.py --sizes S/16 --losses sigmoid --patch_dropout 0,0.5,0.75
+                                                             # FLIP: speed-up against the first
 
 FLOPs per step are the model's, as the trainer's `mfu` metric counts them
 (vlm_jax/train/flops.py): XLA's cost analysis of the same step without scan, remat or
@@ -36,7 +38,7 @@ SIZES = {
 }
 
 
-def config(size: str, loss: str, batch: int, args):
+def config(size: str, loss: str, batch: int, args, patch_dropout: float = 0.0):
     from vlm_jax import config as config_lib
     (patch, iw, idepth, iheads, imlp), (tw, tdepth, theads, tmlp), image, length, embed = SIZES[size]
     c = config_lib.defaults()
@@ -51,6 +53,7 @@ def config(size: str, loss: str, batch: int, args):
     c.model.dtype = args.dtype
     c.model.remat = args.remat
     c.model.scan = args.scan
+    c.model.image.patch_dropout = patch_dropout
     i, t = c.model.image, c.model.text
     i.patch_size, i.width, i.depth, i.heads, i.mlp_dim = patch, iw, idepth, iheads, imlp
     t.width, t.depth, t.heads, t.mlp_dim = tw, tdepth, theads, tmlp
@@ -120,10 +123,10 @@ def largest_batch(size: str, loss: str, args) -> int:
     return best
 
 
-def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
+def measure(size: str, loss: str, batch: int, peak: float, args, dropout: float = 0.0) -> dict:
     import jax
     from vlm_jax.train import aot, flops as flops_lib, state as state_lib
-    cfg = config(size, loss, batch, args)
+    cfg = config(size, loss, batch, args, dropout)
     setup, lowered, batch_arrays = _lower(cfg, args.devices)
     step = compiled = lowered.compile()          # compiled once; the loop calls it directly
     flops = (lowered.cost_analysis()["flops"] if flops_lib.is_plain(cfg)
@@ -141,7 +144,7 @@ def measure(size: str, loss: str, batch: int, peak: float, args) -> dict:
     used = _peak_bytes()
     return {"size": size, "loss": loss, "dtype": cfg.model.dtype, "batch": batch,
             "devices": setup.mesh.size, "remat": cfg.model.remat, "scan": cfg.model.scan,
-            "microbatches": cfg.microbatches,
+            "microbatches": cfg.microbatches, "patch_dropout": dropout,
             "params_m": state_lib.num_params(state.params) / 1e6,
             "step_s": t, "examples_per_s": batch / t, "tflop_per_step": flops / 1e12,
             "achieved_tflop_s": flops / t / 1e12, "peak_tflop_s": peak / 1e12,
@@ -179,6 +182,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--probe", type=int, default=0, help="peak matmul size; 0: 2048 CPU, 8192 else")
+    p.add_argument("--patch_dropout", default="0",
+                   help="comma-separated shares of patches dropped (model.image.patch_dropout); "
+                        "each row's speed-up is against the first")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     args.mesh = tuple(int(x) for x in args.mesh.split(","))
@@ -193,19 +199,24 @@ def main(argv=None) -> None:
     if not args.json:
         print(f"peak {peak / 1e12:.3f} TFLOP/s ({args.dtype} {probe}^3 matmul, "
               f"{_count(args)} x {jax.devices()[0].device_kind})")
-        print("| size | loss | dtype | batch | params | step | examples/s | TFLOP/step | "
-              "TFLOP/s | MFU | device memory | measured peak |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| size | loss | dtype | batch | patch dropout | params | step | speed-up | "
+              "examples/s | TFLOP/step | TFLOP/s | MFU | device memory | measured peak |")
+        print("|---" * 14 + "|")
     for size in args.sizes.split(","):
         for loss in args.losses.split(","):
             batch = args.batch or largest_batch(size, loss, args)
-            r = measure(size, loss, batch, peak, args)
-            measured = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
-            if args.json:
-                print(json.dumps(r), flush=True)
-            else:
-                print(f"| {size} | {loss} | {r['dtype']} | {batch} | {r['params_m']:.1f}M | "
-                      f"{r['step_s'] * 1e3:.1f} ms | {r['examples_per_s']:.1f} | "
+            base = None
+            for dropout in (float(x) for x in args.patch_dropout.split(",")):
+                r = measure(size, loss, batch, peak, args, dropout)
+                base = base or r["step_s"]
+                r["speedup"] = base / r["step_s"]
+                measured = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
+                if args.json:
+                    print(json.dumps(r), flush=True)
+                    continue
+                print(f"| {size} | {loss} | {r['dtype']} | {batch} | {dropout:g} | "
+                      f"{r['params_m']:.1f}M | {r['step_s'] * 1e3:.1f} ms | "
+                      f"{r['speedup']:.2f}x | {r['examples_per_s']:.1f} | "
                       f"{r['tflop_per_step']:.4f} | {r['achieved_tflop_s']:.3f} | "
                       f"**{100 * r['mfu']:.1f}%** | {r['device_gib']:.2f} GiB | {measured} |",
                       flush=True)

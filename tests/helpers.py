@@ -35,9 +35,10 @@ def loss_and_grads(setup, params, batch, objs):
 
     from vlm_jax import objectives
 
-    def loss_fn(p):
-        out = setup.model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
-        return objectives.total_loss(objs, out, batch)[0]
+    from vlm_jax.train.forward import forward
+
+    def loss_fn(p):     # with `visible` in the batch, the image tower sees only those patches
+        return objectives.total_loss(objs, forward(setup.model, p, batch), batch)[0]
     return jax.value_and_grad(loss_fn)(params)
 
 
@@ -126,3 +127,37 @@ def write_suite(path, datasets: dict, **evaluators) -> str:
     with open(path, "w") as f:
         f.write("\n".join(lines + ["    return s", ""]))
     return str(path)
+
+
+def one_step(cfg, mesh, batch=None):
+    """(params, metrics, host batch, temporary bytes) after one compiled step from random
+    params (the same for every config of the same model)."""
+    import jax
+
+    from vlm_jax.data import pipeline
+    from vlm_jax.setup import Setup
+    s = Setup(cfg, mesh=make_mesh(mesh) if isinstance(mesh, int) else mesh)
+    state = random_state(s)
+    host = s.synthetic_batch() if batch is None else batch
+    with s.context():
+        batch = pipeline.to_global(host, s.batch_sh)
+        step = s.train_step().lower(state, batch, s.step_rng).compile()
+        state, m = step(state, batch, s.step_rng)
+    return (jax.device_get(state.params), jax.device_get(m), host,
+            step.memory_analysis().temp_size_in_bytes)
+
+
+def assert_same_update(full, micro):
+    """Two one_step results: the same metrics and updated params."""
+    import jax
+    import numpy as np
+
+    from vlm_jax import rules
+    (p1, m1, *_), (pk, mk, *_) = full, micro
+    assert set(m1) == set(mk)
+    for key in m1:
+        np.testing.assert_allclose(mk[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    # Adam magnifies rounding noise in near-zero gradients (up to ~1e-5 here); real steps are
+    # ~lr = 1e-3, and a wrong gradient moves a param by that much.
+    for path, a, b in zip(rules.tree_paths(p1), jax.tree.leaves(pk), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=path)

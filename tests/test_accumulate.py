@@ -4,37 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
-from helpers import random_state
+from helpers import assert_same_update, one_step
 
-from vlm_jax import config as config_lib, rules
-from vlm_jax.data import pipeline
+from vlm_jax import config as config_lib
 from vlm_jax.setup import Setup
 from vlm_jax.train import accumulate
-
-
-def _one_step(cfg, mesh, batch=None):
-    """(params, metrics, host batch, temporary bytes) after one compiled step from random
-    params (the same for every config of the same model)."""
-    s = Setup(cfg, mesh=make_mesh(mesh) if isinstance(mesh, int) else mesh)
-    state = random_state(s)
-    host = s.synthetic_batch() if batch is None else batch
-    with s.context():
-        batch = pipeline.to_global(host, s.batch_sh)
-        step = s.train_step().lower(state, batch, s.step_rng).compile()
-        state, m = step(state, batch, s.step_rng)
-    return (jax.device_get(state.params), jax.device_get(m), host,
-            step.memory_analysis().temp_size_in_bytes)
-
-
-def _assert_same_update(full, micro):
-    (p1, m1, *_), (pk, mk, *_) = full, micro
-    assert set(m1) == set(mk)
-    for key in m1:
-        np.testing.assert_allclose(mk[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
-    # Adam magnifies rounding noise in near-zero gradients (up to ~1e-5 here); real steps are
-    # ~lr = 1e-3, and a wrong gradient moves a param by that much.
-    for path, a, b in zip(rules.tree_paths(p1), jax.tree.leaves(pk), jax.tree.leaves(p1)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=path)
 
 
 @pytest.mark.slow
@@ -46,9 +20,9 @@ def test_gradcache_gives_the_full_batch_update_in_less_memory(data_dir):
     (the sigmoid ring, scanned and rematerialised blocks)."""
     over = {"contrastive.name": "softmax", "contrastive.negatives": "local",
             "contrastive.impl": "gather"}
-    full = _one_step(tiny_config(data_dir, **over), 2)
-    micro = _one_step(tiny_config(data_dir, microbatches=4, **over), 2, batch=full[2])
-    _assert_same_update(full, micro)
+    full = one_step(tiny_config(data_dir, **over), 2)
+    micro = one_step(tiny_config(data_dir, microbatches=4, **over), 2, batch=full[2])
+    assert_same_update(full, micro)
     assert micro[3] < 0.6 * full[3], (micro[3], full[3])
 
 
@@ -62,10 +36,10 @@ def test_per_example_objectives_accumulate_alongside_gradcache(data_dir):
     s = Setup(base(), mesh=make_mesh(2))
     host = s.synthetic_batch()
     host["mask"] = np.ones_like(host["mask"])
-    full = _one_step(base(), 2, batch=host)
-    micro = _one_step(base(microbatches=2), 2, batch=host)
+    full = one_step(base(), 2, batch=host)
+    micro = one_step(base(microbatches=2), 2, batch=host)
     assert "caption/loss" in full[1]
-    _assert_same_update(full, micro)
+    assert_same_update(full, micro)
 
 
 def test_split_keeps_each_micro_batch_on_its_shards():
@@ -88,4 +62,4 @@ def test_microbatch_config_errors(data_dir):
     check("does not support balance", microbatches=2, **{"balance.enabled": True})
     # A per-shard batch that does not split: 16 rows on 8 devices, 4 micro-batches.
     with pytest.raises(ValueError, match="does not split into microbatches=4 on each of 8"):
-        _one_step(tiny_config(data_dir, microbatches=4), 8)
+        one_step(tiny_config(data_dir, microbatches=4), 8)

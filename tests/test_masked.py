@@ -78,7 +78,7 @@ def test_vocab_nll_in_chunks_matches_numpy_and_the_plain_logits(chunk):
 
 
 def test_mim_masking_and_loss():
-    vis, msk = masked.mim_mask(jax.random.key(0), 512, 64)
+    vis, msk = masked.patch_mask(jax.random.key(0), 512, 64)
     vis, msk = np.asarray(vis), np.asarray(msk)
     assert vis.shape == (512, 16) and (msk.sum(1) == 48).all()          # exactly 75% masked
     assert all(not msk[i, vis[i]].any() for i in range(512))
@@ -106,7 +106,7 @@ def test_masks_do_not_depend_on_the_device_count(n):
     def draw(t, m):
         inputs, chosen = masked.mlm_mask(jax.random.key(7), t, m, mask_id=MASK, vocab_size=VOCAB,
                                          first_regular=4, keep=(BOS, EOS))
-        return inputs, chosen, masked.mim_mask(jax.random.key(8), t.shape[0], 16)[1]
+        return inputs, chosen, masked.patch_mask(jax.random.key(8), t.shape[0], 16)[1]
 
     ref = draw(tokens, mask)
     got = draw(jax.device_put(tokens, sh), jax.device_put(mask, sh))

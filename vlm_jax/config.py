@@ -5,7 +5,7 @@ a closed set of values declares them there (`_choice`), and a comment says what 
 key the schema lacks (naming the closest valid key), any value of the wrong type and any value
 outside its allowed choices, before anything is computed.
 
-Durations (`total`, `log_every`, `checkpoint_every`, `eval_every`, `optim.warmup`,
+Durations (`total`, `stop_at`, `log_every`, `checkpoint_every`, `eval_every`, `optim.warmup`,
 `eval.<evaluator>_every`) are given in at most one unit: `<name>_steps | _epochs | _examples |
 _percent` (percent of the total steps). No unit holds a value in `defaults()`, so a recipe sets
 the unit it wants without undoing another, and the command line can set any unit of any recipe.
@@ -34,7 +34,7 @@ REQUIRED = "required"
 # Duration -> what leaving it unset means: REQUIRED, (unit, value), or None (the caller decides:
 # eval_every unset evaluates at the last step only; eval.<name>_every unset follows eval_every).
 DURATIONS = {"total": REQUIRED, "log_every": ("steps", 10), "checkpoint_every": ("steps", 200),
-             "eval_every": None, "optim.warmup": ("steps", 50),
+             "eval_every": None, "stop_at": None, "optim.warmup": ("steps", 50),
              **{f"eval.{name}_every": None for name in EVALUATORS}}
 
 # Keys with a closed set of values: dotted path -> the values. Filled where `defaults()` and
@@ -72,6 +72,9 @@ def defaults() -> ml_collections.ConfigDict:
     _durations(c, "log_every")      # unset: 10 steps
     _durations(c, "checkpoint_every")  # unset: 200 steps
     _durations(c, "eval_every")     # unset: evaluate at the end only
+    # End this run here, the schedules still spanning `total` (a stage of a longer run, which the
+    # next stage continues through `resume`); it saves and evaluates as at the end. Unset: total.
+    _durations(c, "stop_at")
     c.keep_checkpoints = 2          # the most recent checkpoints kept (orbax max_to_keep)
     # Where a run with no checkpoint of its own starts (its own latest checkpoint comes first):
     c.resume = ""                   # another run's workdir or checkpoint: state + data position
@@ -168,6 +171,9 @@ def defaults() -> ml_collections.ConfigDict:
             "model.image.pixel_norm")
     c.model.image.patch_bias = True     # the patch embedding has a bias (CLIP's has none)
     c.model.image.pre_norm = False      # LayerNorm before the blocks (CLIP's ln_pre)
+    # FLIP: the share of each image's patches dropped in the train step (a uniform random subset
+    # per example, new every step); evaluation always sees every patch.
+    c.model.image.patch_dropout = 0.0
     c.model.text = ml_collections.ConfigDict()
     c.model.text.width = 128
     c.model.text.depth = 4
@@ -470,6 +476,9 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     _check_objectives(cfg)
     _check_mesh(cfg)
     _check_microbatches(cfg)
+    if not 0 <= cfg.model.image.patch_dropout < 1:
+        raise ConfigError(f"'model.image.patch_dropout' is the share of patches dropped, in "
+                          f"[0, 1); got {cfg.model.image.patch_dropout}")
     if cfg.eval.marginal_images < 1:
         raise ConfigError(f"'eval.marginal_images' must be at least 1, got "
                           f"{cfg.eval.marginal_images}")

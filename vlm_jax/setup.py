@@ -183,7 +183,8 @@ class Setup:
             fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
                                skip_nonfinite=c.nonfinite == "skip",
                                balance_decay=c.balance.decay, frozen=self.frozen,
-                               microbatches=c.microbatches)
+                               microbatches=c.microbatches,
+                               patch_dropout=c.model.image.patch_dropout)
             return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in BATCH_KEYS},
                                 self.mesh)
         return self.shared("step", build, self.total_steps, self.warmup_steps)

@@ -78,9 +78,10 @@ def patchify(images, patch: int):
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-def mim_mask(rng, batch: int, num_patches: int, ratio: float = 0.75):
+def patch_mask(rng, batch: int, num_patches: int, ratio: float = 0.75):
     """(visible indices [B, n_keep], masked [B, N] bool): exactly round(N * (1 - ratio))
-    patches kept per image, a fresh random subset for each (MAE's shuffle)."""
+    patches kept per image (at least one), a uniform random subset for each (MAE's shuffle;
+    FLIP's patch dropout)."""
     n_keep = max(1, int(round(num_patches * (1 - ratio))))
     order = jnp.argsort(jax.random.uniform(rng, (batch, num_patches)), axis=1)
     visible = jnp.sort(order[:, :n_keep], axis=1)

@@ -71,16 +71,18 @@ class VisionLanguageModel(nn.Module):
         if self.caption_decoder is not None:
             self.caption_head = VocabHead(self.caption_vocab, self.dtype)
 
-    def encode_image(self, images):
-        out = self.img(pixels(images, self.pixel_norm))
+    def encode_image(self, images, visible=None):
+        """`visible` [B, n]: the patches the tower sees (patch dropout); None: every patch."""
+        out = self.img(pixels(images, self.pixel_norm), visible)
         return _embed("img", out, self.img_proj(out["pre_logits"]).astype(jnp.float32))
 
     def encode_text(self, tokens, mask):
         out = self.txt(tokens, mask)
         return _embed("txt", out, self.txt_proj(out["pre_logits"]).astype(jnp.float32))
 
-    def __call__(self, images, tokens, mask):
-        out = {**self.encode_image(images), **self.encode_text(tokens, mask), **self.scale()}
+    def __call__(self, images, tokens, mask, visible=None):
+        out = {**self.encode_image(images, visible), **self.encode_text(tokens, mask),
+               **self.scale()}
         if self.is_initializing():      # create every head's params
             img, txt = out["img/tokens"], out["txt/tokens"]
             if self.itm:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from vlm_jax.config import ConfigError
-from vlm_jax.losses.masked import mim_loss, mim_mask
+from vlm_jax.losses.masked import mim_loss, patch_mask
 from vlm_jax.models.vlm import pixels
 
 
@@ -34,6 +34,6 @@ class Objective:
     def __call__(self, out: dict, batch: dict, ctx):
         images = batch["image"]
         n = (images.shape[1] // self.patch) * (images.shape[2] // self.patch)
-        visible, masked = mim_mask(ctx.rng, images.shape[0], n, self.ratio)
+        visible, masked = patch_mask(ctx.rng, images.shape[0], n, self.ratio)
         pred = ctx.call("mim_pixels", images, visible)
         return mim_loss(pred, pixels(images, self.pixel_norm), masked, self.patch, self.norm_pix)

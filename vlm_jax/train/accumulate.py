@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vlm_jax import objectives as objectives_lib
 from vlm_jax.config import ConfigError
 from vlm_jax.parallel import sharding
+from vlm_jax.train.forward import forward
 
 
 def check(objectives) -> None:
@@ -85,7 +86,7 @@ def grads(model, objectives, params, batch, rng, step, *, k: int, prepare=lambda
     cross = [w for w in objectives if w.objective.cross_example]
     local = [w for w in objectives if not w.objective.cross_example]
     reads = _reads(cross)
-    apply = lambda p, b: model.apply({"params": p}, b["image"], b["tokens"], b["mask"])
+    apply = lambda p, b: forward(model, p, b)
     call_with = lambda p: (lambda method, *args: model.apply({"params": p}, *args, method=method))
     scale = lambda p: model.apply({"params": p}, method=lambda m: m.scale())
 

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vlm_jax import rules as rules_lib
-from vlm_jax.models import layout
+from vlm_jax.models import layout, posemb
 
 
 class CheckpointSaveError(OSError):
@@ -49,16 +49,56 @@ class Checkpointer:
         except Exception as e:   # disk full, permissions, a failed earlier async save...
             raise self._failed(step, e) from e
 
-    def restore(self, step: int, abstract_state, data_iter=None):
+    def restore(self, step: int, abstract_state, data_iter=None, fresh=None):
         """The state at `step` placed on the shardings in `abstract_state`; `data_iter` (if given)
-        is moved to the saved position in place."""
+        is moved to the saved position in place. With `fresh` (() -> a freshly initialised
+        state), position embeddings saved at another size, and their optimizer moments, are
+        fitted to the model's (models/posemb.py; a stage that changes the image size or text
+        length): new text positions start from `fresh`'s params and zero moments."""
         if step not in self.manager.all_steps():
             raise FileNotFoundError(f"no complete checkpoint for step {step} in {self.directory}; "
                                     f"have {self.manager.all_steps()}")
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        saved = self._shapes(step)
+        differ = {p for p, leaf in _flat(abstract_state).items()
+                  if p in saved and saved[p] != tuple(leaf.shape)}
+        if differ and fresh is None:
+            raise ValueError(f"checkpoint step {step} in {self.directory} differs from the model "
+                             f"in shape at {sorted(differ)[:10]}")
+        target = jax.tree_util.tree_map_with_path(
+            lambda path, leaf: jax.ShapeDtypeStruct(
+                saved[rules_lib.path_str(path)], leaf.dtype,
+                sharding=jax.sharding.NamedSharding(leaf.sharding.mesh, jax.sharding.PartitionSpec()))
+            if rules_lib.path_str(path) in differ else leaf, abstract_state)
+        items = {"state": ocp.args.StandardRestore(target)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+        state = self.manager.restore(step, args=ocp.args.Composite(**items)).state
+        if not differ:
+            return state
+        init = _flat(fresh())
+
+        def fit(path, value, leaf):
+            p = rules_lib.path_str(path)
+            if p not in differ:
+                return value
+            fitted = posemb.fit(p, jax.device_get(value), init[p])
+            if fitted is None:
+                raise ValueError(f"checkpoint step {step} in {self.directory}: {p} is "
+                                 f"{saved[p]} there and {tuple(leaf.shape)} in the model; only "
+                                 "position embeddings follow the model's size")
+            return jax.device_put(fitted.astype(leaf.dtype), leaf.sharding)
+        return jax.tree_util.tree_map_with_path(fit, state, abstract_state)
+
+    def _shapes(self, step: int) -> dict[str, tuple]:
+        """Each saved state leaf's shape, from the checkpoint's metadata (no array is read)."""
+        mgr = ocp.CheckpointManager(self.directory,
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+        try:
+            meta = mgr.item_metadata(step)["state"]
+        finally:
+            mgr.close()
+        return {p: tuple(m.shape) for p, m in _flat(getattr(meta, "tree", meta)).items()
+                if hasattr(m, "shape")}
 
     def _failed(self, step, e: Exception) -> "CheckpointSaveError":
         kept = [x for x in sorted(os.listdir(self.directory)) if x.isdigit()] if os.path.isdir(
@@ -78,6 +118,10 @@ class Checkpointer:
             self.wait()
         finally:
             self.manager.close()
+
+
+def _flat(tree) -> dict:
+    return {rules_lib.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def resolve(path: str) -> tuple[str, int]:
@@ -138,14 +182,16 @@ class InitError(ValueError):
 def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
     """`params` with each leaf whose path the (regex, bool) `rules` select (first match wins)
     replaced by the same path in `loaded`, placed on the leaf's sharding. Returns (params,
-    report); raises InitError listing selected params missing from `loaded` or of another shape.
-    A checkpoint of scanned blocks loads into looped ones and vice versa (models/layout.py)."""
+    report); raises InitError listing selected params missing from `loaded` or of another shape,
+    except position embeddings, which follow the model's image size and text length
+    (models/posemb.py; listed in the report's `resized`). A checkpoint of scanned blocks loads
+    into looped ones and vice versa (models/layout.py)."""
     loaded = layout.match(loaded, params)
     flat_loaded = {rules_lib.path_str(p): v
                    for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
     chosen = rules_lib.tree_map_rules(rules, params, "init")
     paths = rules_lib.tree_paths(params)
-    missing, wrong, taken = [], [], []
+    missing, wrong, taken, resized = [], [], [], []
 
     def pick(path, leaf, use):
         p = rules_lib.path_str(path)
@@ -156,8 +202,13 @@ def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
             return leaf
         value = flat_loaded[p]
         if tuple(value.shape) != tuple(leaf.shape):
-            wrong.append(f"{p}: {tuple(value.shape)} in {where}, {tuple(leaf.shape)} in the model")
-            return leaf
+            fitted = posemb.fit(p, value, leaf)
+            if fitted is None:
+                wrong.append(f"{p}: {tuple(value.shape)} in {where}, {tuple(leaf.shape)} in the "
+                             "model")
+                return leaf
+            resized.append(f"{p}: {tuple(value.shape)} -> {tuple(leaf.shape)}")
+            value = fitted
         taken.append(p)
         return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
 
@@ -170,4 +221,4 @@ def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
                         + "\nchange config.init_rules to leave them out")
     unexpected = sorted(set(flat_loaded) - set(paths))
     return out, {"loaded": taken, "kept_init": [p for p in paths if p not in taken],
-                 "unexpected": unexpected}
+                 "unexpected": unexpected, "resized": resized}

@@ -9,20 +9,22 @@ import optax
 
 from vlm_jax import objectives as objectives_lib
 from vlm_jax.train import accumulate
+from vlm_jax.train.forward import drop_patches, forward
 from vlm_jax.train.state import TrainState
 
 
 def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
          skip_nonfinite: bool = False, balance_decay: float = 0.99, frozen=None,
-         microbatches: int = 1):
+         microbatches: int = 1, patch_dropout: float = 0.0):
     """`nonfinite` in the metrics is 1.0 when the loss, the gradients or the updated params are
     not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged.
     A state with `loss_ema` entries balances the objectives (see objectives.total_loss).
     `frozen` (bools like the params) stops gradients at frozen params, so XLA drops the backward
     pass of a frozen tower instead of computing gradients that the optimizer zeroes.
     `microbatches` > 1 computes the gradient in that many sequential micro-batches, keeping
-    every contrastive negative (train/accumulate.py; no balancing then). The mesh is the
-    ambient one (jax.set_mesh) when the step is traced."""
+    every contrastive negative (train/accumulate.py; no balancing then). `patch_dropout` > 0
+    shows the image tower a random subset of each image's patches (FLIP), the rest dropped.
+    The mesh is the ambient one (jax.set_mesh) when the step is traced."""
     if microbatches > 1:
         accumulate.check(objectives)
     def prepare(params):
@@ -33,10 +35,12 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
     def step(state: TrainState, batch: dict, base_rng):
         # fold_in(step): the same randomness at a step whether or not the run was resumed.
         rng = jax.random.fold_in(base_rng, state.step)
+        if patch_dropout:
+            batch = drop_patches(model, batch, rng, patch_dropout)
 
         def loss_fn(params):
             params = prepare(params)
-            out = model.apply({"params": params}, batch["image"], batch["tokens"], batch["mask"])
+            out = forward(model, params, batch)
             call = lambda method, *args: model.apply({"params": params}, *args, method=method)
             total, metrics, running = objectives_lib.total_loss(
                 objectives, out, batch, call=call, rng=rng, step=state.step,

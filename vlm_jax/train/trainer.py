@@ -89,7 +89,7 @@ def _start(s: Setup, ckpt, data_iter, workdir: str):
         directory, start = checkpoint.resolve(config.resume)
         other = checkpoint.Checkpointer(os.path.dirname(directory), async_save=False)
         try:
-            state = other.restore(start, s.abstract_state(), data_iter)
+            state = other.restore(start, s.abstract_state(), data_iter, fresh=s.init_state)
         finally:
             other.close()
         logging.info("Resumed from config.resume %s at step %d", directory, start)
@@ -110,6 +110,8 @@ def _start(s: Setup, ckpt, data_iter, workdir: str):
             logging.info("  kept from initialisation: %s", p)
         for p in report["unexpected"][:50]:
             logging.info("  unused from the checkpoint: %s", p)
+        for p in report["resized"]:
+            logging.info("  position embeddings fitted to this model: %s", p)
     return 0, state
 
 
@@ -139,7 +141,9 @@ def train(config, workdir: str, mesh=None) -> dict:
     tokenizer = tokenizer_lib.build(config)
     dataset, num_train = pipeline.train_dataset(config, tokenizer)
     s = Setup(config, mesh, num_train=num_train, tokenizer=tokenizer)
-    total, log_every, ckpt_every = s.total_steps, s.steps("log_every"), s.steps("checkpoint_every")
+    log_every, ckpt_every = s.steps("log_every"), s.steps("checkpoint_every")
+    # The schedules span total_steps; this run (a stage of a longer one) may end before.
+    total = min(s.total_steps, s.steps("stop_at") or s.total_steps)
     # evaluator -> its cadence in steps (None: the last step only)
     eval_every = {k: s.steps(f"eval.{k}_every") or s.steps("eval_every")
                   for k in config_lib.EVALUATORS}
@@ -181,7 +185,7 @@ def train(config, workdir: str, mesh=None) -> dict:
                 results = evaluator.run(state.params, due)
                 writer.write(step, results)
                 last.update(results)
-        if start == total:   # resumed a finished run: report its evaluation again
+        if start >= total:   # resumed a finished run: report its evaluation again
             last = evaluator.run(state.params)
             writer.write(step, last)
     if stop.requested is not None:

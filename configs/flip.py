@@ -1,0 +1,22 @@
+"""FLIP: the quickstart CLIP with half of each image's patches dropped for the first 90% of the
+run, then the last 10% with every patch (FLIP's unmasked tuning): two stages of one schedule.
+
+  python -m launch.train --config configs/flip.py --workdir workdirs/flip_masked
+  python -m launch.train --config configs/flip.py:workdirs/flip_masked --workdir workdirs/flip
+
+Without an argument: the masked stage, which stops at 90% of the steps. With the masked stage's
+workdir: the unmasked stage, continuing its params, optimizer state, data position and schedule.
+"""
+from configs import quickstart
+
+MASKED_PERCENT = 90
+
+
+def get_config(arg: str | None = None):
+    c = quickstart.get_config()
+    if arg:
+        c.resume = arg
+    else:
+        c.model.image.patch_dropout = 0.5
+        c.stop_at_percent = MASKED_PERCENT
+    return c

@@ -1,0 +1,96 @@
+"""Position embeddings that follow the image size and text length on load."""
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+from helpers import random_params
+from PIL import Image
+
+from vlm_jax.models import posemb
+from vlm_jax.setup import Setup
+from vlm_jax.train import checkpoint
+
+
+def _pil(pe: np.ndarray, side: int, grid: int) -> np.ndarray:
+    """PIL's bilinear resize of each channel (antialiased when shrinking): the reference."""
+    image = pe.reshape(side, side, -1)
+    return np.stack([np.asarray(Image.fromarray(image[..., c], mode="F").resize(
+        (grid, grid), Image.BILINEAR)) for c in range(image.shape[-1])], -1).reshape(grid * grid, -1)
+
+
+def test_resampled_image_embeddings_are_a_2d_interpolation():
+    pe = np.random.default_rng(0).normal(size=(14 * 14, 6)).astype(np.float32)
+    for grid in (4, 7, 10, 24, 28):             # shrinking (antialiased) and growing
+        np.testing.assert_allclose(posemb.resample_2d(pe, (grid, grid)), _pil(pe, 14, grid),
+                                   atol=1e-5, err_msg=str(grid))
+    assert posemb.resample_2d(pe, (14, 14)) is pe                       # unchanged: the same
+    with pytest.raises(ValueError, match="not a square"):
+        posemb.resample_2d(pe[:-1], (4, 4))
+
+
+def test_a_checkpoint_loads_into_another_image_size_and_text_length(data_dir):
+    """16 px images at 8 px patches (2 x 2) and 24 tokens, loaded into 32 px (4 x 4) and 16
+    tokens, and into 40 tokens: the image grid resampled, the text cut or extended with the
+    model's own initialisation; every other param as saved."""
+    small = random_params(Setup(tiny_config(data_dir)).param_shapes, seed=1)
+    for size, length in ((32, 16), (16, 40)):
+        s = Setup(tiny_config(data_dir, **{"data.image_size": size, "tokenizer.max_len": length}))
+        fresh = jax.device_put(random_params(s.param_shapes, seed=2))
+        out, report = checkpoint.load_params(fresh, small, ((".*", True),))
+        out, fresh = jax.device_get(out), jax.device_get(fresh)
+        side = size // 8
+        np.testing.assert_allclose(out["img"]["posemb"], _pil(small["img"]["posemb"], 2, side),
+                                   atol=1e-5)
+        txt, saved = out["txt"]["posemb"], small["txt"]["posemb"]
+        n = min(length, 24)
+        np.testing.assert_array_equal(txt[:n], saved[:n])
+        np.testing.assert_array_equal(txt[n:], fresh["txt"]["posemb"][n:])
+        np.testing.assert_array_equal(out["img"]["embedding"]["kernel"],
+                                      small["img"]["embedding"]["kernel"])
+        assert len(report["resized"]) == (2 if size != 16 else 1), report["resized"]
+    # Other params of another shape still stop the load, by name.
+    wide = Setup(tiny_config(data_dir, **{"model.embed_dim": 24}))
+    with pytest.raises(checkpoint.InitError, match="img_proj"):
+        checkpoint.load_params(jax.device_put(random_params(wide.param_shapes)), small,
+                               ((".*", True),))
+
+
+def test_a_stage_continues_the_optimizer_and_schedule_at_another_size(data_dir, tmp_path):
+    """Stage 1 (16 px, 24 tokens) stops at step 4 of 8; stage 2 (32 px, 16 tokens, half the
+    patches dropped) resumes it: the same step, optimizer moments (position embeddings' fitted
+    like the params) and learning-rate schedule, which then runs on to 8."""
+    import json
+
+    from vlm_jax import rules
+    from vlm_jax.train import trainer
+    quiet = {"eval.zeroshot": (), "eval.retrieval": (), "optim.warmup_steps": 2}
+    first = tiny_config(data_dir, stop_at_steps=4, **quiet)
+    trainer.train(first, str(tmp_path / "low"))
+    second = tiny_config(data_dir, resume=str(tmp_path / "low"), **{
+        "data.image_size": 32, "tokenizer.max_len": 16, "model.image.patch_dropout": 0.5, **quiet})
+    s1, s2 = Setup(first), Setup(second)
+    saved = checkpoint.Checkpointer(str(tmp_path / "low"), async_save=False)
+    try:
+        assert saved.latest_step() == 4
+        low = jax.device_get(saved.restore(4, s1.abstract_state()))
+        high = jax.device_get(saved.restore(4, s2.abstract_state(), fresh=s2.init_state))
+    finally:
+        saved.close()
+    assert int(high.step) == 4
+    low_flat, high_flat = (dict(zip(rules.tree_paths(t), jax.tree.leaves(t)))
+                           for t in (low.opt_state, high.opt_state))
+    assert set(low_flat) == set(high_flat)
+    for path, value in low_flat.items():
+        if path.endswith("img/posemb"):         # the 2 x 2 grid's moments resampled to 4 x 4
+            np.testing.assert_allclose(high_flat[path], _pil(value, 2, 4), atol=1e-6)
+        elif path.endswith("txt/posemb"):       # cut to 16 positions
+            np.testing.assert_array_equal(high_flat[path], value[:16])
+        else:
+            np.testing.assert_array_equal(high_flat[path], value, err_msg=path)
+    trainer.train(second, str(tmp_path / "high"))
+    rows = [json.loads(line) for line in open(tmp_path / "high" / "metrics.jsonl")]
+    logged = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert min(logged) > 4 and max(logged) == 8
+    for step, lr in logged.items():       # the mean rate of the 2 steps since the last log
+        want = (float(s2.schedule(step - 2)) + float(s2.schedule(step - 1))) / 2
+        assert lr == pytest.approx(want, rel=1e-6), (step, lr, want)
