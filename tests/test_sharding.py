@@ -48,11 +48,13 @@ def test_meshes_give_the_single_device_loss_and_grads(data_dir):
 def test_scanned_rematerialised_train_step_on_a_3d_mesh_matches_one_device(data_dir):
     """The jitted, donated step (model, sigmoid loss on the ring, optimizer) on (2, 2, 2), blocks
     scanned and rematerialised (each sub-layer apart), params fsdp- and tensor-sharded, in
-    GradCache micro-batches (2 rows per shard each), against the plain looped model on one device in one pass. (The
-    one-pass step on sharded meshes: test_meshes_give_the_single_device_loss_and_grads and
-    test_train.py; scanned against looped blocks: test_models.py.)"""
+    GradCache micro-batches (2 rows per shard each), half of each image's patches dropped,
+    against the plain looped model on one device in one pass: the same patches kept on every
+    mesh and in micro-batches. (The one-pass step on sharded meshes:
+    test_meshes_give_the_single_device_loss_and_grads and test_train.py; scanned against looped
+    blocks: test_models.py; the kept patches: test_patch_dropout.py.)"""
     over = {"mesh.fsdp_min_mib": 0.0, "model.text.depth": 2, "contrastive.name": "sigmoid",
-            "contrastive.impl": "ring"}
+            "contrastive.impl": "ring", "model.image.patch_dropout": 0.5}
     cfg = tiny_config(data_dir, **over)
     ref = Setup(cfg, mesh=make_mesh(1))
     state = random_state(ref)
