@@ -15,12 +15,11 @@ from configs import quickstart
 LOW_PERCENT = 80
 
 
+def low(c):
+    c.data.image_size //= 2
+    c.tokenizer.max_len = 16
+    c.stop_at_percent = LOW_PERCENT
+
+
 def get_config(arg: str | None = None):
-    c = quickstart.get_config()
-    if arg:
-        c.resume = arg
-    else:
-        c.data.image_size //= 2
-        c.tokenizer.max_len = 16
-        c.stop_at_percent = LOW_PERCENT
-    return c
+    return quickstart.two_stages(arg, low)

@@ -12,11 +12,10 @@ from configs import quickstart
 MASKED_PERCENT = 90
 
 
+def masked(c):
+    c.model.image.patch_dropout = 0.5
+    c.stop_at_percent = MASKED_PERCENT
+
+
 def get_config(arg: str | None = None):
-    c = quickstart.get_config()
-    if arg:
-        c.resume = arg
-    else:
-        c.model.image.patch_dropout = 0.5
-        c.stop_at_percent = MASKED_PERCENT
-    return c
+    return quickstart.two_stages(arg, masked)

@@ -20,3 +20,15 @@ def get_config(arg: str | None = None):
     c.checkpoint_every_steps = 40
     c.optim.warmup_steps = 50
     return c
+
+
+def two_stages(arg: str | None, first_stage):
+    """The quickstart as two stages of one schedule: without `arg`, the first stage
+    (`first_stage(config)` sets what differs and where it stops); with the first stage's
+    workdir, the rest of the run, continuing it (config.resume)."""
+    c = get_config()
+    if arg:
+        c.resume = arg
+    else:
+        first_stage(c)
+    return c

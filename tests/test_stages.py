@@ -97,3 +97,17 @@ def test_a_stage_continues_the_optimizer_and_schedule_at_another_size(data_dir, 
                                s2.step_rng)
     assert float(m["lr"]) == pytest.approx(float(s2.schedule(4)), rel=1e-6)
     assert float(s2.schedule(4)) < float(s2.schedule(2))          # past warm-up, decaying
+
+
+def test_the_two_stage_recipes():
+    from configs import clipa, flip
+    from vlm_jax import config as config_lib
+    for recipe in (flip, clipa):
+        first, rest = recipe.get_config(), recipe.get_config("W/first")
+        for c in (first, rest):
+            config_lib.validate(c)
+        assert first.stop_at_percent and not first.resume and rest.resume == "W/first"
+        assert rest.stop_at_percent is None and rest.total_steps == first.total_steps
+    assert flip.get_config().model.image.patch_dropout == 0.5
+    assert flip.get_config("W").model.image.patch_dropout == 0.0
+    assert (clipa.get_config().data.image_size, clipa.get_config("W").data.image_size) == (16, 32)
