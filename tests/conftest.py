@@ -28,8 +28,7 @@ collect_garbage_less()
 # together instead of one waiting on a long file it picked up last.
 LONGEST_FIRST = ("test_objectives.py", "test_train.py", "test_resume.py", "test_accumulate.py",
                  "test_models.py", "test_benchmarks.py", "test_sharding.py", "test_interop.py",
-                 "test_compile.py", "test_evals.py", "test_sweep.py", "test_notebook.py",
-                 "test_stages.py", "test_compositional.py")
+                 "test_compile.py")
 
 
 def pytest_collection_modifyitems(items):
