@@ -187,8 +187,7 @@ def load_params(params, loaded: dict, rules, where: str = "the checkpoint"):
     (models/posemb.py; listed in the report's `resized`). A checkpoint of scanned blocks loads
     into looped ones and vice versa (models/layout.py)."""
     loaded = layout.match(loaded, params)
-    flat_loaded = {rules_lib.path_str(p): v
-                   for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+    flat_loaded = _flat(loaded)
     chosen = rules_lib.tree_map_rules(rules, params, "init")
     paths = rules_lib.tree_paths(params)
     missing, wrong, taken, resized = [], [], [], []
