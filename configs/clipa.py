@@ -16,7 +16,8 @@ LOW_PERCENT = 80
 
 
 def low(c):
-    c.data.image_size //= 2
+    patch = c.model.image.patch_size      # half the size, whole patches (So400m: 378 -> 182)
+    c.data.image_size = c.data.image_size // 2 // patch * patch
     c.tokenizer.max_len = 16
     c.stop_at_percent = LOW_PERCENT
 

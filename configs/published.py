@@ -6,6 +6,14 @@ loss and global batch as their papers and model cards give them.
       --config.tokenizer.path=/models/clip/tokenizer.json --workdir W
 
 The argument is NAME, or NAME:SHARDS for training (the shards: files or globs, comma-separated).
+NAME+flip and NAME+clipa are the first stage of the faster two-stage recipes at this scale (the
+same first stages as configs/flip.py and configs/clipa.py: half the patches dropped until 90% of
+the run; half the image size and 16 tokens until 80%); the second stage is plain NAME resuming it:
+
+  python -m launch.train --config configs/published.py:siglip-b16-256+flip:SHARDS --workdir W1
+  python -m launch.train --config configs/published.py:siglip-b16-256:SHARDS \\
+      --config.resume=W1 --workdir W2
+
 NAME:
   siglip-b16-256        SigLIP B/16 @256: sigmoid loss, 64 tokens, 32k sentencepiece vocabulary
   siglip-so400m14-384   SigLIP So400m/14 @384: the shape-optimised 400M image and text towers
@@ -14,6 +22,7 @@ All at a global batch of 32,768, bfloat16, scanned and rematerialised blocks, th
 global negatives. The tokenizer file and the shards are the run's to give; `launch.compile`
 needs neither (it stands in `tokenizer.vocab_size` ids and reads no data).
 """
+from configs import clipa, flip
 from vlm_jax import config as config_lib
 
 # name -> image (patch, width, depth, heads, mlp), text (width, depth, heads, mlp), image size,
@@ -28,12 +37,18 @@ SETUPS = {
     "clip-l14-224": ((14, 1024, 24, 16, 4096), (768, 12, 12, 3072), 224, 77, 768, 49_408,
                      "softmax"),
 }
+# NAME+STAGE: the first stage of a two-stage recipe, set on top of NAME.
+FIRST_STAGES = {"flip": flip.masked, "clipa": clipa.low}
 
 
 def get_config(arg: str | None = None):
     name, _, shards = (arg or "").partition(":")
+    name, _, stage = name.partition("+")
     if name not in SETUPS:
         raise ValueError(f"configs/published.py needs a name: one of {', '.join(SETUPS)}")
+    if stage and stage not in FIRST_STAGES:
+        raise ValueError(f"configs/published.py: no first stage {stage!r} (NAME+STAGE, STAGE one "
+                         f"of {', '.join(FIRST_STAGES)})")
     (patch, iw, idepth, iheads, imlp), (tw, tdepth, theads, tmlp), size, length, embed, vocab, \
         loss = SETUPS[name]
     c = config_lib.defaults()
@@ -62,4 +77,6 @@ def get_config(arg: str | None = None):
         i.pool, i.patch_bias, i.pre_norm = "cls", False, True
         t.causal = True
     c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 50, 1000, 5000
+    if stage:
+        FIRST_STAGES[stage](c)
     return c

@@ -111,3 +111,16 @@ def test_the_two_stage_recipes():
     assert flip.get_config().model.image.patch_dropout == 0.5
     assert flip.get_config("W").model.image.patch_dropout == 0.0
     assert (clipa.get_config().data.image_size, clipa.get_config("W").data.image_size) == (16, 32)
+    # The same first stages at the published scale (NAME+STAGE; the second stage is NAME resumed).
+    from configs import published
+    for name in published.SETUPS:
+        for stage in published.FIRST_STAGES:
+            c = published.get_config(f"{name}+{stage}:/d/*.ar")
+            config_lib.validate(c)
+            assert c.data.sources.web.path == "/d/*.ar" and c.stop_at_percent
+            assert c.data.image_size % c.model.image.patch_size == 0
+    first = published.get_config("siglip-so400m14-384+clipa")
+    assert (first.data.image_size, first.tokenizer.max_len) == (182, 16)
+    assert published.get_config("clip-l14-224+flip").model.image.patch_dropout == 0.5
+    with pytest.raises(ValueError, match="no first stage 'flop'"):
+        published.get_config("clip-l14-224+flop")
