@@ -97,13 +97,13 @@ def _loss_program(n_chips, impl, per_chip, dim=64, loss="sigmoid"):
 
 
 def test_ring_temporaries_stay_flat_where_gathers_grow():
-    """The softmax loss's value and gradient at 2,048 examples per chip compiled for 4 and 16 v5e
-    chips: the gathered logits (2,048 x the global batch, float32) outgrow what the compiler keeps
-    in fused loops (256 MiB of temporaries on 16 chips), the ring's b x b blocks do not."""
-    temps = {(impl, n): _loss_program(n, impl, 2048, loss="softmax").memory_analysis()
-             .temp_size_in_bytes for impl, n in (("gather", 4), ("gather", 16), ("ring", 16))}
-    assert temps["gather", 16] >= 2048 * 2048 * 16 * 4 > temps["gather", 4], temps
-    assert temps["ring", 16] <= 2**20, temps         # so no more than on 4 chips
+    """The softmax loss's value and gradient at 2,048 examples per chip compiled for 16 v5e
+    chips: the gathered logits (2,048 x the global batch, float32: 256 MiB, growing with the
+    chips) outgrow what the compiler keeps in fused loops, the ring's b x b blocks do not."""
+    temps = {impl: _loss_program(16, impl, 2048, loss="softmax").memory_analysis()
+             .temp_size_in_bytes for impl in ("gather", "ring")}
+    assert temps["gather"] >= 2048 * 2048 * 16 * 4, temps
+    assert temps["ring"] <= 2**20, temps             # flat: no [b, B] buffer at any size
 
 
 def test_itm_mining_gathers_each_embedding_once_on_tpu():
