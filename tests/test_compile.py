@@ -54,6 +54,12 @@ def test_the_compilers_out_of_memory_is_read():
         jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T).lower(x).compile()
     assert aot.out_of_memory(e.value) == {"required_gib": 896.0, "available_gib": 15.75}
     assert aot.out_of_memory(ValueError("something else")) is None
+    # Its other form, once buffers are assigned (SigLIP B/16 at 262,144 on v5e-256, one pass).
+    assigned = RuntimeError("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile "
+                            "permanent error. Ran out of memory in memory space hbm. Used 15.75G "
+                            "of 15.75G hbm. Exceeded hbm capacity by 5.66M.")
+    assert aot.out_of_memory(assigned) == pytest.approx(
+        {"required_gib": 15.75 + 5.66 / 1024, "available_gib": 15.75})
 
 
 def test_compile_reports_memory_collectives_and_flops(data_dir):

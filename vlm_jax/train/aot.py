@@ -28,8 +28,12 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, 
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8}
 _OP = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(-done)?\(")
 _ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+# The TPU compiler's two out-of-memory errors: temporaries alone over the HBM (refused early),
+# and the whole program's buffers over it once assigned (at a batch just over the limit).
 _OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM "
                   r"\(([\d.]+)([KMGT]?)\)")
+_OOM_ASSIGNED = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm\. Exceeded hbm "
+                           r"capacity by ([\d.]+)([KMGT]?)")
 
 
 def _per_chip_bytes(tree) -> int:
@@ -56,12 +60,13 @@ def collectives(hlo_text: str) -> dict:
 
 def out_of_memory(error: Exception) -> dict | None:
     """{"required_gib", "available_gib"} from the TPU compiler's out-of-memory error, else None."""
-    m = _OOM.search(str(error))
-    if m is None:
-        return None
     scale = {"": 1 / GIB, "K": 1 / 2**20, "M": 1 / 2**10, "G": 1.0, "T": 2**10}
-    return {"required_gib": float(m.group(1)) * scale[m.group(2)],
-            "available_gib": float(m.group(3)) * scale[m.group(4)]}
+    gib = lambda m, i: float(m.group(i)) * scale[m.group(i + 1)]
+    if m := _OOM.search(str(error)):
+        return {"required_gib": gib(m, 1), "available_gib": gib(m, 3)}
+    if m := _OOM_ASSIGNED.search(str(error)):      # used (all of it) + what did not fit
+        return {"required_gib": gib(m, 1) + gib(m, 5), "available_gib": gib(m, 3)}
+    return None
 
 
 def replicated(state, top: int = 5) -> list:
