@@ -1,5 +1,7 @@
 """FLIP: the quickstart CLIP with half of each image's patches dropped for the first 90% of the
 run, then the last 10% with every patch (FLIP's unmasked tuning): two stages of one schedule.
+A masked step costs about 0.6 of a plain one here, and FLIP spends what it saves on steps: 208
+(the quickstart's 160 plus 30%), still in less time than the quickstart's run.
 
   python -m launch.train --config configs/flip.py --workdir workdirs/flip_masked
   python -m launch.train --config configs/flip.py:workdirs/flip_masked --workdir workdirs/flip
@@ -10,6 +12,7 @@ workdir: the unmasked stage, continuing its params, optimizer state, data positi
 from configs import quickstart
 
 MASKED_PERCENT = 90
+STEPS = 208
 
 
 def masked(c):
@@ -18,4 +21,6 @@ def masked(c):
 
 
 def get_config(arg: str | None = None):
-    return quickstart.two_stages(arg, masked)
+    c = quickstart.two_stages(arg, masked)
+    c.total_steps = STEPS           # both stages: one schedule
+    return c
