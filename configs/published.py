@@ -7,8 +7,9 @@ loss and global batch as their papers and model cards give them.
 
 The argument is NAME, or NAME:SHARDS for training (the shards: files or globs, comma-separated).
 NAME+flip and NAME+clipa are the first stage of the faster two-stage recipes at this scale (the
-same first stages as configs/flip.py and configs/clipa.py: half the patches dropped until 90% of
-the run; half the image size and 16 tokens until 80%); the second stage is plain NAME resuming it:
+settings of configs/flip.py's and configs/clipa.py's first stages: half the patches dropped;
+half the image size and 16 tokens; each until 90% of the run, since towers this large adapt to
+every patch and the full grid quickly); the second stage is plain NAME resuming it:
 
   python -m launch.train --config configs/published.py:siglip-b16-256+flip:SHARDS --workdir W1
   python -m launch.train --config configs/published.py:siglip-b16-256:SHARDS \\
@@ -37,8 +38,15 @@ SETUPS = {
     "clip-l14-224": ((14, 1024, 24, 16, 4096), (768, 12, 12, 3072), 224, 77, 768, 49_408,
                      "softmax"),
 }
+
+
+def _clipa_first(c):
+    clipa.low(c)
+    c.stop_at_percent = 90      # CLIPA-v2 trains ~95% of its samples at low resolution
+
+
 # NAME+STAGE: the first stage of a two-stage recipe, set on top of NAME.
-FIRST_STAGES = {"flip": flip.masked, "clipa": clipa.low}
+FIRST_STAGES = {"flip": flip.masked, "clipa": _clipa_first}
 
 
 def get_config(arg: str | None = None):
