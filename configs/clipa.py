@@ -27,6 +27,4 @@ def low(c):
 
 
 def get_config(arg: str | None = None):
-    c = quickstart.two_stages(arg, low)
-    c.total_steps = STEPS           # both stages: one schedule
-    return c
+    return quickstart.two_stages(arg, low, STEPS)

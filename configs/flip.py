@@ -21,6 +21,4 @@ def masked(c):
 
 
 def get_config(arg: str | None = None):
-    c = quickstart.two_stages(arg, masked)
-    c.total_steps = STEPS           # both stages: one schedule
-    return c
+    return quickstart.two_stages(arg, masked, STEPS)

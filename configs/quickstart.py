@@ -22,11 +22,12 @@ def get_config(arg: str | None = None):
     return c
 
 
-def two_stages(arg: str | None, first_stage):
-    """The quickstart as two stages of one schedule: without `arg`, the first stage
-    (`first_stage(config)` sets what differs and where it stops); with the first stage's
+def two_stages(arg: str | None, first_stage, total_steps: int):
+    """The quickstart as two stages of one schedule of `total_steps`: without `arg`, the first
+    stage (`first_stage(config)` sets what differs and where it stops); with the first stage's
     workdir, the rest of the run, continuing it (config.resume)."""
     c = get_config()
+    c.total_steps = total_steps
     if arg:
         c.resume = arg
     else:
