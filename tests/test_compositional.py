@@ -52,6 +52,33 @@ def test_perturbations_change_exactly_what_they_claim(data_dir):
     assert comp.perturb([("red", "circle"), ("red", "circle")], "order") is None
 
 
+def test_negative_captions_are_false_and_name_no_held_out_pair(data_dir):
+    """The records' negative captions (ITM's text negatives): each one a colour swap between two
+    objects (naming a pair the scene does not hold) or the order reversed; none true of the
+    scene, none naming a held-out pair; a scene of one object, or of identical ones, has none."""
+    import grain
+    from vlm_jax.data import records
+    path = os.path.join(builtin.dataset_dir("shapes", data_dir), "train.array_record")
+    ds = grain.sources.ArrayRecordDataSource([path])
+    held, counted = {tuple(p) for p in shapes.HELD_OUT}, 0
+    for i in range(0, len(ds), 7):
+        ex = records.unpack(ds[i], i)
+        objs = [tuple(o) for o in ex["objects"]]
+        negatives = ex["negative_captions"]
+        assert negatives == shapes.negative_captions(objs)
+        if len(set(objs)) == 1:
+            assert negatives == []
+        for neg in negatives:
+            counted += 1
+            assert neg not in shapes.describe(objs)
+            scenes = [new for _, _, new in shapes.swaps(objs)] + [objs[::-1]]
+            scene = next(s for s in scenes if neg in shapes.describe(s))
+            assert held.isdisjoint(scene), neg
+            if scene != objs[::-1]:
+                assert any(p not in objs for p in scene), neg
+    assert counted > 500
+
+
 def test_wilson_interval_and_mcnemar():
     from scipy import stats as sp
     lo, hi = stats.wilson(50, 100)

@@ -85,6 +85,10 @@ def test_itm_loss_matches_numpy():
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     assert float(loss) == pytest.approx(-logp[np.arange(15), labels].mean(), rel=1e-5)
     assert float(m["accuracy"]) == pytest.approx((logits.argmax(1) == labels).mean())
+    own = np.array([True, False, True, True, False])      # own negative captions: b rows 0, 2, 3
+    _, m = itm.itm_loss(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c), jnp.asarray(own))
+    assert float(m["own_accuracy"]) == pytest.approx((b[own].argmax(1) == 0).mean())
+    assert float(m["own_share"]) == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize("n", [2, 8])
@@ -147,3 +151,39 @@ def test_hardness_follows_its_schedule_over_the_run():
     c.itm.hardness_schedule = ((50, 1.0), (10, 0.0))
     with pytest.raises(config_lib.ConfigError, match="itm.hardness_schedule"):
         config_lib.validate(c)
+    c = config_lib.defaults()
+    c.itm.text_negatives, c.itm.text_negatives_schedule = 0.5, ((20, 0.0), (60, 1.0))
+    assert [float(Objective.from_config(c).text_negatives_at(p)) for p in (10.0, 40.0, 80.0)] == \
+        [0.0, 0.25, 0.5]
+    c.itm.text_negatives = 1.5
+    with pytest.raises(config_lib.ConfigError, match="itm.text_negatives"):
+        config_lib.validate(c)
+
+
+def test_pipeline_draws_each_example_one_of_its_negative_captions(data_dir):
+    """The shapes pipeline with `itm.text_negatives`: each example's negative is one of its own
+    scene's negative captions (the scene found from the positive caption), neg_valid False
+    exactly where the scene has none."""
+    import grain
+    from conftest import tiny_config
+
+    from configs import shapes as recipe
+    from vlm_jax.data import builtin, pipeline, records
+    from vlm_jax.data.builtin import shapes
+    from vlm_jax.data.tokenizer import build, tokenize
+    cfg = tiny_config(data_dir, recipe.get_config("albef"), **{
+        "itm.text_negatives": 0.5, "batch_size": 64})
+    tok = build(cfg)
+    batch = next(iter(pipeline.train_dataset(cfg, tok)[0]))
+    ds = grain.sources.ArrayRecordDataSource([builtin.split_path("shapes", "train", data_dir)])
+    key = lambda texts: [tuple(r) for r in tokenize(tok, texts, cfg.tokenizer.max_len)[0]]
+    scenes = [[tuple(o) for o in records.unpack(ds[i], i)["objects"]] for i in range(len(ds))]
+    scene_of = dict(zip(key([c for s in scenes for c in shapes.describe(s)]),
+                        [s for s in scenes for _ in range(3)]))
+    valid = batch["neg_valid"]
+    assert 0 < valid.sum() < len(valid)
+    for ids, neg, v in zip(batch["tokens"], batch["neg_tokens"], valid):
+        negatives = shapes.negative_captions(scene_of[tuple(ids)])
+        assert v == bool(negatives)
+        if v:
+            assert tuple(neg) in key(negatives)

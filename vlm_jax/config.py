@@ -229,6 +229,13 @@ def defaults() -> ml_collections.ConfigDict:
     # Curriculum on it: ((percent of the run, factor), ...), as `schedule`; ((0, 0.), (30, 1.))
     # starts from easy negatives and reaches ALBEF's at 30% of the run.
     c.itm.hardness_schedule = ()
+    # The share of images whose non-matching text is one of their record's negative captions
+    # (false of the image by construction: attributes swapped between objects, the order
+    # reversed; NegCLIP's text negatives) instead of a mined caption; images without any keep
+    # the mined one. 0: mined only. Binding negatives are the hardest there are: ramp them in
+    # (text_negatives_schedule, as hardness_schedule) once ITM has left its prior.
+    c.itm.text_negatives = 0.0
+    c.itm.text_negatives_schedule = ()
     c.mlm = ml_collections.ConfigDict()             # masked language modelling, image in context
     objective(c.mlm)
     c.mlm.rate = 0.15               # share of tokens chosen; of those 80% [MASK], 10% random, 10% kept
@@ -312,6 +319,11 @@ REMOVED = {f"eval.{k}": "prompts and class names are per eval set now: "
            for k in ("templates", "custom_templates", "class_names")}
 
 
+def text_negatives(config) -> bool:
+    """Whether batches carry a negative caption per example (neg_tokens, neg_mask, neg_valid)."""
+    return config.itm.weight > 0 and config.itm.text_negatives > 0
+
+
 def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
     section.weight = weight         # w in sum_k w_k(step) * loss_k; 0 turns the objective off
     # Curriculum: ((percent of the run, factor), ...), the factor piecewise-linear in between and
@@ -368,6 +380,8 @@ def source(**values) -> ml_collections.ConfigDict:
     s.weight = 1.0                  # mixture weight (normalised over sources)
     s.image_key = "image"           # tfds feature names
     s.caption_key = "captions"      # a string or a sequence of strings per example
+    # Optional captions false of the image, for ITM's text negatives (itm.text_negatives).
+    s.negative_caption_key = "negative_captions"
     # None: take data.<same name>.
     s.crop = config_dict.placeholder(str)
     s.crop_scale_min = config_dict.placeholder(float)
@@ -546,6 +560,9 @@ def _check_objectives(cfg) -> None:
             raise ConfigError(f"'{name}.weight' must be >= 0, got {cfg[name].weight}")
         _check_schedule(cfg[name].schedule, f"{name}.schedule")
     _check_schedule(cfg.itm.hardness_schedule, "itm.hardness_schedule")
+    _check_schedule(cfg.itm.text_negatives_schedule, "itm.text_negatives_schedule")
+    if not 0 <= cfg.itm.text_negatives <= 1:
+        raise ConfigError(f"'itm.text_negatives' is a share in [0, 1], got {cfg.itm.text_negatives}")
     if cfg.itm.hardness < 0:
         raise ConfigError(f"'itm.hardness' must be >= 0, got {cfg.itm.hardness}")
     if not 0 <= cfg.balance.decay < 1:

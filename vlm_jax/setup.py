@@ -32,6 +32,7 @@ from vlm_jax.parallel import mesh as mesh_lib, sharding
 from vlm_jax.train import optim, state as state_lib, step as step_lib
 
 BATCH_KEYS = ("image", "tokens", "mask", "label")
+NEGATIVE_KEYS = ("neg_tokens", "neg_mask", "neg_valid")    # with itm.text_negatives
 
 # Read only by the loop, the data pipeline, checkpoints, logs and evaluators (`data.image_size`
 # excepted), and durations, which programs see as resolved step counts.
@@ -185,9 +186,14 @@ class Setup:
                                balance_decay=c.balance.decay, frozen=self.frozen,
                                microbatches=c.microbatches,
                                patch_dropout=c.model.image.patch_dropout)
-            return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in BATCH_KEYS},
+            return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in self.batch_keys},
                                 self.mesh)
         return self.shared("step", build, self.total_steps, self.warmup_steps)
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """What a training batch holds."""
+        return BATCH_KEYS + (NEGATIVE_KEYS if config_lib.text_negatives(self.config) else ())
 
     def batch_shapes(self, batch_size: int | None = None) -> dict:
         """ShapeDtypeStructs of a global batch (default: the config's) on the mesh, shaped like
@@ -195,9 +201,11 @@ class Setup:
         c = self.config
         b, size, length = batch_size or c.batch_size, c.data.image_size, c.tokenizer.max_len
         shapes = {"image": ((b, size, size, 3), np.uint8), "tokens": ((b, length), np.int32),
-                  "mask": ((b, length), np.bool_), "label": ((b,), np.int32)}
-        return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sh)
-                for k, (shape, dtype) in shapes.items()}
+                  "mask": ((b, length), np.bool_), "label": ((b,), np.int32),
+                  "neg_tokens": ((b, length), np.int32), "neg_mask": ((b, length), np.bool_),
+                  "neg_valid": ((b,), np.bool_)}
+        return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=self.batch_sh)
+                for k in self.batch_keys}
 
     def synthetic_batch(self, seed: int = 0, classes: int = 10) -> dict:
         """A random batch (host arrays) shaped like the pipeline's: uint8 images, tokenized
@@ -210,6 +218,12 @@ class Setup:
         captions = [" ".join(rng.choice(words, rng.integers(1, c.tokenizer.max_len)))
                     for _ in range(b)]
         tokens, mask = tokenizer_lib.tokenize(self.tokenizer, captions, c.tokenizer.max_len)
-        return {"image": rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8),
-                "tokens": tokens, "mask": mask,
-                "label": rng.integers(0, classes, b).astype(np.int32)}
+        batch = {"image": rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8),
+                 "tokens": tokens, "mask": mask,
+                 "label": rng.integers(0, classes, b).astype(np.int32)}
+        if config_lib.text_negatives(c):    # each caption's words reversed; some have none
+            negative = [" ".join(t.split()[::-1]) for t in captions]
+            batch["neg_tokens"], batch["neg_mask"] = tokenizer_lib.tokenize(
+                self.tokenizer, negative, c.tokenizer.max_len)
+            batch["neg_valid"] = rng.random(b) < 0.75
+        return batch

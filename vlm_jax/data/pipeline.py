@@ -50,7 +50,8 @@ def _transform(config, src, tokenizer: Tokenizer) -> Augment:
     pick = lambda key: d[key] if src.get(key) is None else src[key]
     return Augment(tokenizer, config.tokenizer.max_len, d.image_size, pick("crop"),
                    pick("crop_scale_min"), pick("crop_padding"), pick("flip"), d.strict,
-                   scene_label=config.itm.groups == "scene")
+                   scene_label=config.itm.groups == "scene",
+                   negatives=config_lib.text_negatives(config))
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,

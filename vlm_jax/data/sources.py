@@ -2,8 +2,10 @@
 and (for evaluation) image-folder trees `root/<class>/*.jpg`.
 
 `open_source(cfg, data_dir)` gives a random-access Grain data source plus a `Parse` that turns one
-of its records into {'image': encoded bytes or uint8 array, 'captions': [str], 'label': int}, or
-into a skip marker {'skipped': reason} for a record that cannot be used.
+of its records into {'image': encoded bytes or uint8 array, 'captions': [str], 'label': int,
+'negative_captions': [str]}, or into a skip marker {'skipped': reason} for a record that cannot
+be used. Negative captions (false of the image, e.g. its captions with two attributes swapped)
+are optional: ITM's text negatives read them (`itm.text_negatives`).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Parse:
     strict: bool = False
     label_key: str = "label"
     need_captions: bool = True      # False: classification sets, whose records have none
+    negative_caption_key: str = "negative_captions"
 
     def where(self, index: int) -> str:
         starts = np.cumsum((0,) + self.counts)
@@ -61,7 +64,9 @@ class Parse:
             return self._skip("caption",
                               f"{self.ref(index)} has no non-empty '{self.caption_key}'")
         label = _get(record, self.label_key) if self.label_key else None
-        return {"image": image, "captions": captions,
+        negatives = (_captions(_get(record, self.negative_caption_key))
+                     if self.negative_caption_key else [])
+        return {"image": image, "captions": captions, "negative_captions": negatives,
                 "label": -1 if label is None else int(label), "where": self.ref(index)}
 
     def _skip(self, reason: str, message: str) -> dict:
@@ -120,7 +125,8 @@ def open_source(src, data_dir: str | None, strict: bool = False, split: str | No
     `data.sources` or an `eval.datasets` entry; the latter names its label feature."""
     split = split or src.split
     keys = dict(image_key=src.image_key, caption_key=src.caption_key, strict=strict,
-                label_key=src.get("label_key", "label"), need_captions=need_captions)
+                label_key=src.get("label_key", "label"), need_captions=need_captions,
+                negative_caption_key=src.get("negative_caption_key", "negative_captions"))
     if src.kind == "builtin":
         path = builtin.split_path(src.path, split, data_dir)
         ds = grain.sources.ArrayRecordDataSource([path])

@@ -35,6 +35,7 @@ class Augment:
     flip: bool = False
     strict: bool = False
     scene_label: bool = False       # label = the example's caption set (itm.groups=scene)
+    negatives: bool = False         # also one negative caption: neg_tokens, neg_mask, neg_valid
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         if "skipped" in ex:
@@ -58,8 +59,18 @@ class Augment:
         # set describe the same scene, and each other's captions are no negatives.
         label = (zlib.crc32("\n".join(sorted(ex["captions"])).encode()) & 0x3FFFFFFF
                  if self.scene_label else ex.get("label", -1))
-        return {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0],
-                "label": np.int32(label)}
+        out = {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0],
+               "label": np.int32(label)}
+        if self.negatives:
+            out.update(self.negative(ex.get("negative_captions", []), rng))
+        return out
+
+    def negative(self, captions: list[str], rng: np.random.Generator) -> dict:
+        """One of the example's negative captions, tokenized; neg_valid False (and an empty
+        caption's tokens) when it has none."""
+        pick = captions[int(rng.integers(len(captions)))] if captions else ""
+        ids, mask = tokenize(self.tokenizer, [pick], self.max_len)
+        return {"neg_tokens": ids[0], "neg_mask": mask[0], "neg_valid": np.bool_(bool(captions))}
 
 
 @dataclasses.dataclass(frozen=True)

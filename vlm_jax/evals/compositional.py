@@ -69,13 +69,8 @@ def perturb(objects: list[tuple[str, str]], kind: str):
     if n == 1:
         return None
     if kind == "swap":
-        for i in range(n):
-            for j in range(i + 1, n):
-                (ci, ki), (cj, kj) = objects[i], objects[j]
-                if ci != cj and ki != kj:
-                    new = list(objects)
-                    new[i], new[j] = (cj, ki), (ci, kj)
-                    return shapes.describe(objects)[0], shapes.describe(new)[0], (i, j)
+        for i, j, new in shapes.swaps(objects):     # the first pair that can be swapped
+            return shapes.describe(objects)[0], shapes.describe(new)[0], (i, j)
         return None
     if kind == "order":
         new = objects[::-1]

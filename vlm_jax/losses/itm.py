@@ -19,7 +19,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from vlm_jax.parallel import sharding
 
 
-def _threefry(rng):
+def threefry(rng):
     """A threefry key from any key. Inside shard_map, RngBitGenerator-based keys (rbg) give
     each device different bits for the same key; threefry's bits depend on key and counter only."""
     data = jax.random.key_data(rng).ravel()
@@ -44,7 +44,7 @@ def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: M
     if negatives not in ("local", "global"):
         raise ValueError(f"unknown ITM negatives {negatives!r}; choose local or global")
     zimg, ztxt, scale = (jax.lax.stop_gradient(x) for x in (zimg, ztxt, scale))
-    k_txt, k_img = jax.random.split(_threefry(rng))
+    k_txt, k_img = jax.random.split(threefry(rng))
     axes = tuple(batch_axes) if mesh is not None else None
     if groups is None:
         groups = jnp.arange(zimg.shape[0], dtype=jnp.int32)
@@ -76,13 +76,20 @@ def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: M
                          out_specs=(spec, spec))(zimg, ztxt, groups, scale)
 
 
-def itm_loss(logits_pos, logits_neg_txt, logits_neg_img) -> tuple[jax.Array, dict]:
+def itm_loss(logits_pos, logits_neg_txt, logits_neg_img, own=None) -> tuple[jax.Array, dict]:
     """2-class cross-entropy, mean over the b positives, b (image, negative text) and b
-    (negative image, text) pairs; class 1 is 'matches'. Each logits array is [b, 2]."""
+    (negative image, text) pairs; class 1 is 'matches'. Each logits array is [b, 2]. `own` [b]
+    marks the negative texts that are the image's own negative captions: their accuracy is
+    `own_accuracy` (0 when there are none)."""
     logits = jnp.concatenate([logits_pos, logits_neg_txt, logits_neg_img]).astype(jnp.float32)
     b = logits_pos.shape[0]
     labels = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
     logp = jax.nn.log_softmax(logits, axis=-1)
     loss = -jnp.take_along_axis(logp, labels[:, None], axis=1).mean()
-    acc = (jnp.argmax(logits, -1) == labels).mean()
-    return loss, {"loss": loss, "accuracy": acc}
+    hit = jnp.argmax(logits, -1) == labels
+    out = {"loss": loss, "accuracy": hit.mean()}
+    if own is not None:
+        w = own.astype(jnp.float32)
+        out["own_accuracy"] = (hit[b:2 * b] * w).sum() / jnp.maximum(w.sum(), 1.0)
+        out["own_share"] = w.mean()
+    return loss, out

@@ -1,5 +1,7 @@
 """Image-text matching on b positives, b hard-negative texts and b hard-negative images
-(ALBEF; losses/itm.py), through the fusion encoder."""
+(ALBEF; losses/itm.py), through the fusion encoder. With `itm.text_negatives` a share of the
+images take one of their own negative captions (false of them by construction: NegCLIP's swaps)
+as their non-matching text instead of the mined one."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.losses.itm import itm_loss, mine_negatives
+from vlm_jax.losses.itm import threefry, itm_loss, mine_negatives
 from vlm_jax.parallel import rows, sharding
 
 
@@ -34,6 +36,8 @@ class Objective:
     groups: str = "label"           # what makes two examples match (match_groups)
     hardness: float = 1.0           # the mining temperature's multiplier: 0 draws uniformly
     hardness_schedule: tuple = ()   # ((percent of the run, factor), ...) on `hardness`
+    text_negatives: float = 0.0     # share of images whose negative text is their own negative
+    text_negatives_schedule: tuple = ()     # caption where they have one, and its curriculum
     name = "itm"
     cross_example = True
     reads = None                    # mines and fuses across the batch: not micro-batchable
@@ -42,15 +46,16 @@ class Objective:
     @classmethod
     def from_config(cls, config, tokenizer=None):
         i = config.itm
+        points = lambda schedule: tuple(tuple(map(float, p)) for p in schedule)
         return cls(i.negatives, config.model.remat != "none", i.groups, i.hardness,
-                   tuple(tuple(map(float, p)) for p in i.hardness_schedule))
+                   points(i.hardness_schedule), i.text_negatives,
+                   points(i.text_negatives_schedule))
 
     def hardness_at(self, percent):
-        if not self.hardness_schedule:
-            return jnp.float32(self.hardness)
-        xs, ys = zip(*self.hardness_schedule)
-        return self.hardness * jnp.interp(percent, jnp.asarray(xs, jnp.float32),
-                                          jnp.asarray(ys, jnp.float32))
+        return _scheduled(self.hardness, self.hardness_schedule, percent)
+
+    def text_negatives_at(self, percent):
+        return _scheduled(self.text_negatives, self.text_negatives_schedule, percent)
 
     def __call__(self, out: dict, batch: dict, ctx):
         mesh, axes = sharding.ambient_batch()
@@ -65,6 +70,14 @@ class Objective:
                                            local=self.negatives == "local")
         txt_neg, mask_neg = take((txt, mask), neg_txt)
         img_neg, = take((img,), neg_img)
+        own = None
+        if "neg_tokens" in batch:       # some images' own negative captions replace the mined
+            key = jax.random.fold_in(threefry(ctx.rng), 1)     # the same draws on any mesh
+            draw = jax.random.uniform(key, batch["neg_valid"].shape)
+            own = batch["neg_valid"] & (draw < self.text_negatives_at(ctx.percent))
+            own_txt = ctx.call("encode_text", batch["neg_tokens"], batch["neg_mask"])["txt/tokens"]
+            txt_neg = jnp.where(own[:, None, None], own_txt.astype(txt_neg.dtype), txt_neg)
+            mask_neg = jnp.where(own[:, None], batch["neg_mask"], mask_neg)
         # The three sets of pairs through one fusion encoder, one set after the other (a loop:
         # one encoder in the program, and one set's activations alive at a time in the
         # backward pass, where all three at once were ALBEF's largest working set). Under a
@@ -74,4 +87,12 @@ class Objective:
         stack = lambda *xs: jnp.stack(xs)
         pos, neg_t, neg_i = jax.lax.map(jax.checkpoint(fuse) if self.remat else fuse, (
             stack(txt, txt_neg, txt), stack(mask, mask_neg, mask), stack(img, img, img_neg)))
-        return itm_loss(pos, neg_t, neg_i)
+        return itm_loss(pos, neg_t, neg_i, own)
+
+
+def _scheduled(value, schedule, percent):
+    """`value` times the curriculum's factor at `percent` of the run (constant without one)."""
+    if not schedule:
+        return jnp.float32(value)
+    xs, ys = zip(*schedule)
+    return value * jnp.interp(percent, jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32))

@@ -5,6 +5,11 @@ count and relative position. The test split is compositional: every test image c
 least one colour-shape pair (e.g. a red triangle) that never appears in the train split.
 Everything is deterministic from the seed.
 
+Records also carry `negative_captions`: captions of the same scene made false by exchanging the
+colours of two objects (binding) or reversing their order (relation), in every caption form that
+states what was changed, for ITM's text negatives (`itm.text_negatives`, NegCLIP's swaps). None
+names a held-out pair, so no held-out pair's words reach training, as negatives either.
+
 `TOKENIZER` is a word-level tokenizer of the captions' 24 words (`tokenizer.name=hf`; 17 ids for
 the longest caption, where bytes take 79), written by `write_tokenizer` and shipped.
 """
@@ -17,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from vlm_jax.data import records
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"     # 1.1: negative_captions
 SIZE = 64
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
           "yellow": (230, 210, 40), "purple": (150, 60, 190), "white": (235, 235, 235)}
@@ -53,6 +58,37 @@ def describe(objects: list[tuple[str, str]]) -> list[str]:
             f"{names[1]} between {names[0]} and {names[2]}"]
 
 
+def swaps(objects: list[tuple[str, str]]):
+    """(i, j, scene) for each pair of objects i < j differing in colour and in kind, the scene
+    with their colours exchanged: it holds colour-kind pairs the original does not."""
+    for i in range(len(objects)):
+        for j in range(i + 1, len(objects)):
+            (ci, ki), (cj, kj) = objects[i], objects[j]
+            if ci != cj and ki != kj:
+                new = list(objects)
+                new[i], new[j] = (cj, ki), (ci, kj)
+                yield i, j, new
+
+
+def negative_captions(objects: list[tuple[str, str]]) -> list[str]:
+    """Captions false of the scene: every colour swap in all three forms, and the reversed order
+    in the forms that state it (two objects: "left of" and "right of"; three: "from left to
+    right", not "between", which reads the same both ways). Those naming a held-out pair are
+    left out."""
+    objects = [tuple(o) for o in objects]
+    held = {tuple(p) for p in HELD_OUT}
+    scenes = [(new, (0, 1, 2)) for _, _, new in swaps(objects)]
+    if objects[::-1] != objects:
+        scenes.append((objects[::-1], (0, 1) if len(objects) == 2 else (0,)))
+    true = set(describe(objects))
+    out = []
+    for new, forms in scenes:
+        if held.isdisjoint(new):
+            out.extend(c for c in (describe(new)[f] for f in forms)
+                       if c not in true and c not in out)
+    return out
+
+
 def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str]]:
     colors = list(COLORS)
     while True:
@@ -82,7 +118,8 @@ def examples(split: str):
         objs = _sample_objects(rng, split)
         yield {"image": records.encode_png(render(objs, rng)), "label": len(objs) - 1,
                "captions": describe(objs), "id": i,
-               "objects": [list(o) for o in objs]}
+               "objects": [list(o) for o in objs],
+               "negative_captions": negative_captions(objs)}
 
 
 def vocabulary() -> list[str]:
