@@ -6,7 +6,7 @@ key the schema lacks (naming the closest valid key), any value of the wrong type
 outside its allowed choices, before anything is computed.
 
 Durations (`total`, `stop_at`, `log_every`, `checkpoint_every`, `eval_every`, `optim.warmup`,
-`eval.<evaluator>_every`) are given in at most one unit: `<name>_steps | _epochs | _examples |
+`teacher.start`, `eval.<evaluator>_every`) are given in at most one unit: `<name>_steps | _epochs | _examples |
 _percent` (percent of the total steps). No unit holds a value in `defaults()`, so a recipe sets
 the unit it wants without undoing another, and the command line can set any unit of any recipe.
 `DURATIONS` says what an unset duration means; `total` must be set to train.
@@ -35,6 +35,7 @@ REQUIRED = "required"
 # eval_every unset evaluates at the last step only; eval.<name>_every unset follows eval_every).
 DURATIONS = {"total": REQUIRED, "log_every": ("steps", 10), "checkpoint_every": ("steps", 200),
              "eval_every": None, "stop_at": None, "optim.warmup": ("steps", 50),
+             "teacher.start": ("steps", 0),
              **{f"eval.{name}_every": None for name in EVALUATORS}}
 
 # Keys with a closed set of values: dotted path -> the values. Filled where `defaults()` and
@@ -250,6 +251,13 @@ def defaults() -> ml_collections.ConfigDict:
     c.balance = ml_collections.ConfigDict()
     c.balance.enabled = False
     c.balance.decay = 0.99
+    # An exponential moving average of the params, the teacher of self-distillation (SILC, TIPS):
+    # teacher <- momentum * teacher + (1 - momentum) * params after each step from `start`
+    # (a duration; before it the teacher is the params themselves). Sharded like the params,
+    # checkpointed with them, never given gradients or optimizer slots. 0: no teacher.
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.momentum = 0.0
+    _durations(c.teacher, "start")  # unset: step 0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -561,6 +569,8 @@ def _check_objectives(cfg) -> None:
         _check_schedule(cfg[name].schedule, f"{name}.schedule")
     _check_schedule(cfg.itm.hardness_schedule, "itm.hardness_schedule")
     _check_schedule(cfg.itm.text_negatives_schedule, "itm.text_negatives_schedule")
+    if not 0 <= cfg.teacher.momentum < 1:
+        raise ConfigError(f"'teacher.momentum' must be in [0, 1), got {cfg.teacher.momentum}")
     if not 0 <= cfg.itm.text_negatives <= 1:
         raise ConfigError(f"'itm.text_negatives' is a share in [0, 1], got {cfg.itm.text_negatives}")
     if cfg.itm.hardness < 0:

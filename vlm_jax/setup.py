@@ -185,7 +185,9 @@ class Setup:
                                skip_nonfinite=c.nonfinite == "skip",
                                balance_decay=c.balance.decay, frozen=self.frozen,
                                microbatches=c.microbatches,
-                               patch_dropout=c.model.image.patch_dropout)
+                               patch_dropout=c.model.image.patch_dropout,
+                               teacher_momentum=c.teacher.momentum,
+                               teacher_start=self.steps("teacher.start"))
             return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in self.batch_keys},
                                 self.mesh)
         return self.shared("step", build, self.total_steps, self.warmup_steps)

@@ -42,6 +42,7 @@ class Context:
     call: Callable[..., Any] | None = None   # call(method name, *args) with this step's params
     rng: jax.Array | None = None             # this objective's randomness at this step
     percent: Any = 0.0                       # how far the run is, in percent of its steps
+    teacher: Callable[..., Any] | None = None  # as call, with the EMA teacher's params (no gradient)
 
 
 def objective_class(section: str):
@@ -97,7 +98,7 @@ def build(config, tokenizer=None, total_steps: int = 1) -> list[Weighted]:
 
 
 def total_loss(objectives: Sequence[Weighted], out: dict, batch: dict, *, call=None, rng=None,
-               step=0, running=None, decay: float = 0.99):
+               step=0, running=None, decay: float = 0.99, teacher=None):
     """(total, metrics, running means). Metrics are keyed '<objective>/<metric>' plus 'loss'.
 
     `running` ({name: raw EMA}, or None to not balance) turns on balancing: each loss is divided
@@ -106,7 +107,7 @@ def total_loss(objectives: Sequence[Weighted], out: dict, batch: dict, *, call=N
     for i, w in enumerate(objectives):
         obj = w.objective
         ctx = Context(call, None if rng is None else jax.random.fold_in(rng, i),
-                      100.0 * jnp.asarray(step, jnp.float32) / w.total_steps)
+                      100.0 * jnp.asarray(step, jnp.float32) / w.total_steps, teacher)
         loss, m = obj(out, batch, ctx)
         weight = w.at(step)
         term = loss

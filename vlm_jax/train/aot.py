@@ -139,6 +139,7 @@ def compile_step(config, devices, *, num_train: int | None = None, hbm_gib: floa
         "microbatches": config.microbatches, "hbm_gib": None if hbm is None else hbm / GIB,
         "params_gib": _per_chip_bytes(state.params) / GIB,
         "optimizer_gib": _per_chip_bytes((state.opt_state, state.loss_ema, state.step)) / GIB,
+        "teacher_gib": _per_chip_bytes(state.teacher) / GIB,
         "batch_gib": _per_chip_bytes(batch) / GIB,
         "replicated_mib": replicated(state),
         "tflop_per_step": flops_lib.step_flops(s, batch) / 1e12 if count_flops else None,
@@ -173,7 +174,8 @@ def table(report: dict, name: str = "") -> str:
     lines = [head.strip(), f"model FLOPs per step: {r['tflop_per_step']:.4g} TFLOP (global)"
              if r["tflop_per_step"] is not None else "model FLOPs per step: not counted",
              f"per chip: params {r['params_gib']:.3f} GiB, optimizer state "
-             f"{r['optimizer_gib']:.3f} GiB, batch {r['batch_gib']:.3f} GiB"]
+             f"{r['optimizer_gib']:.3f} GiB, batch {r['batch_gib']:.3f} GiB"
+             + (f", EMA teacher {r['teacher_gib']:.3f} GiB" if r.get("teacher_gib") else "")]
     if r["error"]:
         lines += [f"DOES NOT FIT: temporaries alone need {r['required_gib']:.2f} GiB of "
                   f"{r['available_gib']:.2f} GiB available", f"  compiler: {r['error']}"]

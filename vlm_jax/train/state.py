@@ -21,6 +21,7 @@ class TrainState:
     params: Any
     opt_state: Any
     loss_ema: Any = flax.struct.field(default_factory=dict)  # per objective, when balancing
+    teacher: Any = flax.struct.field(default_factory=dict)   # the params' EMA, when configured
 
 
 def dummy_inputs(config, batch: int = 1):
@@ -55,13 +56,28 @@ def shardings(boxed_params, tx: optax.GradientTransformation, mesh: Mesh, rules,
         transform_non_params=lambda _: repl,
         is_leaf=lambda x: isinstance(x, (jax.sharding.Sharding, optax.MaskedNode)))
     ema_sh = {name: repl for name in balanced(config)}
-    return TrainState(step=repl, params=param_sh, opt_state=opt_sh, loss_ema=ema_sh)
+    return TrainState(step=repl, params=param_sh, opt_state=opt_sh, loss_ema=ema_sh,
+                      teacher=param_sh if has_teacher(config) else {})
+
+
+def has_teacher(config) -> bool:
+    return config.teacher.momentum > 0
 
 
 def from_params(params, tx, config) -> TrainState:
-    """The state at step 0 around `params`: the optimizer's initial slots, zero running means."""
+    """The state at step 0 around `params`: the optimizer's initial slots, zero running means,
+    the teacher (if any) a copy of the params."""
+    teacher = jax.tree.map(jnp.copy, params) if has_teacher(config) else {}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      loss_ema={n: jnp.zeros((), jnp.float32) for n in balanced(config)})
+                      loss_ema={n: jnp.zeros((), jnp.float32) for n in balanced(config)},
+                      teacher=teacher)
+
+
+def ema(teacher, params, momentum, step, start):
+    """The teacher after the update that made `params` (the state's step is then `step`): the
+    params themselves until `start`, then momentum * teacher + (1 - momentum) * params."""
+    m = jnp.where(step <= start, 0.0, momentum)
+    return jax.tree.map(lambda t, p: (m * t + (1 - m) * p).astype(t.dtype), teacher, params)
 
 
 def _init_fn(model: nn.Module, tx, config):

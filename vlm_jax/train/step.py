@@ -10,12 +10,13 @@ import optax
 from vlm_jax import objectives as objectives_lib
 from vlm_jax.train import accumulate
 from vlm_jax.train.forward import drop_patches, forward
-from vlm_jax.train.state import TrainState
+from vlm_jax.train.state import TrainState, ema
 
 
 def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
          skip_nonfinite: bool = False, balance_decay: float = 0.99, frozen=None,
-         microbatches: int = 1, patch_dropout: float = 0.0):
+         microbatches: int = 1, patch_dropout: float = 0.0, teacher_momentum: float = 0.0,
+         teacher_start: int = 0):
     """`nonfinite` in the metrics is 1.0 when the loss, the gradients or the updated params are
     not finite; with `skip_nonfinite` such a step leaves params and optimizer state unchanged.
     A state with `loss_ema` entries balances the objectives (see objectives.total_loss).
@@ -24,6 +25,9 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
     `microbatches` > 1 computes the gradient in that many sequential micro-batches, keeping
     every contrastive negative (train/accumulate.py; no balancing then). `patch_dropout` > 0
     shows the image tower a random subset of each image's patches (FLIP), the rest dropped.
+    A state with a `teacher` moves it towards the new params (state.ema with `teacher_momentum`
+    from step `teacher_start`); objectives reach it through their context's `teacher` call,
+    outside the differentiated function, so it gets no gradient.
     The mesh is the ambient one (jax.set_mesh) when the step is traced."""
     if microbatches > 1:
         accumulate.check(objectives)
@@ -35,6 +39,10 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
     def step(state: TrainState, batch: dict, base_rng):
         # fold_in(step): the same randomness at a step whether or not the run was resumed.
         rng = jax.random.fold_in(base_rng, state.step)
+        teacher = None
+        if state.teacher:
+            teacher = lambda method, *args: jax.lax.stop_gradient(model.apply(
+                {"params": state.teacher}, *args, method=method))
         if patch_dropout:
             batch = drop_patches(model, batch, rng, patch_dropout)
 
@@ -44,7 +52,7 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
             call = lambda method, *args: model.apply({"params": params}, *args, method=method)
             total, metrics, running = objectives_lib.total_loss(
                 objectives, out, batch, call=call, rng=rng, step=state.step,
-                running=state.loss_ema or None, decay=balance_decay)
+                running=state.loss_ema or None, decay=balance_decay, teacher=teacher)
             return total, (metrics, running)
 
         if microbatches > 1:
@@ -65,10 +73,14 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
             params = jax.tree.map(keep, params, state.params)
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
             running = jax.tree.map(keep, running, state.loss_ema)
+        teacher_params = state.teacher
+        if teacher_params:
+            teacher_params = ema(teacher_params, params, teacher_momentum, state.step + 1,
+                                 teacher_start)
         metrics = {**metrics, **norms, "lr": sched(state.step),
                    "nonfinite": 1.0 - finite.astype(jnp.float32)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                          loss_ema=running), metrics
+                          loss_ema=running, teacher=teacher_params), metrics
 
     return step
 

@@ -1,0 +1,82 @@
+"""The EMA teacher: the update against a numpy reference, no gradient and no optimizer slot of
+its own, its shardings, and an exact resume through a checkpoint."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from conftest import make_mesh, tiny_config
+from helpers import random_state
+
+from vlm_jax import objectives as objectives_lib
+from vlm_jax.data import pipeline
+from vlm_jax.setup import Setup
+from vlm_jax.train import checkpoint, step as step_lib
+
+MOMENTUM, START = 0.75, 2
+
+
+class _ToTeacher:
+    """Pulls the student's image embedding towards the teacher's (a distillation stand-in)."""
+    name = "to_teacher"
+
+    def __call__(self, out, batch, ctx):
+        target = ctx.teacher("encode_image", batch["image"])["img/normed"]
+        loss = jnp.mean((out["img/normed"] - target) ** 2)
+        return loss, {}
+
+
+def test_teacher_is_an_ema_of_the_params_without_gradient_and_resumes_exactly(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, **{"teacher.momentum": MOMENTUM, "teacher.start_steps": START,
+                                   "optim.lr": 1e-2})
+    s = Setup(cfg, mesh=make_mesh(2))
+    assert s.state_sh.teacher == s.state_sh.params          # sharded like the params
+    state = random_state(s)
+    np.testing.assert_array_equal(*(jax.tree.leaves(jax.device_get(x))[0]
+                                    for x in (state.teacher, state.params)))
+    # No optimizer slot for it: the optimizer state is the params' alone.
+    sizes = lambda t: sum(x.size for x in jax.tree.leaves(t))
+    assert sizes(state.opt_state) == sizes(s.tx.init(s.param_shapes))
+    objs = [*s.objectives, objectives_lib.Weighted(_ToTeacher(), 1.0, total_steps=10)]
+    fn = step_lib.make(s.model, s.tx, objs, s.schedule, teacher_momentum=MOMENTUM,
+                       teacher_start=START)
+    host = s.synthetic_batch()
+    batch = pipeline.to_global(host, s.batch_sh)
+    with s.context():
+        run = step_lib.jit(fn, s.state_sh, {k: s.batch_sh for k in host}, s.mesh)
+        ref = jax.device_get(state.params)
+        for i in range(1, 5):
+            state, m = run(state, batch, s.step_rng)
+            assert m["to_teacher/loss"] >= 0
+            p = jax.device_get(state.params)
+            m_i = 0.0 if i <= START else MOMENTUM
+            ref = jax.tree.map(lambda t, x: m_i * t + (1 - m_i) * x, ref, p)
+            for got, want in zip(jax.tree.leaves(jax.device_get(state.teacher)),
+                                 jax.tree.leaves(ref)):
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert not all(np.array_equal(a, b) for a, b in
+                       zip(jax.tree.leaves(jax.device_get(state.teacher)), jax.tree.leaves(p)))
+        # Teacher and student now differ, and still no gradient reaches the teacher.
+        loss = lambda t: fn(state.replace(teacher=t), batch, s.step_rng)[1]["loss"]
+        zero = jax.jit(jax.grad(loss))(state.teacher)
+        assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(zero))
+        # Saved and restored, the teacher is bit for bit the same, and so are the next steps.
+        ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+        ckpt.save(4, state)
+        restored = ckpt.restore(4, s.abstract_state())
+        ckpt.close()
+        for a, b in zip(jax.tree.leaves(jax.device_get(restored.teacher)),
+                        jax.tree.leaves(jax.device_get(state.teacher))):
+            np.testing.assert_array_equal(a, b)
+        for _ in range(2):
+            state, _ = run(state, batch, s.step_rng)
+            restored, _ = run(restored, batch, s.step_rng)
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(jax.device_get(state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_teacher_by_default():
+    from vlm_jax import config as config_lib
+    from vlm_jax.train import state as state_lib
+    p = {"w": jnp.ones(3)}
+    st = state_lib.from_params(p, optax.sgd(0.1), config_lib.defaults())
+    assert st.teacher == {}
