@@ -32,6 +32,9 @@ SHARD_SIZE = flags.DEFINE_integer("shard_size", 10_000, "Images per output shard
 IMAGE_COLUMN = flags.DEFINE_string("image_column", "image", "Table column with the image path.")
 CAPTION_COLUMN = flags.DEFINE_string("caption_column", "caption",
                                      "Table column with the caption (a string or a list).")
+REGION_COLUMN = flags.DEFINE_string(
+    "region_column", None, "Table column with boxes and their descriptions: a list of "
+    "{'box': [x0, y0, x1, y1] in pixels, 'caption'} or its JSON text (validated against the image).")
 
 
 def expand(patterns: list[str]) -> list[str]:
@@ -60,7 +63,7 @@ def main(argv):
         if not IMAGES.value:
             raise app.UsageError("--captions needs --images (the folder its paths are under)")
         jobs = convert.folder_jobs(IMAGES.value, CAPTIONS.value, SHARD_SIZE.value,
-                                   IMAGE_COLUMN.value, CAPTION_COLUMN.value)
+                                   IMAGE_COLUMN.value, CAPTION_COLUMN.value, REGION_COLUMN.value)
     s = convert.convert(jobs, OUTPUT.value, WORKERS.value, MAX_SIZE.value)
     print(f"{s['written']} records in {s['shards']} shards under {OUTPUT.value} "
           f"({s['resumed']} shards already done)")

@@ -67,7 +67,7 @@ def test_webdataset_conversion_counts_and_reasons(tars, tmp_path):
     cut = s["written"] - 12 - 8            # what survived of the truncated tar
     assert 0 < cut < 12
     assert s["skipped"] == {"corrupt_image": 2, "missing_caption": 1, "empty_caption": 1,
-                            "missing_image": 1, "unreadable_input": 1}
+                            "missing_image": 1, "unreadable_input": 1, "bad_region": 0}
     assert s["shards"] == 3 and s["resumed"] == 0
     assert any("00011" in e for e in s["examples"])
     caps = _records(out)
@@ -113,6 +113,52 @@ def test_folder_with_caption_tables(tmp_path):
         assert "picture 0" in caps and "picture 0 again" in caps and "picture 5" in caps
     with pytest.raises(KeyError, match="no column 'path'"):
         convert.folder_jobs(str(images), str(tables["csv"]), image_column="path")
+
+
+def test_region_column_is_validated_and_follows_a_shrunk_image(tmp_path):
+    """Boxes with descriptions from a table column (a list in JSONL and parquet, JSON text in
+    CSV), joined over an image's rows; a box outside its image skips the image, named; with
+    --max_size the boxes scale with the image."""
+    import csv
+
+    import msgpack
+    from array_record.python.array_record_module import ArrayRecordReader
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rows = []
+    for i in range(3):                                           # 48 x 40 JPEGs
+        (images / f"{i}.jpg").write_bytes(jpeg(i))
+        rows.append({"image": f"{i}.jpg", "caption": f"picture {i}",
+                     "regions": [{"box": [2.0, 4.0, 20.0 + i, 30.0], "caption": f"thing {i}"}]})
+    rows.append({"image": "0.jpg", "caption": "again",
+                 "regions": [{"box": [0.0, 0.0, 48.0, 40.0], "caption": "all of it"}]})
+    rows[2]["regions"].append({"box": [10.0, 10.0, 60.0, 20.0], "caption": "past the edge"})
+    tables = {"jsonl": tmp_path / "t.jsonl", "parquet": tmp_path / "t.parquet",
+              "csv": tmp_path / "t.csv"}
+    tables["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(rows), tables["parquet"])
+    with open(tables["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, ["image", "caption", "regions"])
+        w.writeheader()
+        w.writerows({**r, "regions": json.dumps(r["regions"])} for r in rows)
+    for kind, table in tables.items():
+        out = str(tmp_path / f"out_{kind}")
+        s = convert.convert(convert.folder_jobs(str(images), str(table),
+                                                region_column="regions"), out, max_size=24,
+                            progress=False)
+        assert s["written"] == 2 and s["skipped"]["bad_region"] == 1, kind
+        assert any("2.jpg: region #1: box [10.0, 10.0, 60.0, 20.0]" in e for e in s["examples"])
+        reader = ArrayRecordReader(os.path.join(out, "part-00000.array_record"))
+        recs = [msgpack.unpackb(r) for r in reader.read_all()]
+        reader.close()
+        got = {r["key"].split("/")[-1]: r["regions"] for r in recs}
+        assert got["0.jpg"] == [{"box": [1.0, 2.0, 10.0, 15.0], "caption": "thing 0"},
+                                {"box": [0.0, 0.0, 24.0, 20.0], "caption": "all of it"}], kind
+        assert got["1.jpg"][0]["box"] == [1.0, 2.0, 10.5, 15.0]
+    with pytest.raises(KeyError, match="no column 'boxes'"):
+        convert.folder_jobs(str(images), str(tables["csv"]), region_column="boxes")
 
 
 def test_interrupted_conversion_resumes(tmp_path):

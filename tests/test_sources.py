@@ -24,6 +24,9 @@ def shards(tmp_path_factory):
         {"image": jpeg(101), "captions": ["   ", ""]},                         # caption
         {"image": jpeg(102)},                                                  # caption
         b"\xc1 not msgpack",                                                   # record
+        {"image": jpeg(103), "captions": ["a box past the edge"],              # region
+         "regions": [{"box": [0, 0, 30, 30], "caption": "fine"},
+                     {"box": [10, 10, 60, 20], "caption": "wider than the 48 px image"}]},
     ]
     a = write_records(str(root / "web-00000.array_record"), good[:24])
     b = write_records(str(root / "web-00001.array_record"), good[24:30] + bad + good[30:])
@@ -47,12 +50,13 @@ def test_bad_records_are_skipped_and_counted(shards, data_dir):
     cfg = _cfg(data_dir, str(root / "web-*.array_record"))
     cfg.batch_size = 48   # one epoch of the good examples per batch
     it, n = pipeline.train_dataset(cfg, ByteTokenizer())
-    assert n == 53
+    assert n == 54
     batches = [next(iter(it)) for _ in range(1)]
     b = batches[0]
     assert b["image"].shape == (48, 16, 16, 3)
     counts = {k: int(b[k]) for k in pipeline.SKIP_KEYS}
-    assert counts == {"skipped_record": 1, "skipped_image": 2, "skipped_caption": 2}
+    assert counts == {"skipped_record": 1, "skipped_image": 2, "skipped_caption": 2,
+                      "skipped_region": 1}
     seen = sorted(int(c.split()[-1]) for c in _captions(b))
     assert seen == list(range(48))        # every good example exactly once in the epoch
 
@@ -61,7 +65,7 @@ def test_strict_mode_names_file_and_index(shards, data_dir):
     root, _, b = shards
     cfg = _cfg(data_dir, str(root / "web-*.array_record"), **{"data.strict": True})
     it = iter(pipeline.train_dataset(cfg, ByteTokenizer())[0])
-    with pytest.raises(sources.BadRecordError, match=r"record #(6|7|8|9|10) of .*web-00001"):
+    with pytest.raises(sources.BadRecordError, match=r"record #(6|7|8|9|10|11) of .*web-00001"):
         for _ in range(10):
             next(it)
 
@@ -150,7 +154,7 @@ def test_eval_sees_every_example_once(shards, data_dir, processes):
             assert b["image"].shape[0] == 20 // processes
             seen.update(b["index"].tolist())
             valid_rows += int(b["valid"].sum())
-    assert n == 53 and sorted(seen) == list(range(60)) and set(seen.values()) == {1}
+    assert n == 54 and sorted(seen) == list(range(60)) and set(seen.values()) == {1}
     # The three bad records are marked invalid, not dropped; the two images without a caption
     # are valid here (classification needs none; retrieval leaves them out).
     assert valid_rows == 50

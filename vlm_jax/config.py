@@ -390,6 +390,9 @@ def source(**values) -> ml_collections.ConfigDict:
     s.caption_key = "captions"      # a string or a sequence of strings per example
     # Optional captions false of the image, for ITM's text negatives (itm.text_negatives).
     s.negative_caption_key = "negative_captions"
+    # Optional boxes with descriptions, [{'box': [x0, y0, x1, y1] pixels, 'caption'}], for the
+    # grounding objectives (vlm_jax/data/regions.py).
+    s.region_key = "regions"
     # None: take data.<same name>.
     s.crop = config_dict.placeholder(str)
     s.crop_scale_min = config_dict.placeholder(float)

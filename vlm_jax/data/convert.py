@@ -1,9 +1,11 @@
 """Raw image-text data -> ArrayRecord shards of our record format ({'image': encoded bytes,
-'captions': [str], 'key': str}), readable as an `array_record` source.
+'captions': [str], 'key': str}, and 'regions' where the input has boxes), readable as an
+`array_record` source.
 
 Inputs: WebDataset tar shards (img2dataset's output: `key.jpg|png|webp` + `key.txt` or
 `key.json` per example), or a folder of images plus a CSV / JSONL / parquet table of captions
-(one or more rows per image). Each input tar, or each `shard_size` rows of a table, becomes one
+(one or more rows per image; optionally a column of regions, a list of {'box': [x0, y0, x1, y1]
+pixels, 'caption'} or its JSON text, validated against the image: data/regions.py). Each input tar, or each `shard_size` rows of a table, becomes one
 output shard. A shard is written under a temporary name and renamed when complete, and its
 statistics land beside it last: a re-run skips the shards that have them, so an interrupted
 conversion resumes where it stopped. Images are fully decoded once here, so corrupt or truncated
@@ -25,14 +27,16 @@ import msgpack
 from PIL import Image
 
 from vlm_jax.data import images, records
+from vlm_jax.data.regions import RegionError, check as check_regions
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-REASONS = ("missing_image", "corrupt_image", "missing_caption", "empty_caption", "unreadable_input")
+REASONS = ("missing_image", "corrupt_image", "missing_caption", "empty_caption", "bad_region",
+           "unreadable_input")
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One output shard: a tar to read, or (image path, captions) rows of a table."""
+    """One output shard: a tar to read, or (image path, captions, regions) rows of a table."""
     name: str
     tar: str | None = None
     rows: tuple = ()
@@ -46,18 +50,40 @@ def webdataset_jobs(tars: list[str]) -> list[Job]:
 
 
 def folder_jobs(image_dir: str, table: str, shard_size: int = 10_000, image_column: str = "image",
-                caption_column: str = "caption") -> list[Job]:
-    """Rows of `table` grouped by image (first appearance order), `shard_size` images a shard."""
-    grouped: dict[str, list] = {}
+                caption_column: str = "caption", region_column: str | None = None) -> list[Job]:
+    """Rows of `table` grouped by image (first appearance order), `shard_size` images a shard;
+    the regions of an image's rows (`region_column`) joined like its captions."""
+    grouped: dict[str, tuple[list, list]] = {}
     for i, row in enumerate(read_table(table)):
         if image_column not in row:
             raise KeyError(f"{table} row {i} has no column {image_column!r}; it has {sorted(row)}")
+        if region_column and region_column not in row:
+            raise KeyError(f"{table} row {i} has no column {region_column!r}; it has {sorted(row)}")
         caps = row.get(caption_column)
         caps = [] if caps is None else [caps] if isinstance(caps, str) else list(caps)
-        grouped.setdefault(str(row[image_column]), []).extend(caps)
-    items = [(os.path.join(image_dir, path), tuple(caps)) for path, caps in grouped.items()]
+        caps_, regions_ = grouped.setdefault(str(row[image_column]), ([], []))
+        caps_.extend(caps)
+        if region_column:
+            regions_.extend(_regions_cell(row[region_column], f"{table} row {i}"))
+    items = [(os.path.join(image_dir, path), tuple(caps), tuple(regs))
+             for path, (caps, regs) in grouped.items()]
     return [Job(f"part-{k // shard_size:05d}", rows=tuple(items[k:k + shard_size]))
             for k in range(0, len(items), shard_size)]
+
+
+def _regions_cell(value, where: str) -> list:
+    """A table cell of regions: a list of {'box', 'caption'}, its JSON text, or empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: the regions cell is not JSON: {e}") from None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: regions must be a list of {{'box', 'caption'}}, got "
+                         f"{type(value).__name__}")
+    return list(value)
 
 
 def read_table(path: str) -> list[dict]:
@@ -125,7 +151,7 @@ def _note(stats: dict, message: str) -> None:
 
 
 def _record(key: str, data: bytes | None, captions: list[str] | None, stats: dict,
-            max_size: int) -> bytes | None:
+            max_size: int, regions=None) -> bytes | None:
     if data is None:
         stats["skipped"]["missing_image"] += 1
         return _note(stats, f"{key}: no image")
@@ -141,9 +167,20 @@ def _record(key: str, data: bytes | None, captions: list[str] | None, stats: dic
     except Exception as e:  # PIL raises many types for bad data
         stats["skipped"]["corrupt_image"] += 1
         return _note(stats, f"{key}: {type(e).__name__}: {e}")
+    record = {"image": data, "captions": captions, "key": key}
+    if regions:
+        try:
+            checked = check_regions(regions, w, h, key)
+        except RegionError as e:
+            stats["skipped"]["bad_region"] += 1
+            return _note(stats, str(e))
+        record["regions"] = [{"box": b.tolist(), "caption": c} for b, c in checked]
     if max_size and max(w, h) > max_size:
-        data = _shrink(data, max_size)
-    return msgpack.packb({"image": data, "captions": captions, "key": key}, use_bin_type=True)
+        record["image"] = data = _shrink(data, max_size)
+        scale = Image.open(io.BytesIO(data)).size[0] / w     # boxes follow the image
+        for r in record.get("regions", ()):
+            r["box"] = [v * scale for v in r["box"]]
+    return msgpack.packb(record, use_bin_type=True)
 
 
 def _shrink(data: bytes, max_size: int) -> bytes:
@@ -158,20 +195,21 @@ def _examples(job: Job, stats: dict):
     if job.tar is not None:
         for key, files in _tar_examples(job.tar, stats):
             image = next((files[e] for e in IMAGE_EXTS if e in files), None)
-            yield key, image, _caption_from(files)
+            meta = json.loads(files["json"]) if "json" in files else {}
+            yield key, image, _caption_from(files), meta.get("regions")
         return
-    for path, captions in job.rows:
+    for path, captions, regions in job.rows:
         try:
             with open(path, "rb") as f:
                 image = f.read()
         except OSError:
             image = None
-        yield path, image, list(captions)
+        yield path, image, list(captions), list(regions)
 
 
 def _packed(job: Job, stats: dict, max_size: int):
-    for key, image, captions in _examples(job, stats):
-        rec = _record(key, image, captions, stats, max_size)
+    for key, image, captions, regions in _examples(job, stats):
+        rec = _record(key, image, captions, stats, max_size, regions)
         if rec is not None:
             stats["written"] += 1
             yield rec

@@ -51,9 +51,16 @@ def render(data, size: int, kind: str = "resize", rng: np.random.Generator | Non
            scale_min: float = 0.08) -> np.ndarray:
     """Decodes `data`, crops per `kind` and resizes (bilinear, antialiased) to size x size.
     Corrupt or truncated images raise (PIL's OSError/SyntaxError/ValueError)."""
+    return render_view(data, size, kind, rng, scale_min)[0]
+
+
+def render_view(data, size: int, kind: str = "resize", rng: np.random.Generator | None = None,
+                scale_min: float = 0.08) -> tuple[np.ndarray, tuple]:
+    """`render`'s image and the crop window it shows (left, top, right, bottom in pixels of the
+    full image), for mapping boxes into the view."""
     img = open_image(data)
     width, height = img.size
-    box = crop_box(kind, width, height, rng, scale_min)
+    box = window = crop_box(kind, width, height, rng, scale_min)
     if img.format == "JPEG":
         # Ask for the smallest DCT scale that keeps the box at least `size` pixels on each side.
         bw, bh = box[2] - box[0], box[3] - box[1]
@@ -62,8 +69,8 @@ def render(data, size: int, kind: str = "resize", rng: np.random.Generator | Non
         box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
     img = img.convert("RGB")
     if img.size == (size, size) and box == (0.0, 0.0, float(size), float(size)):
-        return np.asarray(img, np.uint8)           # already the output: no resampling pass
-    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+        return np.asarray(img, np.uint8), window    # already the output: no resampling pass
+    return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.uint8), window
 
 
 def check(data: bytes) -> tuple[int, int, str]:

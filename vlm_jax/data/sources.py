@@ -5,7 +5,10 @@ and (for evaluation) image-folder trees `root/<class>/*.jpg`.
 of its records into {'image': encoded bytes or uint8 array, 'captions': [str], 'label': int,
 'negative_captions': [str]}, or into a skip marker {'skipped': reason} for a record that cannot
 be used. Negative captions (false of the image, e.g. its captions with two attributes swapped)
-are optional: ITM's text negatives read them (`itm.text_negatives`).
+are optional: ITM's text negatives read them (`itm.text_negatives`). So are `regions` (boxes
+with descriptions, data/regions.py): checked against the image's size, a record with a
+malformed one is skipped (or, strict, an error naming it), and the example gets
+'regions': [(box, caption)].
 """
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ import os
 import grain
 import numpy as np
 
-from vlm_jax.data import builtin, records
+from vlm_jax.data import builtin, images, records
+from vlm_jax.data.regions import RegionError, check as check_regions
 
-SKIP_REASONS = ("record", "image", "caption")   # unreadable record | no image | no usable caption
+# unreadable record | no image | no usable caption | malformed regions (data/regions.py)
+SKIP_REASONS = ("record", "image", "caption", "region")
 
 
 class BadRecordError(ValueError):
@@ -38,6 +43,7 @@ class Parse:
     label_key: str = "label"
     need_captions: bool = True      # False: classification sets, whose records have none
     negative_caption_key: str = "negative_captions"
+    region_key: str = "regions"
 
     def where(self, index: int) -> str:
         starts = np.cumsum((0,) + self.counts)
@@ -66,8 +72,19 @@ class Parse:
         label = _get(record, self.label_key) if self.label_key else None
         negatives = (_captions(_get(record, self.negative_caption_key))
                      if self.negative_caption_key else [])
-        return {"image": image, "captions": captions, "negative_captions": negatives,
-                "label": -1 if label is None else int(label), "where": self.ref(index)}
+        out = {"image": image, "captions": captions, "negative_captions": negatives,
+               "label": -1 if label is None else int(label), "where": self.ref(index)}
+        regions = _get(record, self.region_key) if self.region_key else None
+        if regions is not None:
+            try:
+                width, height = images.open_image(image).size     # the header only
+                out["regions"] = check_regions(regions, width, height, self.ref(index))
+            except RegionError as e:
+                return self._skip("region", str(e))
+            except Exception as e:  # an unreadable image: PIL's several error types
+                return self._skip("image", f"undecodable image in {self.ref(index)}: "
+                                  f"{type(e).__name__}: {e}")
+        return out
 
     def _skip(self, reason: str, message: str) -> dict:
         if self.strict:
@@ -126,7 +143,8 @@ def open_source(src, data_dir: str | None, strict: bool = False, split: str | No
     split = split or src.split
     keys = dict(image_key=src.image_key, caption_key=src.caption_key, strict=strict,
                 label_key=src.get("label_key", "label"), need_captions=need_captions,
-                negative_caption_key=src.get("negative_caption_key", "negative_captions"))
+                negative_caption_key=src.get("negative_caption_key", "negative_captions"),
+                region_key=src.get("region_key", "regions"))
     if src.kind == "builtin":
         path = builtin.split_path(src.path, split, data_dir)
         ds = grain.sources.ArrayRecordDataSource([path])

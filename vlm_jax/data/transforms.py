@@ -8,13 +8,15 @@ import zlib
 import numpy as np
 
 from vlm_jax.data import images
+from vlm_jax.data.regions import to_view
 from vlm_jax.data.sources import BadRecordError
 from vlm_jax.data.tokenizer import Tokenizer, tokenize
 
 
 def _render(ex: dict, size: int, crop: str, rng, scale_min: float, strict: bool):
+    """((image, crop window), None) or (None, skip marker)."""
     try:
-        return images.render(ex["image"], size, crop, rng, scale_min), None
+        return images.render_view(ex["image"], size, crop, rng, scale_min), None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
         msg = f"undecodable image in {ex['where']}: {type(e).__name__}: {e}"
         if strict:
@@ -36,22 +38,29 @@ class Augment:
     strict: bool = False
     scene_label: bool = False       # label = the example's caption set (itm.groups=scene)
     negatives: bool = False         # also one negative caption: neg_tokens, neg_mask, neg_valid
+    regions: bool = False           # also one region: region_box, region_tokens/_mask/_valid
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         if "skipped" in ex:
             return ex
-        image, skipped = _render(ex, self.image_size, self.crop, rng, self.crop_scale_min,
-                                 self.strict)
+        view, skipped = _render(ex, self.image_size, self.crop, rng, self.crop_scale_min,
+                                self.strict)
         if skipped:
             return skipped
+        image, window = view
+        flipped = False
         if self.crop_padding:
             p = self.crop_padding
             h, w = image.shape[:2]
             padded = np.pad(image, ((p, p), (p, p), (0, 0)), mode="edge")
             dy, dx = rng.integers(0, 2 * p + 1, size=2)
             image = padded[dy:dy + h, dx:dx + w]
+            # The view moved by (dx - p, dy - p) output pixels: so did its window.
+            ox = (dx - p) * (window[2] - window[0]) / w
+            oy = (dy - p) * (window[3] - window[1]) / h
+            window = (window[0] + ox, window[1] + oy, window[2] + ox, window[3] + oy)
         if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
+            image, flipped = image[:, ::-1], True
         caption = ex["captions"][int(rng.integers(len(ex["captions"])))]
         ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
         # The class label (-1 when the data has none): ITM never mines a same-class negative.
@@ -63,7 +72,19 @@ class Augment:
                "label": np.int32(label)}
         if self.negatives:
             out.update(self.negative(ex.get("negative_captions", []), rng))
+        if self.regions:
+            out.update(self.region(ex.get("regions", []), window, flipped, rng))
         return out
+
+    def region(self, regions: list, window, flipped: bool, rng: np.random.Generator) -> dict:
+        """One of the example's regions still in the view: its box in the view's [0, 1]
+        coordinates and its description, tokenized; region_valid False when there is none."""
+        boxes = [(b, c) for b, c in ((to_view(b, window, flipped), c) for b, c in regions)
+                 if b is not None]
+        box, caption = boxes[int(rng.integers(len(boxes)))] if boxes else (np.zeros(4), "")
+        ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
+        return {"region_box": np.asarray(box, np.float32), "region_tokens": ids[0],
+                "region_mask": mask[0], "region_valid": np.bool_(bool(boxes))}
 
     def negative(self, captions: list[str], rng: np.random.Generator) -> dict:
         """One of the example's negative captions, tokenized; neg_valid False (and an empty
@@ -86,7 +107,8 @@ class EvalView:
         ex = self.examples[i % self.n]
         image = None
         if "skipped" not in ex:
-            image, _ = _render(ex, self.image_size, self.crop, None, 1.0, strict=False)
+            view, _ = _render(ex, self.image_size, self.crop, None, 1.0, strict=False)
+            image = None if view is None else view[0]
         valid = i < self.n and image is not None
         if image is None:
             image = np.zeros((self.image_size, self.image_size, 3), np.uint8)

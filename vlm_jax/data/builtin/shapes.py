@@ -5,6 +5,11 @@ count and relative position. The test split is compositional: every test image c
 least one colour-shape pair (e.g. a red triangle) that never appears in the train split.
 Everything is deterministic from the seed.
 
+Records also carry the exact layout the renderer drew: `regions`, one per object, its box
+([x0, y0, x1, y1] in pixels) and a description that picks it out ("a red circle", or with a
+neighbour where the scene holds two alike: "a red circle left of a blue square"), and
+`segmentation`, a PNG whose pixel values are the object index + 1 (0: background).
+
 Records also carry `negative_captions`: captions of the same scene made false by exchanging the
 colours of two objects (binding) or reversing their order (relation), in every caption form that
 states what was changed, for ITM's text negatives (`itm.text_negatives`, NegCLIP's swaps). None
@@ -22,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from vlm_jax.data import records
 
-VERSION = "1.1.0"     # 1.1: negative_captions
+VERSION = "1.1.0"     # 1.1: negative_captions, regions, segmentation
 SIZE = 64
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
           "yellow": (230, 210, 40), "purple": (150, 60, 190), "white": (235, 235, 235)}
@@ -99,16 +104,42 @@ def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str
             return objs
 
 
-def render(objects: list[tuple[str, str]], rng: np.random.Generator) -> np.ndarray:
+def render(objects: list[tuple[str, str]], rng: np.random.Generator):
+    """(image uint8 [SIZE, SIZE, 3], segmentation uint8 [SIZE, SIZE] of object index + 1,
+    boxes [[x0, y0, x1, y1], ...] in pixels, one per object)."""
     img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
-    draw = ImageDraw.Draw(img)
+    seg = Image.new("L", (SIZE, SIZE), 0)
+    draw, draw_seg = ImageDraw.Draw(img), ImageDraw.Draw(seg)
     slot = SIZE / len(objects)
+    boxes = []
     for i, (color, kind) in enumerate(objects):
         r = float(rng.uniform(6, min(11, slot / 2 - 1)))
         cx = slot * i + slot / 2 + float(rng.uniform(-1, 1)) * max(0.0, slot / 2 - r - 1)
         cy = float(rng.uniform(r + 1, SIZE - r - 1))
         _draw(draw, kind, COLORS[color], cx, cy, r)
-    return np.asarray(img, np.uint8)
+        _draw(draw_seg, kind, i + 1, cx, cy, r)
+    seg = np.asarray(seg, np.uint8)
+    for i in range(len(objects)):       # the drawn pixels' extent, pixel edges: [x0, x1) x [y0, y1)
+        ys, xs = np.nonzero(seg == i + 1)
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    return np.asarray(img, np.uint8), seg, boxes
+
+
+def region_descriptions(objects: list[tuple[str, str]]) -> list[str]:
+    """For each object, a phrase that picks it out of its scene: its colour and kind, and where
+    another object looks the same, where it is relative to its look-alike ("a red circle left
+    of a red circle"; the middle of three alike: "... between ...")."""
+    objects = [tuple(o) for o in objects]
+    out = []
+    for i, (c, k) in enumerate(objects):
+        name = f"a {c} {k}"
+        alike = [j for j, o in enumerate(objects) if o == (c, k) and j != i]
+        if len(alike) == 2 and alike[0] < i < alike[1]:
+            name += f" between {name} and {name}"
+        elif alike:
+            name += f" {'left' if alike[0] > i else 'right'} of {name}"
+        out.append(name)
+    return out
 
 
 def examples(split: str):
@@ -116,10 +147,14 @@ def examples(split: str):
     rng = np.random.default_rng(seed)
     for i in range(n):
         objs = _sample_objects(rng, split)
-        yield {"image": records.encode_png(render(objs, rng)), "label": len(objs) - 1,
+        image, seg, boxes = render(objs, rng)
+        yield {"image": records.encode_png(image), "label": len(objs) - 1,
                "captions": describe(objs), "id": i,
                "objects": [list(o) for o in objs],
-               "negative_captions": negative_captions(objs)}
+               "negative_captions": negative_captions(objs),
+               "regions": [{"box": b, "caption": d}
+                           for b, d in zip(boxes, region_descriptions(objs))],
+               "segmentation": records.encode_png(seg)}
 
 
 def vocabulary() -> list[str]:
