@@ -246,6 +246,13 @@ def defaults() -> ml_collections.ConfigDict:
     c.mim.norm_pix = True           # targets: each patch normalised by its own mean and variance
     c.caption = ml_collections.ConfigDict()         # captioning (CoCa); needs model.text.causal
     objective(c.caption)
+    # LocCa's grounding tasks on the records' regions, through the captioner (causal text tower
+    # and caption decoder): referring expressions (a region's description -> its box) and
+    # grounded captions (box -> description), boxes written as coordinate tokens past the
+    # tokenizer's vocabulary; needs model.text.causal.
+    c.grounding = ml_collections.ConfigDict()
+    objective(c.grounding)
+    c.grounding.bins = 32           # coordinate tokens: [0, 1] in this many equal bins
     # Balancing: each loss divided by the stop-gradient of its running mean (bias-corrected EMA),
     # so objectives of different scales pull with their weights, not their magnitudes.
     c.balance = ml_collections.ConfigDict()
@@ -317,7 +324,7 @@ def evaluator(section: ml_collections.ConfigDict, name: str) -> None:
 
 
 # Config sections = modules of vlm_jax/objectives = metric prefixes, in the order they are summed.
-OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption")
+OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption", "grounding")
 # Sections renamed since: old name -> new name (a config using the old one gets told).
 RENAMED = {"loss": "contrastive"}
 # Keys removed since -> where their job went (a config setting one is told; older workdirs'
@@ -330,6 +337,11 @@ REMOVED = {f"eval.{k}": "prompts and class names are per eval set now: "
 def text_negatives(config) -> bool:
     """Whether batches carry a negative caption per example (neg_tokens, neg_mask, neg_valid)."""
     return config.itm.weight > 0 and config.itm.text_negatives > 0
+
+
+def grounding_bins(config) -> int:
+    """The coordinate bins of the grounding objective; 0 when it is off."""
+    return config.grounding.bins if config.grounding.weight > 0 else 0
 
 
 def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
@@ -572,6 +584,8 @@ def _check_objectives(cfg) -> None:
         _check_schedule(cfg[name].schedule, f"{name}.schedule")
     _check_schedule(cfg.itm.hardness_schedule, "itm.hardness_schedule")
     _check_schedule(cfg.itm.text_negatives_schedule, "itm.text_negatives_schedule")
+    if cfg.grounding.bins < 2:
+        raise ConfigError(f"'grounding.bins' must be at least 2, got {cfg.grounding.bins}")
     if not 0 <= cfg.teacher.momentum < 1:
         raise ConfigError(f"'teacher.momentum' must be in [0, 1), got {cfg.teacher.momentum}")
     if not 0 <= cfg.itm.text_negatives <= 1:

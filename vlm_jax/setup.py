@@ -27,12 +27,14 @@ import numpy as np
 
 from vlm_jax import config as config_lib
 from vlm_jax import models, objectives as objectives_lib, rules as rules_lib
-from vlm_jax.data import tokenizer as tokenizer_lib
+from vlm_jax.data import regions as regions_lib, tokenizer as tokenizer_lib
 from vlm_jax.parallel import mesh as mesh_lib, sharding
 from vlm_jax.train import optim, state as state_lib, step as step_lib
 
 BATCH_KEYS = ("image", "tokens", "mask", "label")
 NEGATIVE_KEYS = ("neg_tokens", "neg_mask", "neg_valid")    # with itm.text_negatives
+GROUNDING_KEYS = ("region_valid",) + tuple(f"{t}_{k}" for t in regions_lib.TASKS
+                                           for k in ("tokens", "mask", "targets"))
 
 # Read only by the loop, the data pipeline, checkpoints, logs and evaluators (`data.image_size`
 # excepted), and durations, which programs see as resolved step counts.
@@ -195,7 +197,8 @@ class Setup:
     @property
     def batch_keys(self) -> tuple[str, ...]:
         """What a training batch holds."""
-        return BATCH_KEYS + (NEGATIVE_KEYS if config_lib.text_negatives(self.config) else ())
+        return (BATCH_KEYS + (NEGATIVE_KEYS if config_lib.text_negatives(self.config) else ())
+                + (GROUNDING_KEYS if config_lib.grounding_bins(self.config) else ()))
 
     def batch_shapes(self, batch_size: int | None = None) -> dict:
         """ShapeDtypeStructs of a global batch (default: the config's) on the mesh, shaped like
@@ -205,7 +208,10 @@ class Setup:
         shapes = {"image": ((b, size, size, 3), np.uint8), "tokens": ((b, length), np.int32),
                   "mask": ((b, length), np.bool_), "label": ((b,), np.int32),
                   "neg_tokens": ((b, length), np.int32), "neg_mask": ((b, length), np.bool_),
-                  "neg_valid": ((b,), np.bool_)}
+                  "neg_valid": ((b,), np.bool_), "region_valid": ((b,), np.bool_),
+                  **{f"{t}_{k}": ((b, length), dtype) for t in regions_lib.TASKS
+                     for k, dtype in (("tokens", np.int32), ("mask", np.bool_),
+                                      ("targets", np.bool_))}}
         return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=self.batch_sh)
                 for k in self.batch_keys}
 
@@ -228,4 +234,13 @@ class Setup:
             batch["neg_tokens"], batch["neg_mask"] = tokenizer_lib.tokenize(
                 self.tokenizer, negative, c.tokenizer.max_len)
             batch["neg_valid"] = rng.random(b) < 0.75
+        if bins := config_lib.grounding_bins(c):    # a random box per caption; some have none
+            t = self.tokenizer
+            rows = [regions_lib.task_sequences(
+                t.encode(caption), np.sort(rng.random((2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]],
+                bins=bins, vocab_size=t.vocab_size, max_len=c.tokenizer.max_len,
+                bos=t.bos_id if t.add_bos else None, eos=t.eos_id if t.add_eos else None,
+                pad=t.pad_id) for caption in captions]
+            batch.update({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+            batch["region_valid"] = rng.random(b) < 0.75
         return batch

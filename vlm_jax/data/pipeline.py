@@ -51,7 +51,10 @@ def _transform(config, src, tokenizer: Tokenizer) -> Augment:
     return Augment(tokenizer, config.tokenizer.max_len, d.image_size, pick("crop"),
                    pick("crop_scale_min"), pick("crop_padding"), pick("flip"), d.strict,
                    scene_label=config.itm.groups == "scene",
-                   negatives=config_lib.text_negatives(config))
+                   negatives=config_lib.text_negatives(config),
+                   regions=config_lib.grounding_bins(config) > 0,
+                   grounding_bins=config_lib.grounding_bins(config),
+                   vocab_size=tokenizer.vocab_size)
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,

@@ -63,3 +63,51 @@ def to_view(box: np.ndarray, window, flip: bool = False, min_visible: float = 0.
     if flip:
         out = np.array([1 - out[2], out[1], 1 - out[0], out[3]], np.float32)
     return np.clip(out, 0.0, 1.0)
+
+
+# LocCa's decoder tasks on one region, as token sequences for the causal text tower and caption
+# decoder. Ids past the tokenizer's vocabulary (`vocab_size`): two task tokens, then `bins`
+# coordinate tokens (a coordinate in [0, 1] quantised to `bins` equal bins).
+TASKS = ("ref", "gcap")         # referring expression: words -> box; grounded caption: box -> words
+
+
+def extra_tokens(bins: int) -> int:
+    """How many ids the grounding tasks add past the tokenizer's vocabulary."""
+    return len(TASKS) + bins
+
+
+def coordinate_ids(box: np.ndarray, bins: int, vocab_size: int) -> np.ndarray:
+    """[x0, y0, x1, y1] in [0, 1] -> 4 coordinate token ids."""
+    q = np.clip(np.floor(np.asarray(box, np.float64) * bins), 0, bins - 1).astype(np.int32)
+    return vocab_size + len(TASKS) + q
+
+
+def box_from_ids(ids: np.ndarray, bins: int, vocab_size: int) -> np.ndarray:
+    """Coordinate token ids [..., 4] -> box [..., 4] in [0, 1], each at its bin's centre."""
+    return (np.asarray(ids) - vocab_size - len(TASKS) + 0.5) / bins
+
+
+def task_sequences(words: list[int], box: np.ndarray, *, bins: int, vocab_size: int,
+                   max_len: int, bos: int | None, eos: int | None, pad: int) -> dict:
+    """For a region's description (token ids, no BOS/EOS) and its view box: per task the
+    sequence `{task}_tokens` [max_len], its `{task}_mask` and `{task}_targets` (True on the tokens
+    the decoder is scored on, each predicted from the ones before it).
+
+    ref:  [BOS] <ref>  w1 .. wn  x0 y0 x1 y1  [EOS]   (targets: the coordinates and EOS)
+    gcap: [BOS] <gcap> x0 y0 x1 y1  w1 .. wn  [EOS]   (targets: the words and EOS)
+    The words are cut to what fits."""
+    head = [] if bos is None else [bos]
+    tail = [] if eos is None else [eos]
+    coords = coordinate_ids(box, bins, vocab_size).tolist()
+    words = list(words)[:max(0, max_len - len(head) - 1 - 4 - len(tail))]
+    out = {}
+    for k, task in enumerate(TASKS):
+        first, second = (words, coords) if task == "ref" else (coords, words)
+        seq = head + [vocab_size + k] + first + second + tail
+        tokens = np.full(max_len, pad, np.int32)
+        tokens[:len(seq)] = seq
+        mask = np.arange(max_len) < len(seq)
+        targets = np.zeros(max_len, bool)
+        targets[len(head) + 1 + len(first):len(seq)] = True
+        out.update({f"{task}_tokens": tokens, f"{task}_mask": mask, f"{task}_targets": targets})
+    return out

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 
 from vlm_jax.data import images
-from vlm_jax.data.regions import to_view
+from vlm_jax.data.regions import task_sequences, to_view
 from vlm_jax.data.sources import BadRecordError
 from vlm_jax.data.tokenizer import Tokenizer, tokenize
 
@@ -39,6 +39,8 @@ class Augment:
     scene_label: bool = False       # label = the example's caption set (itm.groups=scene)
     negatives: bool = False         # also one negative caption: neg_tokens, neg_mask, neg_valid
     regions: bool = False           # also one region: region_box, region_tokens/_mask/_valid
+    grounding_bins: int = 0         # > 0: and its LocCa task sequences (regions.task_sequences)
+    vocab_size: int = 0             # the tokenizer's, where the grounding tokens start
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         if "skipped" in ex:
@@ -83,8 +85,15 @@ class Augment:
                  if b is not None]
         box, caption = boxes[int(rng.integers(len(boxes)))] if boxes else (np.zeros(4), "")
         ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
-        return {"region_box": np.asarray(box, np.float32), "region_tokens": ids[0],
-                "region_mask": mask[0], "region_valid": np.bool_(bool(boxes))}
+        out = {"region_box": np.asarray(box, np.float32), "region_tokens": ids[0],
+               "region_mask": mask[0], "region_valid": np.bool_(bool(boxes))}
+        if self.grounding_bins:
+            t = self.tokenizer
+            out.update(task_sequences(
+                t.encode(caption), box, bins=self.grounding_bins, vocab_size=self.vocab_size,
+                max_len=self.max_len, bos=t.bos_id if t.add_bos else None,
+                eos=t.eos_id if t.add_eos else None, pad=t.pad_id))
+        return out
 
     def negative(self, captions: list[str], rng: np.random.Generator) -> dict:
         """One of the example's negative captions, tokenized; neg_valid False (and an empty

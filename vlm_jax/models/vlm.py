@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from vlm_jax.data.regions import extra_tokens
 from vlm_jax.models.decoders import MaeDecoder
 from vlm_jax.models.fusion import FusionEncoder, ItmHead, VocabHead
 from vlm_jax.models.heads import ContrastiveScale, Projection
@@ -132,6 +133,9 @@ def build(config: ml_collections.ConfigDict, vocab_size: int,
     mim_pixels, caption_logits) that the enabled objectives declare."""
     m, con = config.model, config.contrastive
     dtype = jnp.dtype(m.dtype)
+    # The text tower reads, and the captioner writes, the grounding tasks' tokens too.
+    text_vocab = vocab_size + (extra_tokens(config.grounding.bins)
+                               if config.grounding.weight > 0 else 0)
     i, t = m.image, m.text
     layers = dict(remat=m.remat, scan=m.scan)
     arch = dict(act=m.act, norm_eps=m.norm_eps)
@@ -151,11 +155,11 @@ def build(config: ml_collections.ConfigDict, vocab_size: int,
     return VisionLanguageModel(
         img=ViT(i.patch_size, i.width, i.depth, i.heads, i.mlp_dim, i.pool, i.posemb, dtype,
                 **layers, **arch, patch_bias=i.patch_bias, pre_norm=i.pre_norm),
-        txt=TextTransformer(vocab_size, config.tokenizer.max_len, t.width, t.depth, t.heads,
+        txt=TextTransformer(text_vocab, config.tokenizer.max_len, t.width, t.depth, t.heads,
                             t.mlp_dim, t.causal, t.pool, dtype, **layers, **arch),
         embed_dim=m.embed_dim,
         scale=ContrastiveScale(con.name, con.softmax_scale_init, con.softmax_scale_max,
                                con.sigmoid_t_init, con.sigmoid_bias_init),
         dtype=dtype, pixel_norm=i.pixel_norm, fusion=fusion, itm="itm_logits" in heads,
         mlm_vocab=vocab_size if "mlm_logits" in heads else 0, mim_decoder=mim,
-        caption_decoder=cap, caption_vocab=vocab_size, proj_bias=m.proj_bias)
+        caption_decoder=cap, caption_vocab=text_vocab, proj_bias=m.proj_bias)
