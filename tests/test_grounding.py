@@ -77,3 +77,53 @@ def test_grounding_loss_is_the_captioners_nll_on_the_targets(data_dir):
         np.testing.assert_allclose(m[f"{task}_loss"], want[-1], rtol=2e-5)
     np.testing.assert_allclose(loss, np.mean(want), rtol=2e-5)
     assert logp.shape[-1] == s.tokenizer.vocab_size + 2 + 8      # the tasks' tokens are written
+
+
+def test_refexp_decodes_greedily_and_scores_by_iou(data_dir):
+    """The evaluator on the shapes test split with a random tiny model: its greedy decoding
+    against a step-by-step one with the model's logits, IoU against hand values, and the box
+    prior's accuracy recomputed from the records."""
+    from vlm_jax.evals import Evaluators, refexp
+    assert np.isclose(refexp.iou(np.array([0, 0, 2, 2.]), np.array([1, 1, 3, 3.])), 1 / 7)
+    assert refexp.iou(np.array([0, 0, 1, 1.]), np.array([2, 2, 3, 3.])) == 0
+    cfg = tiny_config(data_dir, **{"grounding.weight": 1.0, "model.text.causal": True,
+                                   "grounding.bins": 8, "eval.refexp": ("shapes",),
+                                   "eval.retrieval": (), "eval.zeroshot": ()})
+    s = Setup(cfg)
+    params = random_params(s.param_shapes, seed=3)
+    ev = Evaluators(s)
+    m = ev.run(params)
+    n = m["eval/shapes/refexp_n"]
+    test = refexp.read_regions(cfg_source(cfg, "test"), data_dir, "resize")
+    truth = np.stack([b for rs in test for b, _ in rs])
+    assert n == len(truth) > 500
+    assert 0 <= m["eval/shapes/refexp_accuracy"] <= 1
+    prior = np.mean([b for rs in refexp.read_regions(cfg_source(cfg, "train"), data_dir, "resize")
+                     for b, _ in rs], axis=0)
+    assert m["eval/shapes/refexp_prior_accuracy"] == np.mean(refexp.iou(prior[None], truth) >= 0.5)
+    # Greedy decoding, one step at a time, on a few expressions.
+    tok, v = s.tokenizer, s.tokenizer.vocab_size
+    img = ev.data.images(params, "shapes", key="img/tokens")[:4]
+    seqs = [regions.task_sequences(tok.encode(c), np.zeros(4), bins=8, vocab_size=v,
+                                   max_len=cfg.tokenizer.max_len, bos=tok.bos_id, eos=tok.eos_id,
+                                   pad=tok.pad_id) for c in ("a red circle", "a blue square",
+                                                             "a green triangle", "a white circle")]
+    tokens = np.stack([q["ref_tokens"] for q in seqs])
+    at = np.array([int(np.argmax(q["ref_targets"])) for q in seqs], np.int32)
+    mask = np.arange(cfg.tokenizer.max_len)[None] < at[:, None]
+    got = refexp._decoder(s.model, v + 2, 8)(params, tokens, mask, img, at)
+    logits_of = jax.jit(lambda t, mk, im: s.model.apply(
+        {"params": params}, s.model.apply({"params": params}, t, mk, method="encode_text")
+        ["txt/tokens"], mk, im, method="caption_logits"))
+    for r in range(4):
+        t, mk = tokens[r:r + 1].copy(), mask[r:r + 1].copy()
+        for k in range(4):
+            logits = np.asarray(logits_of(t, mk, img[r:r + 1]))
+            t[0, at[r] + k] = v + 2 + int(np.argmax(logits[0, at[r] + k - 1, v + 2:v + 10]))
+            mk[0, at[r] + k] = True
+        np.testing.assert_array_equal(got[r], t[0, at[r]:at[r] + 4])
+
+
+def cfg_source(cfg, split):
+    from vlm_jax.evals import datasets
+    return datasets.source(datasets.spec(cfg, "shapes"), split)
