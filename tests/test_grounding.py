@@ -37,6 +37,7 @@ def test_shapes_pipeline_writes_each_region_as_both_tasks(data_dir):
         "grounding.weight": 1.0, "grounding.bins": 16, "batch_size": 32, "data.flip": True})
     s = Setup(cfg)
     batch = next(iter(pipeline.train_dataset(cfg, s.tokenizer)[0]))
+    assert set(pipeline.split_skips(batch)[0]) == set(s.batch_keys)     # what the step takes
     tok, v = s.tokenizer, s.tokenizer.vocab_size
     assert batch["region_valid"].all()          # every shapes scene has an object in view
     for i in range(32):

@@ -175,6 +175,8 @@ def test_pipeline_draws_each_example_one_of_its_negative_captions(data_dir):
         "itm.text_negatives": 0.5, "batch_size": 64})
     tok = build(cfg)
     batch = next(iter(pipeline.train_dataset(cfg, tok)[0]))
+    from vlm_jax.setup import Setup
+    assert set(pipeline.split_skips(batch)[0]) == set(Setup(cfg, tokenizer=tok).batch_keys)
     ds = grain.sources.ArrayRecordDataSource([builtin.split_path("shapes", "train", data_dir)])
     key = lambda texts: [tuple(r) for r in tokenize(tok, texts, cfg.tokenizer.max_len)[0]]
     scenes = [[tuple(o) for o in records.unpack(ds[i], i)["objects"]] for i in range(len(ds))]

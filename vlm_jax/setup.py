@@ -33,7 +33,7 @@ from vlm_jax.train import optim, state as state_lib, step as step_lib
 
 BATCH_KEYS = ("image", "tokens", "mask", "label")
 NEGATIVE_KEYS = ("neg_tokens", "neg_mask", "neg_valid")    # with itm.text_negatives
-GROUNDING_KEYS = ("region_valid",) + tuple(f"{t}_{k}" for t in regions_lib.TASKS
+GROUNDING_KEYS = ("region_box", "region_valid") + tuple(f"{t}_{k}" for t in regions_lib.TASKS
                                            for k in ("tokens", "mask", "targets"))
 
 # Read only by the loop, the data pipeline, checkpoints, logs and evaluators (`data.image_size`
@@ -209,6 +209,7 @@ class Setup:
                   "mask": ((b, length), np.bool_), "label": ((b,), np.int32),
                   "neg_tokens": ((b, length), np.int32), "neg_mask": ((b, length), np.bool_),
                   "neg_valid": ((b,), np.bool_), "region_valid": ((b,), np.bool_),
+                  "region_box": ((b, 4), np.float32),
                   **{f"{t}_{k}": ((b, length), dtype) for t in regions_lib.TASKS
                      for k, dtype in (("tokens", np.int32), ("mask", np.bool_),
                                       ("targets", np.bool_))}}
@@ -236,11 +237,14 @@ class Setup:
             batch["neg_valid"] = rng.random(b) < 0.75
         if bins := config_lib.grounding_bins(c):    # a random box per caption; some have none
             t = self.tokenizer
+            boxes = np.sort(rng.random((b, 2, 2)), axis=1).transpose(0, 2, 1).reshape(b, 4)
+            boxes = boxes[:, [0, 2, 1, 3]].astype(np.float32)       # x0 < x1, y0 < y1
             rows = [regions_lib.task_sequences(
-                t.encode(caption), np.sort(rng.random((2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]],
-                bins=bins, vocab_size=t.vocab_size, max_len=c.tokenizer.max_len,
-                bos=t.bos_id if t.add_bos else None, eos=t.eos_id if t.add_eos else None,
-                pad=t.pad_id) for caption in captions]
+                t.encode(caption), box, bins=bins, vocab_size=t.vocab_size,
+                max_len=c.tokenizer.max_len, bos=t.bos_id if t.add_bos else None,
+                eos=t.eos_id if t.add_eos else None, pad=t.pad_id)
+                for caption, box in zip(captions, boxes)]
             batch.update({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+            batch["region_box"] = boxes
             batch["region_valid"] = rng.random(b) < 0.75
         return batch

@@ -39,7 +39,7 @@ class Augment:
     scene_label: bool = False       # label = the example's caption set (itm.groups=scene)
     negatives: bool = False         # also one negative caption: neg_tokens, neg_mask, neg_valid
     regions: bool = False           # also one region: region_box, region_tokens/_mask/_valid
-    grounding_bins: int = 0         # > 0: and its LocCa task sequences (regions.task_sequences)
+    grounding_bins: int = 0         # > 0: its LocCa task sequences instead of region_tokens/_mask
     vocab_size: int = 0             # the tokenizer's, where the grounding tokens start
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
@@ -84,10 +84,11 @@ class Augment:
         boxes = [(b, c) for b, c in ((to_view(b, window, flipped), c) for b, c in regions)
                  if b is not None]
         box, caption = boxes[int(rng.integers(len(boxes)))] if boxes else (np.zeros(4), "")
-        ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
-        out = {"region_box": np.asarray(box, np.float32), "region_tokens": ids[0],
-               "region_mask": mask[0], "region_valid": np.bool_(bool(boxes))}
-        if self.grounding_bins:
+        out = {"region_box": np.asarray(box, np.float32), "region_valid": np.bool_(bool(boxes))}
+        if not self.grounding_bins:
+            ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
+            out.update(region_tokens=ids[0], region_mask=mask[0])
+        else:       # the description in the task sequences only
             t = self.tokenizer
             out.update(task_sequences(
                 t.encode(caption), box, bins=self.grounding_bins, vocab_size=self.vocab_size,
