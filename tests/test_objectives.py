@@ -83,15 +83,19 @@ def test_flava_runs_through_the_trainer_with_reranking_and_mlm_eval(data_dir, tm
 def _all_objectives(data_dir):
     return tiny_config(data_dir, **{
         "itm.weight": 1.0, "mlm.weight": 0.5, "mim.weight": 0.7, "caption.weight": 2.0,
-        "grounding.weight": 0.6,
+        "grounding.weight": 0.6, "masked_prediction.weight": 0.8, "teacher.momentum": 0.9,
         "model.text.causal": True, "itm.negatives": "global", "itm.text_negatives": 0.5})
 
 
 def _loss_fn(model, objs, rng, step=3):
-    def loss_fn(p, batch):
+    """(params, batch, teacher params) -> ((loss, metrics), gradients)."""
+    def loss_fn(p, batch, tp):
         out = model.apply({"params": p}, batch["image"], batch["tokens"], batch["mask"])
         call = lambda method, *a: model.apply({"params": p}, *a, method=method)
-        total, metrics, _ = objectives.total_loss(objs, out, batch, call=call, rng=rng, step=step)
+        teacher = lambda method, *a: jax.lax.stop_gradient(
+            model.apply({"params": tp}, *a, method=method))
+        total, metrics, _ = objectives.total_loss(objs, out, batch, call=call, rng=rng, step=step,
+                                                  teacher=teacher)
         return total, metrics
     return jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -105,10 +109,11 @@ def test_sharded_objectives_match_unsharded_reference(data_dir):
     cfg = _all_objectives(data_dir)
     ref = Setup(cfg, mesh=make_mesh(1))
     params = random_params(ref.param_shapes)
+    teacher = random_params(ref.param_shapes, seed=1)      # the EMA teacher (masked prediction)
     host, _ = _fixed_batch(ref)
     rng = jax.random.key(7)
     ref_objs = objectives.build(cfg, ref.tokenizer, ref.total_steps)
-    (want, want_m), want_g = jax.jit(_loss_fn(ref.model, ref_objs, rng))(params, host)
+    (want, want_m), want_g = jax.jit(_loss_fn(ref.model, ref_objs, rng))(params, host, teacher)
     scale = max(float(np.abs(w).max()) for w in jax.tree.leaves(want_g))
     # Rematerialised on 8 devices (the same params: blocks looped), ITM's sets of pairs
     # recomputed from their inputs.
@@ -118,11 +123,12 @@ def test_sharded_objectives_match_unsharded_reference(data_dir):
     assert s.objectives[1].objective.remat
     with s.context():
         (got, m), g = jax.jit(_loss_fn(s.model, s.objectives, rng))(
-            jax.device_put(params, s.state_sh.params), pipeline.to_global(host, s.batch_sh))
+            jax.device_put(params, s.state_sh.params), pipeline.to_global(host, s.batch_sh),
+            jax.device_put(teacher, s.state_sh.params))
     # ITM's negative texts half its own negative captions (synthetic: some examples have none).
     for key in ("contrastive/loss", "itm/loss", "itm/own_accuracy", "mlm/loss", "mim/loss",
                 "caption/loss", "grounding/ref_loss", "grounding/gcap_loss",
-                "grounding/ref_box_exact"):
+                "grounding/ref_box_exact", "masked_prediction/loss"):
         np.testing.assert_allclose(m[key], want_m[key], rtol=2e-5, err_msg=key)
     np.testing.assert_allclose(got, want, rtol=2e-5)
     for path, x, y in zip(rules.tree_paths(g), jax.tree.leaves(g), jax.tree.leaves(want_g)):

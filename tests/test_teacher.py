@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from conftest import make_mesh, tiny_config
-from helpers import random_state
+from helpers import random_params, random_state
 
 from vlm_jax import objectives as objectives_lib
 from vlm_jax.data import pipeline
@@ -80,3 +80,38 @@ def test_no_teacher_by_default():
     p = {"w": jnp.ones(3)}
     st = state_lib.from_params(p, optax.sgd(0.1), config_lib.defaults())
     assert st.teacher == {}
+
+
+def test_masked_prediction_mask_loss_and_mask_token(data_dir):
+    """Exactly round(N * ratio) patches masked per image, each patch equally often (chi-square);
+    the cosine-distance loss against numpy; with nothing masked the student's tower is the plain
+    one bit for bit, and masking one patch changes it."""
+    from scipy import stats
+
+    from vlm_jax.objectives import masked_prediction as mp
+    m = np.asarray(mp.masked_patches(jax.random.key(0), 4000, 16, 0.5))
+    assert (m.sum(1) == 8).all()
+    assert stats.chisquare(m.sum(0)).pvalue > 1e-3
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
+    mask = rng.random((3, 5)) < 0.5
+    loss, _ = mp.cosine_distance_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    want = (1 - (unit(pred) * unit(target)).sum(-1))[mask].mean()
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    cfg = tiny_config(data_dir, **{"masked_prediction.weight": 1.0, "teacher.momentum": 0.99})
+    s = Setup(cfg)
+    params = random_params(s.param_shapes)
+    assert "mask_token" in params["img"] and "patch_head" in params
+    from vlm_jax.models.vlm import pixels
+    images = pixels(jnp.asarray(s.synthetic_batch()["image"][:2]))
+    n = s.param_shapes["img"]["posemb"].shape[0]
+    call = lambda method, *a, **k: s.model.apply({"params": params}, *a, method=method, **k)
+    plain = call(lambda mdl, x: mdl.img(x)["tokens"], images)
+    none = call(lambda mdl, x: mdl.img(x, masked=jnp.zeros((2, n), bool))["tokens"], images)
+    np.testing.assert_array_equal(plain, none)
+    some = jnp.zeros((2, n), bool).at[:, 0].set(True)
+    one = call(lambda mdl, x: mdl.img(x, masked=some)["tokens"], images)
+    assert not np.allclose(one, plain)
+    raw = jnp.asarray(s.synthetic_batch()["image"][:2])
+    assert call("masked_patches", raw, some).shape == (2, n, cfg.model.image.width)

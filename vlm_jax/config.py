@@ -253,6 +253,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.grounding = ml_collections.ConfigDict()
     objective(c.grounding)
     c.grounding.bins = 32           # coordinate tokens: [0, 1] in this many equal bins
+    # Masked prediction (TIPS): the student, with `ratio` of each image's patches replaced by a
+    # mask token, predicts the EMA teacher's features of those patches; needs teacher.momentum.
+    c.masked_prediction = ml_collections.ConfigDict()
+    objective(c.masked_prediction)
+    c.masked_prediction.ratio = 0.5
     # Balancing: each loss divided by the stop-gradient of its running mean (bias-corrected EMA),
     # so objectives of different scales pull with their weights, not their magnitudes.
     c.balance = ml_collections.ConfigDict()
@@ -327,7 +332,7 @@ def evaluator(section: ml_collections.ConfigDict, name: str) -> None:
 
 
 # Config sections = modules of vlm_jax/objectives = metric prefixes, in the order they are summed.
-OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption", "grounding")
+OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption", "grounding", "masked_prediction")
 # Sections renamed since: old name -> new name (a config using the old one gets told).
 RENAMED = {"loss": "contrastive"}
 # Keys removed since -> where their job went (a config setting one is told; older workdirs'

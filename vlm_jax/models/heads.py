@@ -1,4 +1,5 @@
-"""Heads on top of the towers: embedding projections and the contrastive scale/bias."""
+"""Heads on top of the towers: embedding projections, the contrastive scale/bias, the patch
+feature predictor."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlm_jax.models.transformer import Dtype, logical
+from vlm_jax.models.transformer import Dtype, Mlp, layer_norm, logical
 
 
 class Projection(nn.Module):
@@ -44,3 +45,13 @@ class ContrastiveScale(nn.Module):
                     "bias": jnp.zeros((), jnp.float32)}
         b = self.param("b", logical(nn.initializers.constant(self.bias_init), ()), ())
         return {"scale": jnp.exp(t), "bias": b}
+
+
+class PatchHead(nn.Module):
+    """Predicts a teacher's patch features from the student's patch tokens (masked prediction):
+    LayerNorm, then an MLP of the tokens' width (iBOT's and TIPS's heads are MLPs too)."""
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return Mlp(x.shape[-1], self.dtype, name="mlp")(layer_norm("ln", self.dtype)(x))

@@ -56,10 +56,12 @@ class ViT(nn.Module):
     pre_norm: bool = False   # CLIP: a LayerNorm on the embedded tokens, before the blocks
 
     @nn.compact
-    def __call__(self, images, visible=None):
+    def __call__(self, images, visible=None, masked=None):
         """images: [B, H, W, C] floats in [-1, 1]. Returns tokens and the pooled `pre_logits`.
         `visible` [B, n] (patch indices, row-major) keeps only those patches, after their
-        position embeddings (MAE's encoder); the patch tokens are always the last ones."""
+        position embeddings (MAE's encoder); `masked` [B, N] bools replaces those patches'
+        embeddings by a learned mask token, before the position embeddings (iBOT, TIPS). The
+        patch tokens are always the last ones."""
         p = self.patch_size
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch {p}")
@@ -69,6 +71,10 @@ class ViT(nn.Module):
                     bias_init=logical(nn.initializers.zeros, ("embed",)))(images.astype(self.dtype))
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
+        if masked is not None:
+            token = self.param("mask_token", logical(nn.initializers.normal(0.02),
+                                                     (None, None, "embed")), (1, 1, c))
+            x = jnp.where(masked[..., None], token.astype(x.dtype), x)
         if self.posemb == "learn":
             pos = self.param("posemb", logical(nn.initializers.normal(0.02), ("seq", "embed")),
                              (h * w, c))

@@ -14,7 +14,7 @@ import ml_collections
 from vlm_jax.data.regions import extra_tokens
 from vlm_jax.models.decoders import MaeDecoder
 from vlm_jax.models.fusion import FusionEncoder, ItmHead, VocabHead
-from vlm_jax.models.heads import ContrastiveScale, Projection
+from vlm_jax.models.heads import ContrastiveScale, PatchHead, Projection
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.transformer import Dtype
 from vlm_jax.models.vit import ViT
@@ -60,6 +60,7 @@ class VisionLanguageModel(nn.Module):
     mim_decoder: MaeDecoder | None = None
     caption_decoder: FusionEncoder | None = None
     caption_vocab: int = 0
+    patch_prediction: bool = False  # the mask token and the head predicting patch features
     proj_bias: bool = False
 
     def setup(self):
@@ -71,6 +72,8 @@ class VisionLanguageModel(nn.Module):
             self.mlm_head = VocabHead(self.mlm_vocab, self.dtype)
         if self.caption_decoder is not None:
             self.caption_head = VocabHead(self.caption_vocab, self.dtype)
+        if self.patch_prediction:
+            self.patch_head = PatchHead(self.dtype)
 
     def encode_image(self, images, visible=None):
         """`visible` [B, n]: the patches the tower sees (patch dropout); None: every patch."""
@@ -95,12 +98,16 @@ class VisionLanguageModel(nn.Module):
                 self.mim_pixels(images, jnp.broadcast_to(jnp.arange(n), (images.shape[0], n)))
             if self.caption_decoder is not None:
                 self.caption_logits(txt, mask, img)
+            if self.patch_prediction:
+                n = img.shape[1] if self.img.pool != "cls" else img.shape[1] - 1
+                self.masked_patches(images, jnp.zeros((images.shape[0], n), bool))
         return out
 
     def has_head(self, method: str) -> bool:
         """Whether the head behind `method` exists (its objective is on)."""
         return {"itm_logits": self.itm, "mlm_logits": bool(self.mlm_vocab),
                 "mim_pixels": self.mim_decoder is not None,
+                "masked_patches": self.patch_prediction,
                 "caption_logits": self.caption_decoder is not None}.get(method, hasattr(self, method))
 
     def itm_logits(self, txt_tokens, txt_mask, img_tokens):
@@ -117,6 +124,12 @@ class VisionLanguageModel(nn.Module):
         """The image tower sees only the `visible` [B, n] patches; -> [B, N, p*p*C] pixels."""
         tokens = self.img(pixels(images, self.pixel_norm), visible)["tokens"]
         return self.mim_decoder(tokens[:, -visible.shape[1]:], visible)
+
+    def masked_patches(self, images, masked):
+        """The image tower with the `masked` [B, N] patches' embeddings replaced by the mask
+        token -> each patch's predicted feature [B, N, width] (the patch head on its token)."""
+        tokens = self.img(pixels(images, self.pixel_norm), masked=masked)["tokens"]
+        return self.patch_head(tokens[:, -masked.shape[1]:])
 
     def caption_logits(self, txt_tokens, txt_mask, img_tokens, targets=None):
         """Causal text tower tokens -> [B, L, vocab]; position t predicts token t + 1. Given the
@@ -162,4 +175,5 @@ def build(config: ml_collections.ConfigDict, vocab_size: int,
                                con.sigmoid_t_init, con.sigmoid_bias_init),
         dtype=dtype, pixel_norm=i.pixel_norm, fusion=fusion, itm="itm_logits" in heads,
         mlm_vocab=vocab_size if "mlm_logits" in heads else 0, mim_decoder=mim,
-        caption_decoder=cap, caption_vocab=text_vocab, proj_bias=m.proj_bias)
+        caption_decoder=cap, caption_vocab=text_vocab, proj_bias=m.proj_bias,
+        patch_prediction="masked_patches" in heads)

@@ -63,14 +63,15 @@ def merge(tree, k: int, n_shards: int):
     return jax.tree.map(one, tree)
 
 
-def grads(model, objectives, params, batch, rng, step, *, k: int, prepare=lambda p: p):
+def grads(model, objectives, params, batch, rng, step, *, k: int, prepare=lambda p: p,
+          teacher=None):
     """(gradients, metrics) of the weighted objectives on `batch`, in `k` micro-batches, on the
     ambient mesh.
 
     Objectives flagged `cross_example` must be computable from the tower outputs they declare in
     `reads` and the model's scale/bias alone (`check` refuses the others). `prepare` maps the
     params before use (inside the differentiated functions: the train step's stop-gradient on
-    frozen params)."""
+    frozen params). `teacher`: the per-example objectives' `ctx.teacher` (train/step.py)."""
     check(objectives)
     mesh, batch_axes = sharding.ambient_batch()
     n_shards = sharding.shards(mesh, batch_axes)
@@ -127,7 +128,8 @@ def grads(model, objectives, params, batch, rng, step, *, k: int, prepare=lambda
             m = {}
             if local:
                 loss, m, _ = objectives_lib.total_loss(
-                    local, out, b, call=call_with(p), rng=jax.random.fold_in(rng, j), step=step)
+                    local, out, b, call=call_with(p), rng=jax.random.fold_in(rng, j), step=step,
+                    teacher=teacher)
                 value = value + loss / k
             return value, m
         g_p, m = jax.grad(surrogate, has_aux=True)(params)

@@ -57,7 +57,8 @@ def make(model: nn.Module, tx: optax.GradientTransformation, objectives, sched,
 
         if microbatches > 1:
             grads, metrics = accumulate.grads(model, objectives, state.params, batch, rng,
-                                              state.step, k=microbatches, prepare=prepare)
+                                              state.step, k=microbatches, prepare=prepare,
+                                              teacher=teacher)
             running = state.loss_ema
         else:
             (_, (metrics, running)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
