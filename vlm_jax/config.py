@@ -29,7 +29,7 @@ UNIT_TYPES = {"steps": int, "epochs": float, "examples": int, "percent": float}
 # Evaluators (modules of vlm_jax/evals): each has eval.<name> (datasets), eval.<name>_every_*
 # and eval.<name>_prefix; options of their own follow their datasets in `defaults()`.
 EVALUATORS = ("zeroshot", "retrieval", "itm_rerank", "mlm", "linear_probe", "logistic_probe",
-              "compositional", "refexp")
+              "compositional", "refexp", "dense_probe")
 REQUIRED = "required"
 # Duration -> what leaving it unset means: REQUIRED, (unit, value), or None (the caller decides:
 # eval_every unset evaluates at the last step only; eval.<name>_every unset follows eval_every).
@@ -313,6 +313,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Referring-expression accuracy (IoU >= 0.5) on sets whose records have regions, beside the
     # train split's mean box (needs grounding.weight > 0).
     c.eval.refexp = ()
+    # Linear classifiers on frozen patch tokens predicting each patch's object colour and kind
+    # from the records' segmentation (the built-in shapes); ridge with eval.probe_l2.
+    c.eval.dense_probe = ()
     # Eval sets beyond the built-in digits and shapes (which need no entry): name -> an
     # eval_dataset(...) section; the evaluators' lists above name them.
     c.eval.datasets = ml_collections.ConfigDict()
