@@ -84,6 +84,7 @@ def _all_objectives(data_dir):
     return tiny_config(data_dir, **{
         "itm.weight": 1.0, "mlm.weight": 0.5, "mim.weight": 0.7, "caption.weight": 2.0,
         "grounding.weight": 0.6, "masked_prediction.weight": 0.8, "teacher.momentum": 0.9,
+        "distill.weight": 0.4,
         "model.text.causal": True, "itm.negatives": "global", "itm.text_negatives": 0.5})
 
 
@@ -128,7 +129,7 @@ def test_sharded_objectives_match_unsharded_reference(data_dir):
     # ITM's negative texts half its own negative captions (synthetic: some examples have none).
     for key in ("contrastive/loss", "itm/loss", "itm/own_accuracy", "mlm/loss", "mim/loss",
                 "caption/loss", "grounding/ref_loss", "grounding/gcap_loss",
-                "grounding/ref_box_exact", "masked_prediction/loss"):
+                "grounding/ref_box_exact", "masked_prediction/loss", "distill/loss"):
         np.testing.assert_allclose(m[key], want_m[key], rtol=2e-5, err_msg=key)
     np.testing.assert_allclose(got, want, rtol=2e-5)
     for path, x, y in zip(rules.tree_paths(g), jax.tree.leaves(g), jax.tree.leaves(want_g)):

@@ -115,3 +115,24 @@ def test_masked_prediction_mask_loss_and_mask_token(data_dir):
     assert not np.allclose(one, plain)
     raw = jnp.asarray(s.synthetic_batch()["image"][:2])
     assert call("masked_patches", raw, some).shape == (2, n, cfg.model.image.width)
+
+
+def test_local_crops_cover_their_share_of_the_image():
+    """render_local's crops, read back from an image whose pixels encode their own position:
+    each covers between the configured shares of the area, placed anywhere."""
+    from vlm_jax.data import images
+    side = 200
+    y, x = np.mgrid[:side, :side]
+    coded = np.stack([x * 255 // (side - 1), y * 255 // (side - 1), x * 0], -1).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    shares, lefts = [], []
+    for _ in range(300):
+        crop = images.render_local(coded, 32, rng, 0.05, 0.4).astype(float)
+        w = (crop[:, -1, 0].mean() - crop[:, 0, 0].mean()) / 255 * 32 / 31
+        h = (crop[-1, :, 1].mean() - crop[0, :, 1].mean()) / 255 * 32 / 31
+        shares.append(w * h)
+        lefts.append(crop[:, 0, 0].mean() / 255)
+    shares = np.array(shares)
+    assert shares.min() > 0.04 and shares.max() < 0.42
+    assert 0.15 < shares.mean() < 0.3                       # uniform in [0.05, 0.4]: 0.225
+    assert min(lefts) < 0.1 and max(lefts) > 0.6            # crops land all over the image

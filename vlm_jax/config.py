@@ -258,6 +258,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.masked_prediction = ml_collections.ConfigDict()
     objective(c.masked_prediction)
     c.masked_prediction.ratio = 0.5
+    # Self-distillation (SILC): the student's embedding of a local crop (a random resized crop of
+    # `local_scale` of the image's area) pulled towards the EMA teacher's embedding of the
+    # training view; needs teacher.momentum.
+    c.distill = ml_collections.ConfigDict()
+    objective(c.distill)
+    c.distill.local_scale = (0.05, 0.4)
     # Balancing: each loss divided by the stop-gradient of its running mean (bias-corrected EMA),
     # so objectives of different scales pull with their weights, not their magnitudes.
     c.balance = ml_collections.ConfigDict()
@@ -335,7 +341,8 @@ def evaluator(section: ml_collections.ConfigDict, name: str) -> None:
 
 
 # Config sections = modules of vlm_jax/objectives = metric prefixes, in the order they are summed.
-OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption", "grounding", "masked_prediction")
+OBJECTIVES = ("contrastive", "itm", "mlm", "mim", "caption", "grounding", "masked_prediction",
+              "distill")
 # Sections renamed since: old name -> new name (a config using the old one gets told).
 RENAMED = {"loss": "contrastive"}
 # Keys removed since -> where their job went (a config setting one is told; older workdirs'

@@ -198,7 +198,8 @@ class Setup:
     def batch_keys(self) -> tuple[str, ...]:
         """What a training batch holds."""
         return (BATCH_KEYS + (NEGATIVE_KEYS if config_lib.text_negatives(self.config) else ())
-                + (GROUNDING_KEYS if config_lib.grounding_bins(self.config) else ()))
+                + (GROUNDING_KEYS if config_lib.grounding_bins(self.config) else ())
+                + (("local_image",) if self.config.distill.weight > 0 else ()))
 
     def batch_shapes(self, batch_size: int | None = None) -> dict:
         """ShapeDtypeStructs of a global batch (default: the config's) on the mesh, shaped like
@@ -210,6 +211,7 @@ class Setup:
                   "neg_tokens": ((b, length), np.int32), "neg_mask": ((b, length), np.bool_),
                   "neg_valid": ((b,), np.bool_), "region_valid": ((b,), np.bool_),
                   "region_box": ((b, 4), np.float32),
+                  "local_image": ((b, size, size, 3), np.uint8),
                   **{f"{t}_{k}": ((b, length), dtype) for t in regions_lib.TASKS
                      for k, dtype in (("tokens", np.int32), ("mask", np.bool_),
                                       ("targets", np.bool_))}}
@@ -247,4 +249,6 @@ class Setup:
             batch.update({k: np.stack([r[k] for r in rows]) for k in rows[0]})
             batch["region_box"] = boxes
             batch["region_valid"] = rng.random(b) < 0.75
+        if c.distill.weight > 0:
+            batch["local_image"] = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
         return batch

@@ -73,6 +73,20 @@ def render_view(data, size: int, kind: str = "resize", rng: np.random.Generator 
     return np.asarray(img.resize((size, size), Image.BILINEAR, box=box), np.uint8), window
 
 
+def render_local(data, size: int, rng: np.random.Generator, scale_min: float,
+                 scale_max: float) -> np.ndarray:
+    """A random resized crop covering scale_min..scale_max of the image's area (a local view,
+    DINO's and SILC's), at size x size."""
+    img = open_image(data).convert("RGB")
+    width, height = img.size
+    area = width * height * rng.uniform(scale_min, scale_max)
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    w = min(width, math.sqrt(area * aspect))
+    h = min(height, math.sqrt(area / aspect))
+    x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+    return np.asarray(img.resize((size, size), Image.BILINEAR, box=(x, y, x + w, y + h)), np.uint8)
+
+
 def check(data: bytes) -> tuple[int, int, str]:
     """Fully decodes encoded bytes (catching truncation); returns (width, height, format)."""
     img = Image.open(io.BytesIO(data))

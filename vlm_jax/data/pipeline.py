@@ -54,7 +54,9 @@ def _transform(config, src, tokenizer: Tokenizer) -> Augment:
                    negatives=config_lib.text_negatives(config),
                    regions=config_lib.grounding_bins(config) > 0,
                    grounding_bins=config_lib.grounding_bins(config),
-                   vocab_size=tokenizer.vocab_size)
+                   vocab_size=tokenizer.vocab_size,
+                   local_scale=tuple(config.distill.local_scale) if config.distill.weight > 0
+                   else ())
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,

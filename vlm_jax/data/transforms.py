@@ -41,6 +41,7 @@ class Augment:
     regions: bool = False           # also one region: region_box, region_tokens/_mask/_valid
     grounding_bins: int = 0         # > 0: its LocCa task sequences instead of region_tokens/_mask
     vocab_size: int = 0             # the tokenizer's, where the grounding tokens start
+    local_scale: tuple = ()         # (min, max) area: also `local_image`, a random resized crop
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         if "skipped" in ex:
@@ -76,6 +77,9 @@ class Augment:
             out.update(self.negative(ex.get("negative_captions", []), rng))
         if self.regions:
             out.update(self.region(ex.get("regions", []), window, flipped, rng))
+        if self.local_scale:    # a local view for self-distillation (SILC): a small random crop
+            local = images.render_local(ex["image"], self.image_size, rng, *self.local_scale)
+            out["local_image"] = local[:, ::-1] if self.flip and rng.random() < 0.5 else local
         return out
 
     def region(self, regions: list, window, flipped: bool, rng: np.random.Generator) -> dict:
