@@ -9,7 +9,8 @@ The argument is NAME, or NAME:SHARDS for training (the shards: files or globs, c
 NAME+flip and NAME+clipa are the first stage of the faster two-stage recipes at this scale (the
 settings of configs/flip.py's and configs/clipa.py's first stages: half the patches dropped;
 half the image size and 16 tokens; each until 90% of the run, since towers this large adapt to
-every patch and the full grid quickly); the second stage is plain NAME resuming it:
+every patch and the full grid quickly); NAME+siglip2 is the whole run with SigLIP 2's losses
+(configs/siglip2.py; its shards need `regions`). The second stage is plain NAME resuming it:
 
   python -m launch.train --config configs/published.py:siglip-b16-256+flip:SHARDS --workdir W1
   python -m launch.train --config configs/published.py:siglip-b16-256:SHARDS \\
@@ -23,7 +24,7 @@ All at a global batch of 32,768, bfloat16, scanned and rematerialised blocks, th
 global negatives. The tokenizer file and the shards are the run's to give; `launch.compile`
 needs neither (it stands in `tokenizer.vocab_size` ids and reads no data).
 """
-from configs import clipa, flip
+from configs import clipa, flip, siglip2
 from vlm_jax import config as config_lib
 
 # name -> image (patch, width, depth, heads, mlp), text (width, depth, heads, mlp), image size,
@@ -47,6 +48,8 @@ def _clipa_first(c):
 
 # NAME+STAGE: the first stage of a two-stage recipe, set on top of NAME.
 FIRST_STAGES = {"flip": flip.masked, "clipa": _clipa_first}
+# NAME+RECIPE: a whole run with a recipe's losses on top of NAME (its shards need `regions`).
+RECIPES = {"siglip2": siglip2.add}
 
 
 def get_config(arg: str | None = None):
@@ -54,9 +57,9 @@ def get_config(arg: str | None = None):
     name, _, stage = name.partition("+")
     if name not in SETUPS:
         raise ValueError(f"configs/published.py needs a name: one of {', '.join(SETUPS)}")
-    if stage and stage not in FIRST_STAGES:
-        raise ValueError(f"configs/published.py: no first stage {stage!r} (NAME+STAGE, STAGE one "
-                         f"of {', '.join(FIRST_STAGES)})")
+    if stage and stage not in FIRST_STAGES and stage not in RECIPES:
+        raise ValueError(f"configs/published.py: no first stage or recipe {stage!r} (NAME+STAGE, "
+                         f"STAGE one of {', '.join([*FIRST_STAGES, *RECIPES])})")
     (patch, iw, idepth, iheads, imlp), (tw, tdepth, theads, tmlp), size, length, embed, vocab, \
         loss = SETUPS[name]
     c = config_lib.defaults()
@@ -86,5 +89,5 @@ def get_config(arg: str | None = None):
         t.causal = True
     c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 50, 1000, 5000
     if stage:
-        FIRST_STAGES[stage](c)
+        {**FIRST_STAGES, **RECIPES}[stage](c)
     return c

@@ -122,5 +122,13 @@ def test_the_two_stage_recipes():
     first = published.get_config("siglip-so400m14-384+clipa")
     assert (first.data.image_size, first.tokenizer.max_len) == (182, 16)
     assert published.get_config("clip-l14-224+flip").model.image.patch_dropout == 0.5
-    with pytest.raises(ValueError, match="no first stage 'flop'"):
+    with pytest.raises(ValueError, match="no first stage or recipe 'flop'"):
         published.get_config("clip-l14-224+flop")
+    # SigLIP 2's losses on every setup, the self-supervised ones from 80% of the run.
+    from vlm_jax import objectives
+    for name in published.SETUPS:
+        c = published.get_config(f"{name}+siglip2")
+        config_lib.validate(c)
+        objectives.check(c)
+        assert c.teacher.start_percent == 80 and c.distill.schedule[-1] == (80, 1.0)
+        assert {"caption", "grounding", "distill", "masked_prediction"} <= set(objectives.names(c))
