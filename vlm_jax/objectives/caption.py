@@ -8,6 +8,13 @@ from vlm_jax.config import ConfigError
 from vlm_jax.losses.caption import caption_loss
 
 
+def needs_causal_text(config, section: str) -> None:
+    """The captioner (causal text tower and caption decoder) decodes `section`'s tokens."""
+    if not config.model.text.causal:
+        raise ConfigError(f"'{section}.weight' > 0 needs model.text.causal=True: a bidirectional "
+                          "text tower would show the captioner the tokens it predicts")
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
     name = "caption"
@@ -21,9 +28,7 @@ class Objective:
 
     @staticmethod
     def check(config) -> None:
-        if not config.model.text.causal:
-            raise ConfigError("'caption.weight' > 0 needs model.text.causal=True: a bidirectional "
-                              "text tower would show the captioner the tokens it predicts")
+        needs_causal_text(config, "caption")
 
     def __call__(self, out: dict, batch: dict, ctx):
         nll, hit = ctx.call("caption_logits", out["txt/tokens"], batch["mask"],

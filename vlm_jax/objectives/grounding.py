@@ -8,8 +8,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from vlm_jax.config import ConfigError
 from vlm_jax.data.regions import TASKS
+from vlm_jax.objectives.caption import needs_causal_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +25,7 @@ class Objective:
 
     @staticmethod
     def check(config) -> None:
-        if not config.model.text.causal:
-            raise ConfigError("'grounding.weight' > 0 needs model.text.causal=True: the tasks are "
-                              "decoded by the causal captioner")
+        needs_causal_text(config, "grounding")
 
     def __call__(self, out: dict, batch: dict, ctx):
         valid = batch["region_valid"]
