@@ -136,3 +136,16 @@ def test_local_crops_cover_their_share_of_the_image():
     assert shares.min() > 0.04 and shares.max() < 0.42
     assert 0.15 < shares.mean() < 0.3                       # uniform in [0.05, 0.4]: 0.225
     assert min(lefts) < 0.1 and max(lefts) > 0.6            # crops land all over the image
+
+
+def test_distill_loss_is_the_cosine_distance_to_the_teachers_view():
+    from vlm_jax import objectives
+    from vlm_jax.objectives.distill import Objective
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    student, teacher = unit(rng.normal(size=(2, 6, 4))).astype(np.float32)
+    batch = {"image": "global view", "local_image": "local view"}
+    views = {"local view": student, "global view": teacher}
+    embed = lambda method, x: {"img/normed": jnp.asarray(views[x])}
+    loss, m = Objective()({}, batch, objectives.Context(call=embed, teacher=embed))
+    np.testing.assert_allclose(loss, np.mean(1 - (student * teacher).sum(-1)), rtol=1e-6)

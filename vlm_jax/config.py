@@ -362,6 +362,11 @@ def grounding_bins(config) -> int:
     return config.grounding.bins if config.grounding.weight > 0 else 0
 
 
+def local_views(config) -> bool:
+    """Whether batches carry a local crop per example (`local_image`, for distillation)."""
+    return config.distill.weight > 0
+
+
 def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
     section.weight = weight         # w in sum_k w_k(step) * loss_k; 0 turns the objective off
     # Curriculum: ((percent of the run, factor), ...), the factor piecewise-linear in between and

@@ -199,7 +199,7 @@ class Setup:
         """What a training batch holds."""
         return (BATCH_KEYS + (NEGATIVE_KEYS if config_lib.text_negatives(self.config) else ())
                 + (GROUNDING_KEYS if config_lib.grounding_bins(self.config) else ())
-                + (("local_image",) if self.config.distill.weight > 0 else ()))
+                + (("local_image",) if config_lib.local_views(self.config) else ()))
 
     def batch_shapes(self, batch_size: int | None = None) -> dict:
         """ShapeDtypeStructs of a global batch (default: the config's) on the mesh, shaped like
@@ -249,6 +249,6 @@ class Setup:
             batch.update({k: np.stack([r[k] for r in rows]) for k in rows[0]})
             batch["region_box"] = boxes
             batch["region_valid"] = rng.random(b) < 0.75
-        if c.distill.weight > 0:
+        if config_lib.local_views(c):
             batch["local_image"] = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
         return batch

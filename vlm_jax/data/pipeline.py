@@ -55,8 +55,8 @@ def _transform(config, src, tokenizer: Tokenizer) -> Augment:
                    regions=config_lib.grounding_bins(config) > 0,
                    grounding_bins=config_lib.grounding_bins(config),
                    vocab_size=tokenizer.vocab_size,
-                   local_scale=tuple(config.distill.local_scale) if config.distill.weight > 0
-                   else ())
+                   local_scale=tuple(config.distill.local_scale)
+                   if config_lib.local_views(config) else ())
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,
