@@ -13,13 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.config import ConfigError
-
-
-def masked_patches(rng, batch: int, num_patches: int, ratio: float) -> jax.Array:
-    """[B, N] bools: exactly round(N * ratio) patches per image (at least one), uniformly."""
-    k = max(1, int(round(num_patches * ratio)))
-    rank = jnp.argsort(jnp.argsort(jax.random.uniform(rng, (batch, num_patches)), axis=1), axis=1)
-    return rank < k
+from vlm_jax.losses.masked import patch_mask
 
 
 def cosine_distance_loss(pred, target, masked) -> tuple[jax.Array, dict]:
@@ -56,7 +50,7 @@ class Objective:
     def __call__(self, out: dict, batch: dict, ctx):
         images = batch["image"]
         n = (images.shape[1] // self.patch) * (images.shape[2] // self.patch)
-        masked = masked_patches(ctx.rng, images.shape[0], n, self.ratio)
+        _, masked = patch_mask(ctx.rng, images.shape[0], n, self.ratio)     # `ratio` of them masked
         pred = ctx.call("masked_patches", images, masked)
         target = ctx.teacher("encode_image", images)["img/tokens"][:, -n:]
         return cosine_distance_loss(pred, target, masked)
