@@ -176,6 +176,62 @@ def test_total_is_the_weighted_sum_and_balancing_divides_by_running_means():
     assert float(g) == pytest.approx(1 / ema, rel=1e-5)
 
 
+class _Counted(_Const):
+    """_Const that counts the times it is computed (a host callback in the program)."""
+    calls = []
+
+    def __call__(self, out, batch, ctx):
+        jax.debug.callback(lambda: self.calls.append(self.name))
+        return super().__call__(out, batch, ctx)
+
+
+def test_an_objective_switched_off_is_not_computed():
+    """Off while its schedule is 0: no call, no term and no gradient (even from a NaN loss),
+    every metric NaN, its running mean kept; on again: the plain weighted sum."""
+    objs = [objectives.Weighted(_Const("a", "x"), 1.0),
+            objectives.Weighted(_Counted("b", "y"), 3.0, ((4.0, 0.0), (5.0, 1.0)))]
+    assert [objectives.off_at(objs, t) for t in (0, 4, 5)] == [{"b"}, {"b"}, frozenset()]
+    running = {"a": jnp.float32(1.0), "b": jnp.float32(0.5)}
+
+    def step(objs, x, y, t):
+        f = lambda x, y: objectives.total_loss(objs, {"x": x, "y": y}, {}, running=running,
+                                               decay=0.9, step=t)
+        _, _, new = f(x, y)
+        return new, jax.value_and_grad(lambda x, y: f(x, y)[:2], argnums=(0, 1), has_aux=True)(x, y)
+
+    _Counted.calls.clear()
+    off = tuple(objectives.switch_off(objs, objectives.off_at(objs, 3)))
+    new, ((total, m), (gx, gy)) = jax.jit(step, static_argnums=0)(
+        off, jnp.float32(2.0), jnp.float32(jnp.nan), 3)
+    jax.effects_barrier()
+    assert _Counted.calls == [] and float(new["b"]) == 0.5 and float(new["a"]) != 1.0
+    assert np.isfinite(float(total)) and float(gy) == 0.0 and float(gx) > 0
+    assert np.isnan(m["b/loss"]) and np.isnan(m["b/accuracy"]) and float(m["b/weight"]) == 0.0
+    on = tuple(objectives.switch_off(objs, objectives.off_at(objs, 6)))
+    _, ((total, m), _) = jax.jit(step, static_argnums=0)(on, jnp.float32(2.0), jnp.float32(4.0), 6)
+    jax.effects_barrier()
+    assert set(_Counted.calls) == {"b"} and float(m["b/loss"]) == 4.0
+    ema = (0.9 * 0.5 + 0.1 * 4.0) / (1 - 0.9 ** 7)
+    assert float(total) == pytest.approx(2.0 / ((0.9 + 0.2) / (1 - 0.9 ** 7)) + 3.0 * 4.0 / ema,
+                                         rel=1e-5)
+
+
+def test_the_trainer_leaves_out_objectives_while_their_schedule_is_zero(data_dir, tmp_path):
+    """A run whose contrastive loss joins half-way: a program without it before (its metrics
+    NaN, the total 0), the full one after; with balancing, every loss at every step."""
+    import json
+    cfg = tiny_config(data_dir, **{"contrastive.schedule": ((0, 0.0), (49, 0.0), (50, 1.0)),
+                                   "total_steps": 4, "log_every_steps": 1,
+                                   "checkpoint_every_steps": 4, "eval.zeroshot": (),
+                                   "eval.retrieval": ()})
+    train(cfg, str(tmp_path), mesh=make_mesh(2))
+    rows = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "loss" in r]
+    assert [np.isnan(r["contrastive/loss"]) for r in rows] == [True, True, False, False]
+    assert [r["loss"] for r in rows[:2]] == [0.0, 0.0] and rows[2]["loss"] > 0
+    cfg.balance.enabled = True
+    assert Setup(cfg).off_at(0) == frozenset()
+
+
 def test_caption_loss_matches_numpy():
     rng = np.random.default_rng(0)
     states = rng.normal(size=(3, 5, 4)).astype(np.float32)

@@ -371,7 +371,7 @@ def objective(section: ml_collections.ConfigDict, weight: float = 0.0) -> None:
     section.weight = weight         # w in sum_k w_k(step) * loss_k; 0 turns the objective off
     # Curriculum: ((percent of the run, factor), ...), the factor piecewise-linear in between and
     # constant outside, multiplying `weight`; () keeps it constant. ((0, 0.), (20, 1.)) ramps the
-    # objective in over the first 20% of the steps.
+    # objective in over the first 20% of the steps; where the factor is 0 it is not computed.
     section.schedule = ()
 
 

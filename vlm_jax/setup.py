@@ -178,12 +178,22 @@ class Setup:
     def objectives(self):
         return objectives_lib.build(self.config, self.tokenizer, self.total_steps)
 
-    def train_step(self):
-        """The jitted `(state, batch, rng) -> (state, metrics)`, the state donated."""
+    def off_at(self, step: int) -> frozenset[str]:
+        """The objectives the step at `step` leaves out, their schedules being 0 there (none
+        while balancing: its running means take every loss at every step)."""
+        if self.config.balance.enabled:
+            return frozenset()
+        return objectives_lib.off_at(self.objectives, step)
+
+    def train_step(self, off: frozenset[str] = frozenset()):
+        """The jitted `(state, batch, rng) -> (state, metrics)`, the state donated; the
+        objectives named in `off` not computed (`off_at`: one program per set of them in a run;
+        by default every objective, as launch.compile sizes the run)."""
         c = self.config
 
         def build():
-            fn = step_lib.make(self.model, self.tx, self.objectives, self.schedule,
+            objs = objectives_lib.switch_off(self.objectives, off)
+            fn = step_lib.make(self.model, self.tx, objs, self.schedule,
                                skip_nonfinite=c.nonfinite == "skip",
                                balance_decay=c.balance.decay, frozen=self.frozen,
                                microbatches=c.microbatches,
@@ -192,7 +202,8 @@ class Setup:
                                teacher_start=self.steps("teacher.start"))
             return step_lib.jit(fn, self.state_sh, {k: self.batch_sh for k in self.batch_keys},
                                 self.mesh)
-        return self.shared("step", build, self.total_steps, self.warmup_steps)
+        return self.shared("step", build, self.total_steps, self.warmup_steps,
+                           tuple(sorted(off)))
 
     @property
     def batch_keys(self) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vlm_jax import config as config_lib
 from vlm_jax.config import ConfigError
@@ -75,6 +76,14 @@ class Weighted:
     weight: float
     schedule: tuple = ()            # ((step, factor), ...), piecewise linear
     total_steps: int = 1
+    off: bool = False               # not computed: its schedule is 0 at the program's steps
+
+    def zero_at(self, step: int) -> bool:
+        """Whether the schedule's factor is 0 at `step` (on the host)."""
+        if not self.schedule:
+            return False
+        xs, ys = (np.asarray(v, np.float32) for v in zip(*self.schedule))
+        return float(np.interp(np.float32(step), xs, ys)) == 0.0
 
     def at(self, step):
         if not self.schedule:
@@ -97,6 +106,16 @@ def build(config, tokenizer=None, total_steps: int = 1) -> list[Weighted]:
     return out
 
 
+def off_at(objectives: Sequence[Weighted], step: int) -> frozenset[str]:
+    """The objectives whose schedule is 0 at `step`: the train step for it leaves them out."""
+    return frozenset(w.objective.name for w in objectives if w.zero_at(step))
+
+
+def switch_off(objectives: Sequence[Weighted], off: frozenset[str]) -> list[Weighted]:
+    """The objectives with those named in `off` not computed (loss 0, metrics NaN)."""
+    return [dataclasses.replace(w, off=w.objective.name in off) for w in objectives]
+
+
 def total_loss(objectives: Sequence[Weighted], out: dict, batch: dict, *, call=None, rng=None,
                step=0, running=None, decay: float = 0.99, teacher=None):
     """(total, metrics, running means). Metrics are keyed '<objective>/<metric>' plus 'loss'.
@@ -108,8 +127,15 @@ def total_loss(objectives: Sequence[Weighted], out: dict, batch: dict, *, call=N
         obj = w.objective
         ctx = Context(call, None if rng is None else jax.random.fold_in(rng, i),
                       100.0 * jnp.asarray(step, jnp.float32) / w.total_steps, teacher)
-        loss, m = obj(out, batch, ctx)
         weight = w.at(step)
+        if w.off:
+            m = _off(lambda obj=obj, ctx=ctx: obj(out, batch, ctx))
+            metrics.update({f"{obj.name}/{k}": v for k, v in m.items()})
+            metrics[f"{obj.name}/weight"] = weight
+            if running is not None:
+                new_running[obj.name] = running[obj.name]
+            continue
+        loss, m = obj(out, batch, ctx)
         term = loss
         if running is not None:
             ema = decay * running[obj.name] + (1 - decay) * jax.lax.stop_gradient(loss)
@@ -121,3 +147,12 @@ def total_loss(objectives: Sequence[Weighted], out: dict, batch: dict, *, call=N
         metrics.update({f"{obj.name}/{k}": v for k, v in m.items() if k != "loss"})
     metrics["loss"] = total
     return total, metrics, new_running
+
+
+def _off(run):
+    """The metrics of an objective that is off, without computing it: each NaN (0 where not a
+    float), its loss included; the means over logged steps leave them out."""
+    loss, m = jax.eval_shape(run)
+    fill = lambda x: jnp.full(x.shape, jnp.nan if jnp.issubdtype(x.dtype, jnp.inexact) else 0,
+                              x.dtype)
+    return {"loss": fill(loss), **jax.tree.map(fill, m)}

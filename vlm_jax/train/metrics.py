@@ -4,6 +4,7 @@ the console line. Only process 0 writes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import time
@@ -58,8 +59,10 @@ class TensorBoardWriter:
                                     purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, metrics: dict) -> None:
+        # Non-finite means (an objective not computed yet, every step skipped) are left out: a
+        # curve has no point there rather than a NaN one.
         for k, v in metrics.items():
-            if not isinstance(v, str):
+            if not isinstance(v, str) and math.isfinite(v):
                 self.writer.add_scalar(k, float(v), int(step))
 
     def close(self) -> None:

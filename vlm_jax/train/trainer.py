@@ -147,7 +147,7 @@ def train(config, workdir: str, mesh=None) -> dict:
     # evaluator -> its cadence in steps (None: the last step only)
     eval_every = {k: s.steps(f"eval.{k}_every") or s.steps("eval_every")
                   for k in config_lib.EVALUATORS}
-    evaluator, step_fn = evals.Evaluators(s), s.train_step()
+    evaluator = evals.Evaluators(s)
     if jax.process_index() == 0:
         workdir_lib.save_config(config, workdir)
     _rule_table(s, workdir)
@@ -162,11 +162,17 @@ def train(config, workdir: str, mesh=None) -> dict:
         monitor = Monitor(s, writer, start)
         run.enter_context(s.context())
         stop = run.enter_context(_StopRequest())
-        last, step = {}, start
+        last, step, step_fn, programs = {}, start, None, {}
         while step < total:
             with monitor.waiting_for_data():
                 batch, skips = pipeline.split_skips(next(data_iter))
                 batch = pipeline.to_global(batch, s.batch_sh)
+            # Objectives scheduled to 0 are left out of the step (one program per set of them).
+            off = s.off_at(step)
+            if off not in programs:
+                programs[off] = s.train_step(off)
+            if programs[off] is not step_fn:
+                step_fn, monitor.step_flops = programs[off], None
             state, metrics = step_fn(state, batch, s.step_rng)
             step += 1
             monitor.record(metrics, skips)
