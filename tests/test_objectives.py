@@ -218,7 +218,7 @@ def test_an_objective_switched_off_is_not_computed():
 
 def test_the_trainer_leaves_out_objectives_while_their_schedule_is_zero(data_dir, tmp_path):
     """A run whose contrastive loss joins half-way: a program without it before (its metrics
-    NaN, the total 0), the full one after; with balancing, every loss at every step."""
+    NaN, the total 0, its FLOPs), the full one after; with balancing, every loss at every step."""
     import json
     cfg = tiny_config(data_dir, **{"contrastive.schedule": ((0, 0.0), (49, 0.0), (50, 1.0)),
                                    "total_steps": 4, "log_every_steps": 1,
@@ -228,6 +228,10 @@ def test_the_trainer_leaves_out_objectives_while_their_schedule_is_zero(data_dir
     rows = [r for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if "loss" in r]
     assert [np.isnan(r["contrastive/loss"]) for r in rows] == [True, True, False, False]
     assert [r["loss"] for r in rows[:2]] == [0.0, 0.0] and rows[2]["loss"] > 0
+    # MFU counts the FLOPs of the program that ran: fewer without the loss (no backward pass).
+    flops = [r["tflops_per_sec"] / r["examples_per_sec"] for r in rows]
+    assert flops[0] == pytest.approx(flops[1]) and flops[2] == pytest.approx(flops[3])
+    assert flops[0] < 0.8 * flops[3]
     cfg.balance.enabled = True
     assert Setup(cfg).off_at(0) == frozenset()
 

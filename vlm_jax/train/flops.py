@@ -45,15 +45,15 @@ def is_plain(config) -> bool:
     return not config.model.scan and config.model.remat == "none" and config.microbatches == 1
 
 
-def step_flops(setup, batch, step_fn=None) -> float:
+def step_flops(setup, batch, step_fn=None, off: frozenset[str] = frozenset()) -> float:
     """Global FLOPs of one plain train step of `setup` (a vlm_jax.setup.Setup) on batches shaped
-    like `batch`: its jitted `step_fn` (default: a new one) when plain, else the step of a plain
-    variant of the same config."""
+    like `batch`, the objectives in `off` left out: its jitted `step_fn` (default: a new one)
+    when plain, else the step of a plain variant of the same config."""
     if not is_plain(setup.config):
         step_fn = None
         setup = Setup(plain(setup.config), setup.mesh, num_train=setup.num_train,
                       tokenizer=setup.tokenizer)
-    step_fn = step_fn or setup.train_step()
+    step_fn = step_fn or setup.train_step(off)
     # With the batch's own sharding the signature is the train loop's: the step's trace and
     # lowering are reused, not redone.
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
@@ -64,11 +64,11 @@ def step_flops(setup, batch, step_fn=None) -> float:
         # The GPU and TPU plugins (PJRT C API) analyse only compiled programs, whose dots are
         # library calls the analysis does not count: the same global step lowered for one CPU
         # device instead (before partitioning the count does not depend on the mesh).
-        cost = _cpu_cost(setup, shapes)
+        cost = _cpu_cost(setup, shapes, off)
     return float(cost["flops"])
 
 
-def _cpu_cost(setup, shapes) -> dict:
+def _cpu_cost(setup, shapes, off) -> dict:
     from vlm_jax.parallel import mesh as mesh_lib
     device = jax.devices("cpu")[0]
     unplaced = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
@@ -76,6 +76,6 @@ def _cpu_cost(setup, shapes) -> dict:
         cpu = Setup(setup.config, mesh_lib.make_mesh({}, devices=[device]),
                     num_train=setup.num_train, tokenizer=setup.tokenizer)
         with cpu.context():
-            return cpu.train_step().lower(
+            return cpu.train_step(off).lower(
                 jax.tree.map(unplaced, cpu.abstract_state()), jax.tree.map(unplaced, shapes),
                 unplaced(cpu.step_rng)).cost_analysis()

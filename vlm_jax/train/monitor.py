@@ -24,6 +24,7 @@ class Monitor:
         self.progress = metrics_lib.Progress(start_step, setup.total_steps, setup.config.batch_size)
         self.peak = flops_lib.peak_per_device(setup.config.log.peak_tflops)
         self.step_flops = None
+        self.off = frozenset()                # the objectives the current step leaves out
         self.pending, self.host = [], []      # step metrics on the device / fetched
         self.skipped = collections.Counter()  # records the pipeline dropped, by reason
         self.skipped_updates = 0              # non-finite steps (nonfinite='skip')
@@ -68,7 +69,7 @@ class Monitor:
         if sum(self.skipped.values()):
             logging.warning("skipped since the last log line: %s", dict(self.skipped))
         if self.step_flops is None:
-            self.step_flops = flops_lib.step_flops(self.s, batch, step_fn)
+            self.step_flops = flops_lib.step_flops(self.s, batch, step_fn, self.off)
         achieved = self.step_flops * ex_s / config.batch_size
         out = {**mean, "skipped_updates": self.skipped_updates,
                "tflops_per_sec": achieved / 1e12,

@@ -171,8 +171,8 @@ def train(config, workdir: str, mesh=None) -> dict:
             off = s.off_at(step)
             if off not in programs:
                 programs[off] = s.train_step(off)
-            if programs[off] is not step_fn:
-                step_fn, monitor.step_flops = programs[off], None
+            if programs[off] is not step_fn:      # the FLOPs counted again for the new one
+                step_fn, monitor.off, monitor.step_flops = programs[off], off, None
             state, metrics = step_fn(state, batch, s.step_rng)
             step += 1
             monitor.record(metrics, skips)
