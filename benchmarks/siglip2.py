@@ -1,6 +1,7 @@
 """The SigLIP 2 recipe against plain SigLIP on the built-in shapes (configs/siglip2.py), the table
 "The SigLIP 2 recipe on shapes" in docs/BENCHMARKS.md: retrieval, the dense probe (object
-patches), referring-expression accuracy beside the box prior, the swap perturbation, wall time.
+patches), referring-expression accuracy beside the box prior, the swap perturbation, wall time;
+then, per box coordinate, how often the recipe's decoder gets it right.
 
   python benchmarks/siglip2.py --root workdirs/siglip2          # both runs, one after the other
   python benchmarks/siglip2.py --root workdirs/siglip2 siglip2 --config.seed=1   # one, a variant
@@ -49,6 +50,23 @@ def main() -> None:
     results = {run: train(RUNS[run], os.path.join(os.path.abspath(args.root), run), extra)
                for run in args.runs or RUNS}
     print(table(results))
+    if "siglip2" in results:
+        print(coordinates(os.path.join(os.path.abspath(args.root), "siglip2")))
+
+
+def coordinates(workdir: str) -> str:
+    """Where the recipe's boxes go wrong: per coordinate, the share of test regions decoded into
+    the true bin or one off, and predicted so given the true coordinates before it."""
+    from vlm_jax import evals
+    from vlm_jax.train.evaluate import restore
+    s, params, _ = restore(workdir)
+    with s.context():
+        got = evals.Evaluators(s).evaluators["refexp"].coordinates(params, "shapes")
+    lines = ["| coordinate | " + " | ".join(k.replace("_", " ") for k in got) + " |",
+             "|---" * (len(got) + 1) + "|"]
+    for j, name in enumerate(("x0", "y0", "x1", "y1")):
+        lines.append(f"| {name} | " + " | ".join(f"{v[j]:.3f}" for v in got.values()) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,21 @@ def test_refexp_decodes_greedily_and_scores_by_iou(data_dir):
             t[0, at[r] + k] = v + 2 + int(np.argmax(logits[0, at[r] + k - 1, v + 2:v + 10]))
             mk[0, at[r] + k] = True
         np.testing.assert_array_equal(got[r], t[0, at[r]:at[r] + 4])
+    # Each coordinate predicted given the true ones before it, in one pass.
+    boxes = np.array([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.3, 0.3, 0.4, 0.9],
+                      [0.9, 0.1, 0.95, 0.2]])
+    tokens, mask, at = refexp.sequences(ev.data.embedder, ["a red circle", "a blue square",
+                                                           "a green triangle", "a white circle"],
+                                        boxes, 8)
+    given = refexp._given(s.model, v + 2, 8)(params, tokens, mask, img, at)
+    logits = np.asarray(logits_of(tokens, mask, img))
+    for r in range(4):
+        want = [int(np.argmax(logits[r, at[r] + k - 1, v + 2:v + 10])) for k in range(4)]
+        np.testing.assert_array_equal(given[r], want)
+    # The first coordinate has only the prompt before it either way.
+    c = ev.evaluators["refexp"].coordinates(params, "shapes")
+    assert c["given_exact"][0] == c["decoded_exact"][0] and all(
+        np.all((0 <= x) & (x <= 1)) and x.shape == (4,) for x in c.values())
 
 
 def cfg_source(cfg, split):
