@@ -10,7 +10,10 @@ NAME+flip and NAME+clipa are the first stage of the faster two-stage recipes at 
 settings of configs/flip.py's and configs/clipa.py's first stages: half the patches dropped;
 half the image size and 16 tokens; each until 90% of the run, since towers this large adapt to
 every patch and the full grid quickly); NAME+siglip2 is the whole run with SigLIP 2's losses
-(configs/siglip2.py; its shards need `regions`). The second stage is plain NAME resuming it:
+(configs/siglip2.py; its shards need `regions`), which at this batch needs far more memory per
+chip than NAME (siglip-b16-256+siglip2 on v5e-256: --config.microbatches=8; docs/BENCHMARKS.md,
+and `launch.compile` for any slice). The
+second stage of a two-stage recipe is plain NAME resuming the first:
 
   python -m launch.train --config configs/published.py:siglip-b16-256+flip:SHARDS --workdir W1
   python -m launch.train --config configs/published.py:siglip-b16-256:SHARDS \\
