@@ -22,6 +22,9 @@ config.py). Objectives take the mesh from the context (`jax.set_mesh`) and the b
 the logical rules. The total is
 
     sum_k w_k(step) * loss_k        (with balancing: loss_k / stop_gradient(running mean of loss_k))
+
+An objective whose schedule is 0 at a step is not computed there: the trainer runs the step
+program built without it (`off_at`, `switch_off`), its metrics NaN.
 """
 from __future__ import annotations
 
