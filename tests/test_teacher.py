@@ -83,8 +83,8 @@ def test_no_teacher_by_default():
 
 
 def test_masked_prediction_mask_loss_and_mask_token(data_dir):
-    """Exactly round(N * ratio) patches masked per image (ratio 0.25 here), each patch equally often (chi-square);
-    the cosine-distance loss against numpy; with nothing masked the student's tower is the plain
+    """Exactly round(N * ratio) patches masked per image (ratio 0.25 here), each patch equally
+    often (chi-square); the cosine-distance loss against numpy; with nothing masked the student's tower is the plain
     one bit for bit, and masking one patch changes it."""
     from scipy import stats
 

@@ -23,8 +23,7 @@ class Monitor:
         self.s, self.writer = setup, writer
         self.progress = metrics_lib.Progress(start_step, setup.total_steps, setup.config.batch_size)
         self.peak = flops_lib.peak_per_device(setup.config.log.peak_tflops)
-        self.step_flops = None
-        self.off = frozenset()                # the objectives the current step leaves out
+        self.step_flops = {}                  # objectives left out -> FLOPs of that step
         self.pending, self.host = [], []      # step metrics on the device / fetched
         self.skipped = collections.Counter()  # records the pipeline dropped, by reason
         self.skipped_updates = 0              # non-finite steps (nonfinite='skip')
@@ -54,7 +53,7 @@ class Monitor:
         self.skipped_updates += int(sum(bad))
         self.host.extend(host)
 
-    def log(self, step: int, batch, step_fn) -> dict:
+    def log(self, step: int, batch, step_fn, off: frozenset[str] = frozenset()) -> dict:
         """Writes and returns the means since the last report plus throughput, MFU, memory,
         epoch and skip counts; prints the progress line."""
         config = self.s.config
@@ -68,9 +67,9 @@ class Monitor:
             logging.warning("%d non-finite steps skipped (nonfinite='skip')", self.skipped_updates)
         if sum(self.skipped.values()):
             logging.warning("skipped since the last log line: %s", dict(self.skipped))
-        if self.step_flops is None:
-            self.step_flops = flops_lib.step_flops(self.s, batch, step_fn, self.off)
-        achieved = self.step_flops * ex_s / config.batch_size
+        if off not in self.step_flops:        # the program that ran last (`off` left out)
+            self.step_flops[off] = flops_lib.step_flops(self.s, batch, step_fn, off)
+        achieved = self.step_flops[off] * ex_s / config.batch_size
         out = {**mean, "skipped_updates": self.skipped_updates,
                "tflops_per_sec": achieved / 1e12,
                **({"mfu": achieved / (self.peak * jax.device_count())} if self.peak else {}),

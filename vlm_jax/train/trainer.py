@@ -162,7 +162,7 @@ def train(config, workdir: str, mesh=None) -> dict:
         monitor = Monitor(s, writer, start)
         run.enter_context(s.context())
         stop = run.enter_context(_StopRequest())
-        last, step, step_fn, programs = {}, start, None, {}
+        last, step, programs = {}, start, {}
         while step < total:
             with monitor.waiting_for_data():
                 batch, skips = pipeline.split_skips(next(data_iter))
@@ -171,9 +171,7 @@ def train(config, workdir: str, mesh=None) -> dict:
             off = s.off_at(step)
             if off not in programs:
                 programs[off] = s.train_step(off)
-            if programs[off] is not step_fn:      # the FLOPs counted again for the new one
-                step_fn, monitor.off, monitor.step_flops = programs[off], off, None
-            state, metrics = step_fn(state, batch, s.step_rng)
+            state, metrics = programs[off](state, batch, s.step_rng)
             step += 1
             monitor.record(metrics, skips)
             stopping = stop.due(step)
@@ -181,7 +179,7 @@ def train(config, workdir: str, mesh=None) -> dict:
             if log or save or stopping:
                 monitor.check_finite(step, ckpt.latest_step(), ckpt.directory)
             if log or stopping:
-                last = monitor.log(step, batch, step_fn)
+                last = monitor.log(step, batch, programs[off], off)
             if save or stopping:
                 ckpt.save(step, state, data_iter)
             if stopping:
