@@ -22,7 +22,8 @@ from vlm_jax.evals.compositional import KINDS
 
 VARIANTS = ("contrastive", "albef", "coca")
 RETRIEVAL = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"), ("i2t R@1 ITM", "itm_i2t_r1"),
-             ("t2i R@1 ITM", "itm_t2i_r1"), ("MLM acc", "mlm_accuracy"),
+             ("t2i R@1 ITM", "itm_t2i_r1"), ("i2t R@1 ITM+sim", "itm_sim_i2t_r1"),
+             ("t2i R@1 ITM+sim", "itm_sim_t2i_r1"), ("MLM acc", "mlm_accuracy"),
              ("MLM content acc", "mlm_content_accuracy"))
 SCORERS = ("itc", "itm", "caption", "caption_debiased")
 

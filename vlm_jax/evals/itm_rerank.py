@@ -1,5 +1,6 @@
 """Retrieval re-ranked by the ITM head (ALBEF): each query's top `eval.rerank_k` candidates by
-embedding similarity reordered by the fusion encoder's match score; the `itm_` recalls."""
+embedding similarity reordered by the fusion encoder's match score (the `itm_` recalls), and by
+that score plus the pair's similarity (BLIP's; the `itm_sim_` recalls)."""
 from __future__ import annotations
 
 from vlm_jax.evals import retrieval

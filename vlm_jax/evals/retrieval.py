@@ -12,8 +12,9 @@ axes, each device keeps the k best of its shard for a chunk of queries, and the 
 are merged. Neither the hosts nor any device ever hold a queries x candidates matrix.
 
 Re-ranking (ALBEF): each query's top `rerank_k` candidates by embedding similarity are reordered
-by the ITM head's score of the (image, text) pair; the rest keep their order. Beside the `itm_`
-recalls, `itm_i2t_r1_p` and `itm_t2i_r1_p`: the exact McNemar p-value of re-ranked against
+by the ITM head's score of the (image, text) pair (`itm_` recalls); the rest keep their order.
+BLIP's re-ranking adds the pair's cosine similarity to the ITM score (`itm_sim_` recalls). Beside
+each, `..._i2t_r1_p` and `..._t2i_r1_p`: the exact McNemar p-value of re-ranked against
 similarity R@1 over the same queries (below 0.05: the difference is not noise).
 """
 from __future__ import annotations
@@ -93,13 +94,21 @@ def _padded(lists: list[list[int]]) -> np.ndarray:
     return out
 
 
-def _rerank(order: np.ndarray, k: int, score: Callable[[np.ndarray, np.ndarray], np.ndarray]):
-    """Reorders each row's first k entries by score(query index, candidate index)."""
-    k = min(k, order.shape[1])
-    top = order[:, :k]
-    queries = np.repeat(np.arange(order.shape[0]), k)
-    s = score(queries, top.ravel()).reshape(top.shape)
-    top = np.take_along_axis(top, np.argsort(-s, axis=1, kind="stable"), axis=1)
+def _pair_scores(top: np.ndarray, score: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    """[Q, k] score(query index, candidate index) of each query's top k candidates."""
+    queries = np.repeat(np.arange(top.shape[0]), top.shape[1])
+    return np.asarray(score(queries, top.ravel()), np.float32).reshape(top.shape)
+
+
+def _cosines(queries: np.ndarray, candidates: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """[Q, k] similarity of each query (unit embeddings) to its top k candidates."""
+    return np.einsum("qd,qkd->qk", queries.astype(np.float32), candidates[top].astype(np.float32))
+
+
+def _rerank(order: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Reorders each row's first k entries (k: scores' columns) by their scores."""
+    k = scores.shape[1]
+    top = np.take_along_axis(order[:, :k], np.argsort(-scores, axis=1, kind="stable"), axis=1)
     return np.concatenate([top, order[:, k:]], axis=1)
 
 
@@ -119,8 +128,13 @@ def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1,
     t2i = top_k(text_emb, image_emb, depth, mesh, axes)             # nearest images first
     orders = {"": (i2t, t2i)}
     if itm is not None and rerank_k > 0:
-        orders["itm_"] = (_rerank(i2t, rerank_k, lambda q, c: itm(texts, q, c)),
-                          _rerank(t2i, rerank_k, lambda q, c: itm(texts, c, q)))
+        i2t_top, t2i_top = i2t[:, :rerank_k], t2i[:, :rerank_k]
+        s_i2t = _pair_scores(i2t_top, lambda q, c: itm(texts, q, c))
+        s_t2i = _pair_scores(t2i_top, lambda q, c: itm(texts, c, q))
+        orders["itm_"] = (_rerank(i2t, s_i2t), _rerank(t2i, s_t2i))
+        # BLIP's re-ranking: the ITM score plus the cosine similarity that proposed the pair.
+        orders["itm_sim_"] = (_rerank(i2t, s_i2t + _cosines(image_emb, text_emb, i2t_top)),
+                              _rerank(t2i, s_t2i + _cosines(text_emb, image_emb, t2i_top)))
     out, top1 = {}, {}
     for prefix, (a, b) in orders.items():
         for name, order, pos in (("i2t", a, img_pos), ("t2i", b, txt_pos)):
