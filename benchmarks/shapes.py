@@ -6,6 +6,7 @@ a scorer against ITC on the same pairs, of ITM re-ranking against similarity on 
   python benchmarks/shapes.py --root workdirs/shapes                    # all three
   python benchmarks/shapes.py --root workdirs/shapes albef              # some
   python benchmarks/shapes.py --root workdirs/shapes albef --config.itm.weight=2   # a variant
+  python benchmarks/shapes.py --root workdirs/shapes albef --mistakes   # + where R@1 goes wrong
 
 Each recipe trains in its own process (`python -m launch.train`) in --root/<recipe>; a finished
 workdir is not trained again. Extra arguments go to launch.train (config overrides).
@@ -26,6 +27,10 @@ RETRIEVAL = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"), ("i2t R@1 ITM", "itm_
              ("t2i R@1 ITM+sim", "itm_sim_t2i_r1"), ("MLM acc", "mlm_accuracy"),
              ("MLM content acc", "mlm_content_accuracy"))
 SCORERS = ("itc", "itm", "caption", "caption_debiased")
+# How the text ranked first describes the image, closest first: its scene exactly, the same
+# objects in another order, the same colours and kinds bound otherwise, one object's colour,
+# kind or both changed, another number of objects, two or more objects changed.
+RELATIONS = ("right", "order", "binding", "colour", "kind", "object", "count", "other")
 
 
 def cell(m: dict, name: str, p: str | None = None) -> str:
@@ -61,11 +66,80 @@ def tables(results: dict) -> str:
     return "\n".join(lines)
 
 
+def relation(truth: tuple, scenes) -> str:
+    """How the closest of `scenes` (those a text describes) differs from the image's `truth`."""
+    def one(scene):
+        if scene == truth:
+            return "right"
+        if len(scene) != len(truth):
+            return "count"
+        if sorted(scene) == sorted(truth):
+            return "order"
+        if all(sorted(o[a] for o in scene) == sorted(o[a] for o in truth) for a in (0, 1)):
+            return "binding"
+        changed = [(a, b) for a, b in zip(scene, truth) if a != b]
+        if len(changed) > 1:
+            return "other"
+        (a, b), = changed
+        return "colour" if a[1] == b[1] else "kind" if a[0] == b[0] else "object"
+    return min(map(one, scenes), key=RELATIONS.index)
+
+
+def mistakes(workdir: str, k: int = 16) -> str:
+    """What the text ranked first for each test image is, by similarity and by ITM re-ranking of
+    the top k: a table of RELATIONS counts, and how many images move from one to the other
+    (None for a model without an ITM head)."""
+    import collections
+
+    import numpy as np
+
+    from vlm_jax import evals
+    from vlm_jax.data import builtin
+    from vlm_jax.data.builtin import shapes
+    from vlm_jax.evals import compositional, retrieval
+    from vlm_jax.evals.itm_rerank import match_score
+    from vlm_jax.train import evaluate
+    s, params, _ = evaluate.restore(workdir)
+    with s.context():
+        data = evals.Evaluators(s).data
+        if not data.embedder.has("itm_logits"):
+            return None
+        objects = [tuple(map(tuple, o)) for o in compositional.read_objects(
+            builtin.split_path("shapes", "test", data.data_dir))]
+        keep, captions = retrieval.usable(data, params, "shapes")
+        objects = [o for o, kept in zip(objects, keep) if kept]
+        texts = sorted({c for caps in captions for c in caps})
+        z, tok, mask = data.embedder.texts(params, texts, tokens=True)
+        img = data.images(params, "shapes")[keep]
+        top = np.argsort(-(img @ z.T), axis=1, kind="stable")[:, :k]
+        img_tokens = data.images(params, "shapes", key="img/tokens")[keep]
+        itm = data.embedder.batched(data.embedder.head("itm_logits", match_score), params,
+                                    tok[top.ravel()], mask[top.ravel()],
+                                    np.repeat(img_tokens, k, axis=0), what="ITM re-ranking")
+    itm_first = top[np.arange(len(top)), np.argmax(np.reshape(itm, top.shape), axis=1)]
+    scenes = collections.defaultdict(set)
+    for o in objects:
+        for c in shapes.describe(o):
+            scenes[c].add(o)
+    by = {name: [relation(o, scenes[texts[j]]) for o, j in zip(objects, first)]
+          for name, first in (("similarity", top[:, 0]), ("ITM", itm_first))}
+    lines = ["| first text by | " + " | ".join(RELATIONS) + " |", "|---" * (len(RELATIONS) + 1) + "|"]
+    for name, rel in by.items():
+        count = collections.Counter(rel)
+        lines.append(f"| {name} | " + " | ".join(str(count[r]) for r in RELATIONS) + " |")
+    moves = collections.Counter(zip(by["similarity"], by["ITM"]))
+    lines += ["", "similarity -> ITM, images that changed: " + ", ".join(
+        f"{a} -> {b}: {n}" for (a, b), n in moves.most_common() if a != b)]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="*", help=f"any of {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--root", default="workdirs/shapes")
+    p.add_argument("--mistakes", action="store_true", help="for recipes with an ITM head, what "
+                   "the first text by similarity and by ITM re-ranking describes")
     args, extra = p.parse_known_args()
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
@@ -75,6 +149,10 @@ def main() -> None:
         workdir = os.path.join(os.path.abspath(args.root), variant)
         results[variant] = train(f"configs/shapes.py:{variant}", workdir, extra)
     print(tables(results))
+    for variant in (args.variants or VARIANTS) if args.mistakes else ():
+        table = mistakes(os.path.join(os.path.abspath(args.root), variant))
+        if table:
+            print(f"\n{variant}:\n{table}")
 
 
 if __name__ == "__main__":

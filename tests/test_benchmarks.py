@@ -76,3 +76,20 @@ def test_step_benchmark_json_reports_throughput_and_mfu(capsys):
     assert abs(out["examples_per_s"] - 16 / out["step_s"]) < 1e-3 * out["examples_per_s"]
     with pytest.raises(SystemExit, match="--devices 9: only 8 available"):
         _benchmark("step").main(["--devices", "9"])
+
+
+def test_shapes_benchmark_names_how_a_ranked_text_differs_from_the_image(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "benchmarks"))     # its `from recipes import ...`
+    relation = _benchmark("shapes").relation
+    truth = (("red", "circle"), ("blue", "square"))
+    cases = {"right": truth, "order": truth[::-1],
+             "binding": (("blue", "circle"), ("red", "square")),
+             "colour": (("green", "circle"), ("blue", "square")),
+             "kind": (("red", "circle"), ("blue", "circle")),
+             "object": (("green", "triangle"), ("blue", "square")),
+             "count": truth[:1], "other": (("green", "triangle"), ("red", "square"))}
+    for want, scene in cases.items():
+        assert relation(truth, [scene]) == want, want
+    # A text shared by several scenes counts as its closest one.
+    assert relation(truth, [cases["other"], cases["kind"], cases["order"]]) == "order"
