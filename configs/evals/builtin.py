@@ -1,5 +1,5 @@
-"""The built-in datasets: zero-shot, retrieval and both linear probes on digits, retrieval on
-shapes. Runs anywhere (the sets are generated on first use).
+"""The built-in datasets: zero-shot, retrieval and both linear probes on digits, retrieval and
+the dense probe (what each patch token tells of its object's colour and kind) on shapes. Runs anywhere (the sets are generated on first use).
 
   python -m launch.eval --workdir DIR --suite configs/evals/builtin.py
 """
@@ -12,4 +12,5 @@ def get_config():
     s.retrieval = ("digits", "shapes")
     s.linear_probe = ("digits",)
     s.logistic_probe = ("digits",)
+    s.dense_probe = ("shapes",)
     return s
