@@ -46,6 +46,16 @@ def train(config: str, workdir: str, extra=()) -> tuple[dict, float]:
     return last(os.path.join(workdir, "metrics.jsonl")), time.perf_counter() - t0
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, positional: str):
+    """(args, the config overrides for launch.train) of a benchmark's command line. argparse
+    takes an option whose value holds a space ("--config.x=((0, 1.),)") for a positional: those
+    leave `positional` for the overrides too."""
+    args, extra = parser.parse_known_args()
+    names = getattr(args, positional)
+    setattr(args, positional, [v for v in names if not v.startswith("-")])
+    return args, extra + [v for v in names if v.startswith("-")]
+
+
 def run(recipe: str, root: str) -> tuple[dict, float]:
     if recipe in STAGED:     # wall time: both stages
         first = os.path.join(root, f"{recipe}_1")

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from recipes import last, train
+from recipes import last, parse_with_overrides, train
 
 from vlm_jax.evals.compositional import KINDS
 
@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--root", default="workdirs/shapes")
     p.add_argument("--mistakes", action="store_true", help="for recipes with an ITM head, what "
                    "the first text by similarity and by ITM re-ranking describes")
-    args, extra = p.parse_known_args()
+    args, extra = parse_with_overrides(p, "variants")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         p.error(f"unknown recipes {sorted(unknown)}; choose from {', '.join(VARIANTS)}")

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from recipes import train
+from recipes import parse_with_overrides, train
 
 RUNS = {"plain": "configs/siglip2.py:plain", "siglip2": "configs/siglip2.py"}
 COLUMNS = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"))
@@ -43,7 +43,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help=f"any of {', '.join(RUNS)} (default: both)")
     p.add_argument("--root", default="workdirs/siglip2")
-    args, extra = p.parse_known_args()
+    args, extra = parse_with_overrides(p, "runs")
     unknown = set(args.runs) - set(RUNS)
     if unknown:
         p.error(f"unknown runs {sorted(unknown)}; choose from {', '.join(RUNS)}")

@@ -93,3 +93,17 @@ def test_shapes_benchmark_names_how_a_ranked_text_differs_from_the_image(monkeyp
         assert relation(truth, [scene]) == want, want
     # A text shared by several scenes counts as its closest one.
     assert relation(truth, [cases["other"], cases["kind"], cases["order"]]) == "order"
+
+
+def test_benchmark_overrides_with_spaces_go_to_launch_train(monkeypatch):
+    import argparse
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "benchmarks"))
+    p = argparse.ArgumentParser()
+    p.add_argument("variants", nargs="*")
+    p.add_argument("--root")
+    schedule = "--config.itm.text_negatives_schedule=((20, 0.), (60, 1.))"   # argparse: positional
+    monkeypatch.setattr(sys, "argv", ["shapes.py", "--root", "r", "albef", "--config.a=1", schedule])
+    args, extra = _benchmark("recipes").parse_with_overrides(p, "variants")
+    assert args.variants == ["albef"] and args.root == "r"
+    assert extra == ["--config.a=1", schedule]
