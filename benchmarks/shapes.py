@@ -111,7 +111,7 @@ def mistakes(workdir: str, k: int = 16) -> str:
         texts = sorted({c for caps in captions for c in caps})
         z, tok, mask = data.embedder.texts(params, texts, tokens=True)
         img = data.images(params, "shapes")[keep]
-        top = np.argsort(-(img @ z.T), axis=1, kind="stable")[:, :k]
+        top = retrieval.top_k(img, z, k, data.embedder.mesh, data.embedder.axes)  # as itm_rerank
         img_tokens = data.images(params, "shapes", key="img/tokens")[keep]
         itm = data.embedder.batched(data.embedder.head("itm_logits", match_score), params,
                                     tok[top.ravel()], mask[top.ravel()],
