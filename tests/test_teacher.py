@@ -82,6 +82,24 @@ def test_no_teacher_by_default():
     assert st.teacher == {}
 
 
+def test_a_checkpoint_from_before_the_teacher_field_resumes_without_one(data_dir, tmp_path):
+    """A state saved before TrainState had `teacher` restores with an empty one; a config that
+    needs a teacher is told to resume with the config the run was trained with."""
+    import pytest
+    s = Setup(tiny_config(data_dir))
+    state = random_state(s)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(3, {f: getattr(state, f) for f in ("step", "params", "opt_state", "loss_ema")})
+    restored = ckpt.restore(3, s.abstract_state())
+    assert restored.teacher == {}
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(jax.device_get(state))):
+        np.testing.assert_array_equal(a, b)
+    with_teacher = Setup(tiny_config(data_dir, **{"teacher.momentum": 0.9}))
+    with pytest.raises(ValueError, match=r"has no \['teacher'\].*config it was trained with"):
+        ckpt.restore(3, with_teacher.abstract_state())
+    ckpt.close()
+
+
 def test_masked_prediction_mask_loss_and_mask_token(data_dir):
     """Exactly round(N * ratio) patches masked per image (ratio 0.25 here), each patch equally
     often (chi-square); the cosine-distance loss against numpy; with nothing masked the student's tower is the plain

@@ -5,6 +5,7 @@ it), so a run killed mid-save resumes from the previous complete step.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import grain
@@ -58,7 +59,16 @@ class Checkpointer:
         if step not in self.manager.all_steps():
             raise FileNotFoundError(f"no complete checkpoint for step {step} in {self.directory}; "
                                     f"have {self.manager.all_steps()}")
-        saved = self._shapes(step)
+        saved, fields = self._saved(step)
+        # A field the train state gained after the checkpoint was written (e.g. `teacher`) is
+        # restored empty, as a run without it has it; one the config fills is an error.
+        absent = [f.name for f in dataclasses.fields(abstract_state) if f.name not in fields] \
+            if dataclasses.is_dataclass(abstract_state) else []
+        filled = [f for f in absent if jax.tree.leaves(getattr(abstract_state, f))]
+        if filled:
+            raise ValueError(f"checkpoint step {step} in {self.directory} has no {filled} (written "
+                             "before the train state held them) and the config needs them: resume "
+                             "it with the config it was trained with")
         differ = {p for p, leaf in _flat(abstract_state).items()
                   if p in saved and saved[p] != tuple(leaf.shape)}
         if differ and fresh is None:
@@ -69,10 +79,14 @@ class Checkpointer:
                 saved[rules_lib.path_str(path)], leaf.dtype,
                 sharding=jax.sharding.NamedSharding(leaf.sharding.mesh, jax.sharding.PartitionSpec()))
             if rules_lib.path_str(path) in differ else leaf, abstract_state)
+        if absent:
+            target = {f: getattr(target, f) for f in fields}
         items = {"state": ocp.args.StandardRestore(target)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         state = self.manager.restore(step, args=ocp.args.Composite(**items)).state
+        if absent:
+            state = abstract_state.replace(**state)
         if not differ:
             return state
         init = _flat(fresh())
@@ -89,16 +103,18 @@ class Checkpointer:
             return jax.device_put(fitted.astype(leaf.dtype), leaf.sharding)
         return jax.tree_util.tree_map_with_path(fit, state, abstract_state)
 
-    def _shapes(self, step: int) -> dict[str, tuple]:
-        """Each saved state leaf's shape, from the checkpoint's metadata (no array is read)."""
+    def _saved(self, step: int) -> tuple[dict[str, tuple], set[str]]:
+        """(each saved state leaf's shape, the train state fields saved), from the checkpoint's
+        metadata (no array is read)."""
         mgr = ocp.CheckpointManager(self.directory,
                                     item_handlers={"state": ocp.PyTreeCheckpointHandler()})
         try:
             meta = mgr.item_metadata(step)["state"]
         finally:
             mgr.close()
-        return {p: tuple(m.shape) for p, m in _flat(getattr(meta, "tree", meta)).items()
-                if hasattr(m, "shape")}
+        tree = getattr(meta, "tree", meta)
+        return ({p: tuple(m.shape) for p, m in _flat(tree).items() if hasattr(m, "shape")},
+                set(tree))
 
     def _failed(self, step, e: Exception) -> "CheckpointSaveError":
         kept = [x for x in sorted(os.listdir(self.directory)) if x.isdigit()] if os.path.isdir(
