@@ -2,6 +2,8 @@
 accuracy, and the compositional evaluator's accuracies with their 95% intervals (the tables
 "Compositional evaluation on shapes" in docs/BENCHMARKS.md). p: the exact McNemar p-value of
 a scorer against ITC on the same pairs, of ITM re-ranking against similarity on the same queries.
+Each recipe has two rows: on the test scenes (each holds a colour-shape pair never seen in
+training) and, "seen pairs", on the val split's new scenes of seen pairs (`shapes_seen`).
 
   python benchmarks/shapes.py --root workdirs/shapes                    # all three
   python benchmarks/shapes.py --root workdirs/shapes albef              # some
@@ -27,6 +29,9 @@ RETRIEVAL = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"), ("i2t R@1 ITM", "itm_
              ("t2i R@1 ITM+sim", "itm_sim_t2i_r1"), ("MLM acc", "mlm_accuracy"),
              ("MLM content acc", "mlm_content_accuracy"))
 SCORERS = ("itc", "itm", "caption", "caption_debiased")
+# The eval sets of configs/shapes.py and their rows' suffix: the test scenes (each holds a
+# colour-shape pair never seen in training), the val scenes (only seen pairs).
+SETS = (("shapes", ""), ("shapes_seen", ", seen pairs"))
 # How the text ranked first describes the image, closest first: its scene exactly, the same
 # objects in another order, the same colours and kinds bound otherwise, one object's colour,
 # kind or both changed, another number of objects, two or more objects changed.
@@ -34,33 +39,43 @@ RELATIONS = ("right", "order", "binding", "colour", "kind", "object", "count", "
 
 
 def cell(m: dict, name: str, p: str | None = None) -> str:
-    """A proportion with its interval, and the paired p-value `p` against a baseline if given."""
-    if name not in m:
+    """A proportion with its interval, and the paired p-value `p` against a baseline if given
+    ("-" where there is none, or no pair to count)."""
+    if name not in m or m[name] != m[name]:
         return "-"
     text = f"{m[name]:.3f} [{m[name + '_lo']:.2f}, {m[name + '_hi']:.2f}]"
     return text + (f" p={m[p]:.2g}" if p in m else "")
+
+
+def by_set(results: dict):
+    """(row label, the set's metrics without their prefix, wall seconds) per recipe and eval set
+    it was scored on: the held-out-pair test scenes, then the seen-pair ones."""
+    for variant, (m, wall) in results.items():
+        for name, label in SETS:
+            short = {k.removeprefix(f"eval/{name}/"): v for k, v in m.items()
+                     if k.startswith(f"eval/{name}/")}
+            if short:
+                yield variant + label, short, wall
 
 
 def tables(results: dict) -> str:
     lines = ["| recipe | " + " | ".join(c for c, _ in RETRIEVAL) +
              " | ITM acc, perturbed | ITM acc, other scene | wall s |",
              "|---" * (len(RETRIEVAL) + 4) + "|"]
-    for variant, (m, wall) in results.items():
-        short = {k.removeprefix("eval/shapes/"): v for k, v in m.items()}
+    for row, short, wall in by_set(results):
         vals = [f"{short[k]:.3f}" if k in short else "-" for _, k in RETRIEVAL]
         vals = [v + (f" (p={short[k + '_p']:.2g})" if k + "_p" in short else "")
                 for v, (_, k) in zip(vals, RETRIEVAL)]
         itm = [cell(short, f"compositional_itm{k}_accuracy") for k in ("", "_other_scene")]
-        lines.append(f"| {variant} | " + " | ".join(vals + itm) + f" | {wall:.0f} |")
+        lines.append(f"| {row} | " + " | ".join(vals + itm) + f" | {wall:.0f} |")
     lines += ["", "| recipe | perturbation | pairs (held out) | " + " | ".join(
         f"{s}" for s in SCORERS) + " | " + " | ".join(f"{s} held out" for s in SCORERS) + " |",
         "|---" * (3 + 2 * len(SCORERS)) + "|"]
-    for variant, (m, _) in results.items():
-        m = {k.removeprefix("eval/shapes/"): v for k, v in m.items()}
+    for row, m, _ in by_set(results):
         for kind in KINDS:
             pre = f"compositional_{kind}"
             n = f"{m.get(pre + '_n', 0):.0f} ({m.get(pre + '_heldout_n', 0):.0f})"
-            lines.append(f"| {variant} | {kind} | {n} | " + " | ".join(
+            lines.append(f"| {row} | {kind} | {n} | " + " | ".join(
                 cell(m, f"{pre}_{s}", f"{pre}_{s}_vs_itc_p") for s in SCORERS) + " | " + " | ".join(
                 cell(m, f"{pre}_{s}_heldout") for s in SCORERS) + " |")
     return "\n".join(lines)
@@ -85,10 +100,10 @@ def relation(truth: tuple, scenes) -> str:
     return min(map(one, scenes), key=RELATIONS.index)
 
 
-def mistakes(workdir: str, k: int = 16) -> str:
-    """What the text ranked first for each test image is, by similarity and by ITM re-ranking of
-    the top k: a table of RELATIONS counts, and how many images move from one to the other
-    (None for a model without an ITM head)."""
+def mistakes(workdir: str, dataset: str = "shapes", k: int = 16) -> str:
+    """What the text ranked first for each image of `dataset` (one of SETS) is, by similarity and
+    by ITM re-ranking of the top k: a table of RELATIONS counts, and how many images move from
+    one to the other (None for a model without an ITM head or a workdir not scored on it)."""
     import collections
 
     import numpy as np
@@ -102,17 +117,17 @@ def mistakes(workdir: str, k: int = 16) -> str:
     s, params, _ = evaluate.restore(workdir)
     with s.context():
         data = evals.Evaluators(s).data
-        if not data.embedder.has("itm_logits"):
+        if not data.embedder.has("itm_logits") or dataset not in s.config.eval.itm_rerank:
             return None
         objects = [tuple(map(tuple, o)) for o in compositional.read_objects(
-            builtin.split_path("shapes", "test", data.data_dir))]
-        keep, captions = retrieval.usable(data, params, "shapes")
+            builtin.split_path("shapes", data.spec(dataset).split, data.data_dir))]
+        keep, captions = retrieval.usable(data, params, dataset)
         objects = [o for o, kept in zip(objects, keep) if kept]
         texts = sorted({c for caps in captions for c in caps})
         z, tok, mask = data.embedder.texts(params, texts, tokens=True)
-        img = data.images(params, "shapes")[keep]
+        img = data.images(params, dataset)[keep]
         top = retrieval.top_k(img, z, k, data.embedder.mesh, data.embedder.axes)  # as itm_rerank
-        img_tokens = data.images(params, "shapes", key="img/tokens")[keep]
+        img_tokens = data.images(params, dataset, key="img/tokens")[keep]
         itm = data.embedder.batched(data.embedder.head("itm_logits", match_score), params,
                                     tok[top.ravel()], mask[top.ravel()],
                                     np.repeat(img_tokens, k, axis=0), what="ITM re-ranking")
@@ -150,9 +165,10 @@ def main() -> None:
         results[variant] = train(f"configs/shapes.py:{variant}", workdir, extra)
     print(tables(results))
     for variant in (args.variants or VARIANTS) if args.mistakes else ():
-        table = mistakes(os.path.join(os.path.abspath(args.root), variant))
-        if table:
-            print(f"\n{variant}:\n{table}")
+        for name, label in SETS:
+            table = mistakes(os.path.join(os.path.abspath(args.root), variant), name)
+            if table:
+                print(f"\n{variant}{label}:\n{table}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ what fusion and generative objectives are for: binding attributes to objects and
 The argument picks the objectives: contrastive (the default; CLIP's softmax loss), albef (+ ITM
 on hard negatives and MLM through a fusion encoder) or coca (+ captioning). Evaluated on the
 shapes test split: retrieval (and ITM re-ranking, MLM accuracy where the heads exist) and the
-compositional evaluator (swap / order / count, scored by ITC, ITM and caption likelihood).
+compositional evaluator (swap / order / count, scored by ITC, ITM and caption likelihood); the
+same on `shapes_seen`, the val split's new scenes of seen colour-shape pairs, to tell what a
+model does not generalise to from what it has not learnt.
 """
 from configs import albef, coca, quickstart
+from vlm_jax import config as config_lib
 from vlm_jax.data.builtin import shapes
 
 VARIANTS = {"contrastive": lambda: quickstart.get_config("softmax"),
@@ -31,13 +34,16 @@ def get_config(arg: str | None = None):
     c.total_steps = 400
     c.checkpoint_every_steps = 100
     c.eval.zeroshot = ()            # shapes' only classes are counts: compositional has them
-    c.eval.retrieval = ("shapes",)
-    c.eval.compositional = ("shapes",)
+    c.eval.datasets.shapes_seen = config_lib.eval_dataset(kind="builtin", path="shapes",
+                                                          split="val")
+    sets = ("shapes", "shapes_seen")
+    c.eval.retrieval = c.eval.compositional = sets
     if arg == "albef":
         # Many images show the same scene (in a batch of 128, about 60 have a twin) and the
         # label is only the object count: the same caption set is what makes a match. By label
         # no scene with the same count would be a negative; by caption the mined "negatives"
         # would often be the twin's captions, true of the image.
         c.itm.groups = "scene"
-        c.eval.itm_rerank = c.eval.mlm = ("shapes",)
+        c.eval.itm_rerank = sets
+        c.eval.mlm = ("shapes",)
     return c

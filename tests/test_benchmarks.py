@@ -95,6 +95,23 @@ def test_shapes_benchmark_names_how_a_ranked_text_differs_from_the_image(monkeyp
     assert relation(truth, [cases["other"], cases["kind"], cases["order"]]) == "order"
 
 
+def test_shapes_benchmark_tables_have_a_row_per_recipe_and_eval_set(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "benchmarks"))
+    m = {"eval/shapes/i2t_r1": 0.25, "eval/shapes_seen/i2t_r1": 0.64,
+         "eval/shapes_seen/itm_i2t_r1": 0.66, "eval/shapes_seen/itm_i2t_r1_p": 0.5}
+    for kind in ("", "_heldout"):   # the seen-pair scenes have no held-out pair: no figure
+        for k, v in {"": (0.75, float("nan"))[bool(kind)], "_lo": 0.7, "_hi": 0.8}.items():
+            m[f"eval/shapes_seen/compositional_swap_itc{kind}{k}"] = v
+    rows = [line for line in _benchmark("shapes").tables({"albef": (m, 12.0)}).splitlines()
+            if line.startswith("| albef")]
+    assert rows[0].startswith("| albef | 0.250 | - |")
+    assert rows[1].startswith("| albef, seen pairs | 0.640 | - | 0.660 (p=0.5) |")
+    swap = [r for r in rows if r.startswith("| albef, seen pairs | swap |")]
+    assert swap[0].split(" | ")[3:5] == ["0.750 [0.70, 0.80]", "-"]
+    assert swap[0].split(" | ")[7] == "-"                               # itc held out: nan
+
+
 def test_benchmark_overrides_with_spaces_go_to_launch_train(monkeypatch):
     import argparse
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(

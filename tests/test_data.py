@@ -17,15 +17,17 @@ def test_builtin_datasets_are_real_and_split_as_documented(data_dir):
     assert sorted(set(test["label"].tolist())) == list(range(10))
     assert "handwritten 7" in {c for caps in test["captions"] for c in caps}
     s = builtin.info("shapes", data_dir)
-    assert s["splits"] == {"train": 4000, "test": 500}
+    assert s["splits"] == {"train": 4000, "test": 500, "val": 500}
     held = {tuple(p) for p in s["held_out"]}
-    # Compositional split: held-out colour-shape pairs only in test captions.
-    train_caps = " | ".join(c for caps in pipeline.load_split("shapes", "train", data_dir, 64)["captions"]
-                            for c in caps)
-    test_caps = pipeline.load_split("shapes", "test", data_dir, 64)["captions"]
+    # Compositional split: held-out colour-shape pairs only in test captions; val holds new
+    # scenes of seen pairs.
+    caps = {split: pipeline.load_split("shapes", split, data_dir, 64)["captions"]
+            for split in ("train", "test", "val")}
+    seen = " | ".join(c for split in ("train", "val") for cs in caps[split] for c in cs)
     for color, kind in held:
-        assert f"{color} {kind}" not in train_caps
-    assert all(any(f"{c} {k}" in caps[0] for c, k in held) for caps in test_caps)
+        assert f"{color} {kind}" not in seen
+    assert all(any(f"{c} {k}" in cs[0] for c, k in held) for cs in caps["test"])
+    assert {cs[0] for cs in caps["val"]} - {cs[0] for cs in caps["train"]}   # new scenes too
 
 
 def test_prepare_is_deterministic_and_atomic(tmp_path, data_dir):

@@ -2,8 +2,10 @@
 
 Each 64x64 image holds 1-3 shapes laid out left to right; captions state their colour, kind,
 count and relative position. The test split is compositional: every test image contains at
-least one colour-shape pair (e.g. a red triangle) that never appears in the train split.
-Everything is deterministic from the seed.
+least one colour-shape pair (e.g. a red triangle) that never appears in the train split. The val
+split is new scenes drawn as the training ones are (no held-out pair): what a model does on
+unseen images of seen pairs, to set beside what it does on unseen pairs. Everything is
+deterministic from the seed.
 
 Records also carry the exact layout the renderer drew: `regions`, one per object, its box
 ([x0, y0, x1, y1] in pixels) and a description that picks it out ("a red circle", or with a
@@ -27,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from vlm_jax.data import records
 
-VERSION = "1.1.0"     # 1.1: negative_captions, regions, segmentation
+VERSION = "1.2.0"     # 1.1: negative_captions, regions, segmentation; 1.2: the val split
 SIZE = 64
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
           "yellow": (230, 210, 40), "purple": (150, 60, 190), "white": (235, 235, 235)}
@@ -35,7 +37,7 @@ KINDS = ("circle", "square", "triangle")
 BACKGROUND = (25, 25, 30)
 HELD_OUT = (("red", "triangle"), ("green", "circle"), ("blue", "square"), ("yellow", "triangle"))
 COUNT_WORDS = ("one", "two", "three")
-SPLITS = {"train": (4000, 1), "test": (500, 2)}   # split -> (examples, seed)
+SPLITS = {"train": (4000, 1), "test": (500, 2), "val": (500, 3)}   # split -> (examples, seed)
 TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_tokenizer.json")
 SPECIALS = ("<pad>", "<s>", "</s>", "[MASK]", "[UNK]")
 
