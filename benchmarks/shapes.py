@@ -9,6 +9,7 @@ training) and, "seen pairs", on the val split's new scenes of seen pairs (`shape
   python benchmarks/shapes.py --root workdirs/shapes albef              # some
   python benchmarks/shapes.py --root workdirs/shapes albef --config.itm.weight=2   # a variant
   python benchmarks/shapes.py --root workdirs/shapes albef --mistakes   # + where R@1 goes wrong
+  python benchmarks/shapes.py --root workdirs/shapes --seen     # + the seen-pair scenes, by novelty
 
 Each recipe trains in its own process (`python -m launch.train`) in --root/<recipe>; a finished
 workdir is not trained again. Extra arguments go to launch.train (config overrides).
@@ -19,6 +20,7 @@ import argparse
 import os
 import sys
 
+import numpy as np
 from recipes import last, parse_with_overrides, train
 
 from vlm_jax.evals.compositional import KINDS
@@ -106,8 +108,6 @@ def mistakes(workdir: str, dataset: str = "shapes", k: int = 16) -> str:
     one to the other (None for a model without an ITM head or a workdir not scored on it)."""
     import collections
 
-    import numpy as np
-
     from vlm_jax import evals
     from vlm_jax.data import builtin
     from vlm_jax.data.builtin import shapes
@@ -148,6 +148,60 @@ def mistakes(workdir: str, dataset: str = "shapes", k: int = 16) -> str:
     return "\n".join(lines)
 
 
+def share(hits) -> str:
+    """The share of right answers with its 95% interval and count."""
+    from vlm_jax.evals.stats import wilson
+    lo, hi = wilson(float(np.sum(hits)), len(hits))
+    return f"{np.mean(hits):.3f} [{lo:.2f}, {hi:.2f}] (n={len(hits)})"
+
+
+def novelty(rows: list[dict], objects: list, train_scenes: set) -> tuple:
+    """Two masks over compositional pairs: its image's scene (the objects left to right) is one
+    of `train_scenes`; its false caption names a held-out colour-shape pair."""
+    from vlm_jax.data.builtin import shapes
+    held = [f"{c} {k}" for c, k in shapes.HELD_OUT]
+    return (np.array([tuple(map(tuple, objects[r["index"]])) in train_scenes for r in rows]),
+            np.array([any(h in r["false"] for h in held) for r in rows]))
+
+
+def seen(workdir: str) -> str:
+    """On the seen-pair scenes: the ITM head's decisions on images whose scene is one of the
+    training scenes and on new ones; each scorer's swap accuracy where the swapped caption names
+    a held-out pair (words never seen together in training) and where it does not."""
+    from vlm_jax import evals
+    from vlm_jax.data import builtin
+    from vlm_jax.evals import compositional
+    from vlm_jax.train import evaluate
+    s, params, _ = evaluate.restore(workdir)
+    if "shapes_seen" not in s.config.eval.compositional:
+        return None
+    with s.context():
+        comp = evals.Evaluators(s).evaluators["compositional"]
+        objects = comp._objects("shapes_seen")
+        valid = comp.data.images(params, "shapes_seen", key="valid")
+        rows = [r for r in compositional.pairs(objects) if valid[r["index"]]]
+        scores = comp.scores(params, "shapes_seen", rows)
+        train = {tuple(map(tuple, o)) for o in compositional.read_objects(
+            builtin.split_path("shapes", "train", comp.data.data_dir))}
+    known, unseen_false = novelty(rows, objects, train)
+    lines = []
+    scene = np.array([r["kind"] == "scene" for r in rows])
+    if "itm" in scores:
+        lines += ["| ITM decisions on | scene in training | new scene |", "|---|---|---|"]
+        for what, sel in (("perturbed pairs", ~scene), ("other scenes' captions", scene)):
+            cells = [share(np.concatenate([itm[0] > 0, itm[1] < 0]))
+                     for itm in (scores["itm"][:, sel & known], scores["itm"][:, sel & ~known])]
+            lines.append(f"| {what} | " + " | ".join(cells) + " |")
+        lines.append("")
+    swap = np.array([r["kind"] == "swap" for r in rows])
+    lines += ["| swap scored by | swapped caption names a held-out pair | does not |", "|---|---|---|"]
+    for scorer, v in scores.items():
+        right = compositional.accuracy(*v)
+        lines.append(f"| {scorer} | {share(right[swap & unseen_false])} | "
+                     f"{share(right[swap & ~unseen_false])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +209,9 @@ def main() -> None:
     p.add_argument("--root", default="workdirs/shapes")
     p.add_argument("--mistakes", action="store_true", help="for recipes with an ITM head, what "
                    "the first text by similarity and by ITM re-ranking describes")
+    p.add_argument("--seen", action="store_true", help="on the seen-pair scenes: ITM decisions "
+                   "on training scenes and new ones, swap accuracy by whether the swapped caption "
+                   "names a held-out pair")
     args, extra = parse_with_overrides(p, "variants")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
@@ -169,6 +226,10 @@ def main() -> None:
             table = mistakes(os.path.join(os.path.abspath(args.root), variant), name)
             if table:
                 print(f"\n{variant}{label}:\n{table}")
+    for variant in (args.variants or VARIANTS) if args.seen else ():
+        table = seen(os.path.join(os.path.abspath(args.root), variant))
+        if table:
+            print(f"\n{variant}, seen pairs, by novelty:\n{table}")
 
 
 if __name__ == "__main__":

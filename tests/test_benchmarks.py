@@ -112,6 +112,18 @@ def test_shapes_benchmark_tables_have_a_row_per_recipe_and_eval_set(monkeypatch)
     assert swap[0].split(" | ")[7] == "-"                               # itc held out: nan
 
 
+def test_shapes_benchmark_tells_training_scenes_and_unseen_pairs_apart(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "benchmarks"))
+    from vlm_jax.evals import compositional
+    objects = [[["red", "circle"], ["blue", "triangle"]], [["green", "square"]]]
+    rows = [r for r in compositional.pairs(objects) if r["kind"] in ("swap", "count")]
+    known, unseen = _benchmark("shapes").novelty(rows, objects, {(("green", "square"),)})
+    assert [(r["index"], r["kind"]) for r in rows] == [(0, "swap"), (0, "count"), (1, "count")]
+    # The swap reads "a blue circle left of a red triangle": red triangles are held out.
+    assert known.tolist() == [False, False, True] and unseen.tolist() == [True, False, False]
+
+
 def test_benchmark_overrides_with_spaces_go_to_launch_train(monkeypatch):
     import argparse
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
