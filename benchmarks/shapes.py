@@ -102,35 +102,40 @@ def relation(truth: tuple, scenes) -> str:
     return min(map(one, scenes), key=RELATIONS.index)
 
 
-def mistakes(workdir: str, dataset: str = "shapes", k: int = 16) -> str:
-    """What the text ranked first for each image of `dataset` (one of SETS) is, by similarity and
-    by ITM re-ranking of the top k: a table of RELATIONS counts, and how many images move from
-    one to the other (None for a model without an ITM head or a workdir not scored on it)."""
-    import collections
-
+def mistakes(workdir: str, k: int = 16) -> dict[str, str]:
+    """For each of SETS the workdir's ITM re-ranking scores, what the text ranked first for each
+    image is, by similarity and by ITM re-ranking of the top k: a table of RELATIONS counts, and
+    how many images move from one to the other (empty for a model without an ITM head)."""
     from vlm_jax import evals
-    from vlm_jax.data import builtin
-    from vlm_jax.data.builtin import shapes
-    from vlm_jax.evals import compositional, retrieval
-    from vlm_jax.evals.itm_rerank import match_score
     from vlm_jax.train import evaluate
     s, params, _ = evaluate.restore(workdir)
     with s.context():
         data = evals.Evaluators(s).data
-        if not data.embedder.has("itm_logits") or dataset not in s.config.eval.itm_rerank:
-            return None
-        objects = [tuple(map(tuple, o)) for o in compositional.read_objects(
-            builtin.split_path("shapes", data.spec(dataset).split, data.data_dir))]
-        keep, captions = retrieval.usable(data, params, dataset)
-        objects = [o for o, kept in zip(objects, keep) if kept]
-        texts = sorted({c for caps in captions for c in caps})
-        z, tok, mask = data.embedder.texts(params, texts, tokens=True)
-        img = data.images(params, dataset)[keep]
-        top = retrieval.top_k(img, z, k, data.embedder.mesh, data.embedder.axes)  # as itm_rerank
-        img_tokens = data.images(params, dataset, key="img/tokens")[keep]
-        itm = data.embedder.batched(data.embedder.head("itm_logits", match_score), params,
-                                    tok[top.ravel()], mask[top.ravel()],
-                                    np.repeat(img_tokens, k, axis=0), what="ITM re-ranking")
+        if not data.embedder.has("itm_logits"):
+            return {}
+        return {name: _mistakes(data, params, name, k) for name, _ in SETS
+                if name in s.config.eval.itm_rerank}
+
+
+def _mistakes(data, params, dataset: str, k: int) -> str:
+    import collections
+
+    from vlm_jax.data import builtin
+    from vlm_jax.data.builtin import shapes
+    from vlm_jax.evals import compositional, retrieval
+    from vlm_jax.evals.itm_rerank import match_score
+    objects = [tuple(map(tuple, o)) for o in compositional.read_objects(
+        builtin.split_path("shapes", data.spec(dataset).split, data.data_dir))]
+    keep, captions = retrieval.usable(data, params, dataset)
+    objects = [o for o, kept in zip(objects, keep) if kept]
+    texts = sorted({c for caps in captions for c in caps})
+    z, tok, mask = data.embedder.texts(params, texts, tokens=True)
+    img = data.images(params, dataset)[keep]
+    top = retrieval.top_k(img, z, k, data.embedder.mesh, data.embedder.axes)  # as itm_rerank
+    img_tokens = data.images(params, dataset, key="img/tokens")[keep]
+    itm = data.embedder.batched(data.embedder.head("itm_logits", match_score), params,
+                                tok[top.ravel()], mask[top.ravel()],
+                                np.repeat(img_tokens, k, axis=0), what="ITM re-ranking")
     itm_first = top[np.arange(len(top)), np.argmax(np.reshape(itm, top.shape), axis=1)]
     scenes = collections.defaultdict(set)
     for o in objects:
@@ -222,10 +227,10 @@ def main() -> None:
         results[variant] = train(f"configs/shapes.py:{variant}", workdir, extra)
     print(tables(results))
     for variant in (args.variants or VARIANTS) if args.mistakes else ():
+        tables_by_set = mistakes(os.path.join(os.path.abspath(args.root), variant))
         for name, label in SETS:
-            table = mistakes(os.path.join(os.path.abspath(args.root), variant), name)
-            if table:
-                print(f"\n{variant}{label}:\n{table}")
+            if name in tables_by_set:
+                print(f"\n{variant}{label}:\n{tables_by_set[name]}")
     for variant in (args.variants or VARIANTS) if args.seen else ():
         table = seen(os.path.join(os.path.abspath(args.root), variant))
         if table:
