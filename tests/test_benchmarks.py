@@ -23,11 +23,13 @@ def test_loss_memory_benchmark_json_and_scaling():
         assert mem[loss, "gather", 16] > 3 * mem[loss, "gather", 4]
 
 
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
 def _benchmark(name):
     """benchmarks/NAME.py as a module: tests call its main(argv) in this process, where the
     suite's imports are done."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "benchmarks", f"{name}.py")
+    path = os.path.join(BENCHMARKS, f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -79,8 +81,7 @@ def test_step_benchmark_json_reports_throughput_and_mfu(capsys):
 
 
 def test_shapes_benchmark_names_how_a_ranked_text_differs_from_the_image(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "benchmarks"))     # its `from recipes import ...`
+    monkeypatch.syspath_prepend(BENCHMARKS)     # its `from recipes import ...`
     relation = _benchmark("shapes").relation
     truth = (("red", "circle"), ("blue", "square"))
     cases = {"right": truth, "order": truth[::-1],
@@ -96,8 +97,7 @@ def test_shapes_benchmark_names_how_a_ranked_text_differs_from_the_image(monkeyp
 
 
 def test_shapes_benchmark_tables_have_a_row_per_recipe_and_eval_set(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "benchmarks"))
+    monkeypatch.syspath_prepend(BENCHMARKS)
     m = {"eval/shapes/i2t_r1": 0.25, "eval/shapes_seen/i2t_r1": 0.64,
          "eval/shapes_seen/itm_i2t_r1": 0.66, "eval/shapes_seen/itm_i2t_r1_p": 0.5}
     for kind in ("", "_heldout"):   # the seen-pair scenes have no held-out pair: no figure
@@ -113,8 +113,7 @@ def test_shapes_benchmark_tables_have_a_row_per_recipe_and_eval_set(monkeypatch)
 
 
 def test_shapes_benchmark_tells_training_scenes_and_unseen_pairs_apart(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "benchmarks"))
+    monkeypatch.syspath_prepend(BENCHMARKS)
     from vlm_jax.evals import compositional
     objects = [[["red", "circle"], ["blue", "triangle"]], [["green", "square"]]]
     rows = [r for r in compositional.pairs(objects) if r["kind"] in ("swap", "count")]
@@ -126,8 +125,7 @@ def test_shapes_benchmark_tells_training_scenes_and_unseen_pairs_apart(monkeypat
 
 def test_benchmark_overrides_with_spaces_go_to_launch_train(monkeypatch):
     import argparse
-    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "benchmarks"))
+    monkeypatch.syspath_prepend(BENCHMARKS)
     p = argparse.ArgumentParser()
     p.add_argument("variants", nargs="*")
     p.add_argument("--root")

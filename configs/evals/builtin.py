@@ -1,5 +1,6 @@
 """The built-in datasets: zero-shot, retrieval and both linear probes on digits, retrieval and
-the dense probe (what each patch token tells of its object's colour and kind) on shapes. Runs anywhere (the sets are generated on first use).
+the dense probe (what each patch token tells of its object's colour and kind) on shapes. Runs
+anywhere (the sets are generated on first use).
 
   python -m launch.eval --workdir DIR --suite configs/evals/builtin.py
 """
