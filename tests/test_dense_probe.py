@@ -31,17 +31,34 @@ def test_dense_probe_on_shapes(data_dir):
     patch, n = cfg.model.image.patch_size, (32 // cfg.model.image.patch_size) ** 2
     spec = dense_probe.datasets.spec(cfg, "shapes")
     colours = ["background"] + sorted(shapes.COLORS)
+    kinds = ["background"] + sorted(shapes.KINDS)
     data = {}
     for split in ("train", "test"):
         x = ev.data.images(params, "shapes", split, "img/tokens")[:, -n:]
         layouts = dense_probe.read_layouts(dense_probe.datasets.source(spec, split), data_dir)
-        y = np.concatenate([np.array([0] + [colours.index(o[0]) for o in objs])[
+        y = {a: np.concatenate([np.array([0] + [names.index(o[k]) for o in objs])[
             dense_probe.patch_labels(seg, 32, patch)] for seg, objs in layouts])
+            for k, (a, names) in enumerate((("colour", colours), ("kind", kinds)))}
         data[split] = (x.reshape(-1, x.shape[-1]).astype(np.float64), y)
-    w, b = ridge_fit(*data["train"], len(colours), cfg.eval.probe_l2)
-    x, y = data["test"]
-    hit = np.argmax(x @ w + b, axis=1) == y
-    assert m["eval/shapes/dense_object_patches"] == (y > 0).sum() > 500
+    (tx, ty), (x, y) = data["train"], data["test"]
+    w, b = ridge_fit(tx, ty["colour"], len(colours), cfg.eval.probe_l2)
+    hit = np.argmax(x @ w + b, axis=1) == y["colour"]
+    obj = y["colour"] > 0
+    assert m["eval/shapes/dense_object_patches"] == obj.sum() > 500
     np.testing.assert_allclose(m["eval/shapes/dense_colour_accuracy"], hit.mean())
-    np.testing.assert_allclose(m["eval/shapes/dense_colour_accuracy_object"], hit[y > 0].mean())
+    np.testing.assert_allclose(m["eval/shapes/dense_colour_accuracy_object"], hit[obj].mean())
     assert 0 <= m["eval/shapes/dense_kind_accuracy_object"] <= 1
+    # Kind, fit on the colours no held-out pair has (seen as every kind), scored on the other
+    # colours' objects: of held-out pairs, and of the pairs seen in training.
+    free = [colours.index(c) for c in shapes.COLORS if c not in dict(shapes.HELD_OUT)]
+    assert len(free) == 2
+    fit = np.isin(ty["colour"], free) & (ty["kind"] > 0)
+    w, b = ridge_fit(tx[fit], ty["kind"][fit] - 1, len(shapes.KINDS), cfg.eval.probe_l2)
+    hit = np.argmax(x @ w + b, axis=1) + 1 == y["kind"]
+    held = np.array([(colours[c], kinds[k]) in shapes.HELD_OUT
+                     for c, k in zip(y["colour"], y["kind"])])
+    rest = obj & ~np.isin(y["colour"], free)
+    for name, group in (("seen_pair", rest & ~held), ("unseen_pair", rest & held)):
+        assert m[f"eval/shapes/dense_kind_{name}_patches"] == group.sum() > 100
+        np.testing.assert_allclose(m[f"eval/shapes/dense_kind_accuracy_{name}"], hit[group].mean())
+    assert not any("dense_colour_accuracy_seen" in k for k in m)   # no kind is seen in every colour

@@ -9,6 +9,14 @@ patch tokens (the image tower's last tokens) and scored on the test split: over 
 (`dense_colour_accuracy`, `dense_kind_accuracy`) and over the patches that show an object
 (`..._object`, where background is no answer to copy), with the 95% Wilson intervals of the
 latter and the patch counts.
+
+Fit on every training object, a probe may read one attribute off the other where they go
+together (on shapes, red objects are never triangles in training). So each attribute is probed
+again without that help (`dense_<a>_accuracy_seen_pair`, `..._unseen_pair`): fit only on the
+objects whose other attribute occurs with every value of this one in training (the colours seen
+as every kind), scored on the other objects of the test split, those of a pair the train split
+holds and those of a pair it never shows. Where the two differ, the tower represents the
+attribute only in the combinations it was trained on.
 """
 from __future__ import annotations
 
@@ -93,5 +101,38 @@ class Evaluator:
             out[f"dense_{a}_accuracy_object"] = k / max(int(obj.sum()), 1)
             lo, hi = wilson(k, int(obj.sum()))
             out[f"dense_{a}_accuracy_object_lo"], out[f"dense_{a}_accuracy_object_hi"] = lo, hi
+            out.update(_by_pair(a, train_x, train_y, test_x, test_y, len(names[a]),
+                                self.config.eval.probe_l2))
         out["dense_object_patches"] = float((test_y["colour"] > 0).sum())
         return out
+
+
+def _by_pair(a: str, train_x, train_y, test_x, test_y, classes: int, l2: float) -> dict:
+    """Attribute `a` probed where the other attribute says nothing of it (module docstring):
+    accuracy on the test objects outside the fit, of pairs seen in training and of unseen ones
+    (each with its Wilson interval and count; a group with no patch is left out)."""
+    other = ATTRIBUTES[1 - ATTRIBUTES.index(a)]
+    obj = train_y[a] > 0
+    pairs = set(zip(train_y[other][obj].tolist(), train_y[a][obj].tolist()))
+    values = set(train_y[a][obj].tolist())
+    full = [v for v in set(train_y[other][obj].tolist())
+            if {x for o, x in pairs if o == v} == values]
+    fit = obj & np.isin(train_y[other], full)
+    if len(values) < 2 or not fit.any():
+        return {}
+    w, b = ridge_fit(train_x[fit], train_y[a][fit], classes, l2)
+    logits = test_x @ w + b
+    logits[:, 0] = -np.inf                      # objects only: background is no answer
+    hit = np.argmax(logits, axis=1) == test_y[a]
+    rest = (test_y[a] > 0) & ~np.isin(test_y[other], full)
+    seen = np.array([p in pairs for p in zip(test_y[other].tolist(), test_y[a].tolist())])
+    out = {}
+    for name, group in (("seen_pair", rest & seen), ("unseen_pair", rest & ~seen)):
+        n = int(group.sum())
+        if n:
+            k = float(hit[group].sum())
+            key = f"dense_{a}_accuracy_{name}"
+            out[key] = k / n
+            out[f"{key}_lo"], out[f"{key}_hi"] = wilson(k, n)
+            out[f"dense_{a}_{name}_patches"] = float(n)
+    return out
