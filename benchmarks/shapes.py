@@ -25,7 +25,7 @@ from recipes import last, parse_with_overrides, train
 
 from vlm_jax.evals.compositional import KINDS
 
-VARIANTS = ("contrastive", "albef", "coca")
+VARIANTS = ("contrastive", "albef", "coca", "flava")
 RETRIEVAL = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"), ("i2t R@1 ITM", "itm_i2t_r1"),
              ("t2i R@1 ITM", "itm_t2i_r1"), ("i2t R@1 ITM+sim", "itm_sim_i2t_r1"),
              ("t2i R@1 ITM+sim", "itm_sim_t2i_r1"), ("MLM acc", "mlm_accuracy"),

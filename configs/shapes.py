@@ -5,20 +5,22 @@ what fusion and generative objectives are for: binding attributes to objects and
   python -m launch.train --config configs/shapes.py --workdir workdirs/shapes_clip
   python -m launch.train --config configs/shapes.py:albef --workdir workdirs/shapes_albef
   python -m launch.train --config configs/shapes.py:coca --workdir workdirs/shapes_coca
+  python -m launch.train --config configs/shapes.py:flava --workdir workdirs/shapes_flava
 
 The argument picks the objectives: contrastive (the default; CLIP's softmax loss), albef (+ ITM
-on hard negatives and MLM through a fusion encoder) or coca (+ captioning). Evaluated on the
+on hard negatives and MLM through a fusion encoder), coca (+ captioning) or flava (albef's +
+masked image modelling, the losses balanced). Evaluated on the
 shapes test split: retrieval (and ITM re-ranking, MLM accuracy where the heads exist) and the
 compositional evaluator (swap / order / count, scored by ITC, ITM and caption likelihood); the
 same on `shapes_seen`, the val split's new scenes of seen colour-shape pairs, to tell what a
 model does not generalise to from what it has not learnt.
 """
-from configs import albef, coca, quickstart
+from configs import albef, coca, flava, quickstart
 from vlm_jax import config as config_lib
 from vlm_jax.data.builtin import shapes
 
 VARIANTS = {"contrastive": lambda: quickstart.get_config("softmax"),
-            "albef": albef.get_config, "coca": coca.get_config}
+            "albef": albef.get_config, "coca": coca.get_config, "flava": flava.get_config}
 
 
 def get_config(arg: str | None = None):
@@ -38,7 +40,7 @@ def get_config(arg: str | None = None):
                                                           split="val")
     sets = ("shapes", "shapes_seen")
     c.eval.retrieval = c.eval.compositional = sets
-    if arg == "albef":
+    if arg in ("albef", "flava"):
         # Many images show the same scene (in a batch of 128, about 60 have a twin) and the
         # label is only the object count: the same caption set is what makes a match. By label
         # no scene with the same count would be a negative; by caption the mined "negatives"

@@ -24,6 +24,16 @@ def test_defaults_and_recipe_validate():
     from configs import quickstart
     config_lib.validate(quickstart.get_config())
     assert quickstart.get_config("sigmoid").contrastive.name == "sigmoid"
+    # The shapes recipes: each objective set on shapes, the fusion ones matching by scene.
+    from configs import shapes
+    for arg in shapes.VARIANTS:
+        c = shapes.get_config(arg)
+        config_lib.validate(c)
+        assert c.data.name == "shapes" and (c.itm.groups == "scene") == (c.itm.weight > 0)
+    flava = shapes.get_config("flava")
+    assert flava.mim.weight > 0 and flava.balance.enabled and flava.itm.groups == "scene"
+    with pytest.raises(ValueError, match="choose one of"):
+        shapes.get_config("blip")
 
 
 def test_unknown_key_names_closest_valid_key():
