@@ -9,11 +9,11 @@ what fusion and generative objectives are for: binding attributes to objects and
 
 The argument picks the objectives: contrastive (the default; CLIP's softmax loss), albef (+ ITM
 on hard negatives and MLM through a fusion encoder), coca (+ captioning) or flava (albef's +
-masked image modelling, the losses balanced). Evaluated on the
-shapes test split: retrieval (and ITM re-ranking, MLM accuracy where the heads exist) and the
-compositional evaluator (swap / order / count, scored by ITC, ITM and caption likelihood); the
-same on `shapes_seen`, the val split's new scenes of seen colour-shape pairs, to tell what a
-model does not generalise to from what it has not learnt.
+masked image modelling, the losses balanced). Evaluated on the shapes test split: retrieval (and
+ITM re-ranking, MLM accuracy where the heads exist) and the compositional evaluator (swap /
+order / count, scored by ITC, ITM and caption likelihood); the same on `shapes_seen`, the val
+split's new scenes of seen colour-shape pairs, to tell what a model does not generalise to from
+what it has not learnt.
 """
 from configs import albef, coca, flava, quickstart
 from vlm_jax import config as config_lib
