@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
                                                           split="val")
     sets = ("shapes", "shapes_seen")
     c.eval.retrieval = c.eval.compositional = sets
-    if arg in ("albef", "flava"):
+    if c.itm.weight > 0:               # the fusion recipes (albef, flava)
         # Many images show the same scene (in a batch of 128, about 60 have a twin) and the
         # label is only the object count: the same caption set is what makes a match. By label
         # no scene with the same count would be a negative; by caption the mined "negatives"
