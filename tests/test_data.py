@@ -6,6 +6,7 @@ import pytest
 from conftest import tiny_config
 
 from vlm_jax.data import builtin, pipeline
+from vlm_jax.data.builtin import shapes
 from vlm_jax.data.tokenizer import ByteTokenizer
 
 
@@ -28,6 +29,11 @@ def test_builtin_datasets_are_real_and_split_as_documented(data_dir):
         assert f"{color} {kind}" not in seen
     assert all(any(f"{c} {k}" in cs[0] for c, k in held) for cs in caps["test"])
     assert {cs[0] for cs in caps["val"]} - {cs[0] for cs in caps["train"]}   # new scenes too
+    # Each record's gray_captions are its captions with the colour words left out.
+    examples, _ = pipeline.parsed(pipeline.builtin_source("shapes", "train"), data_dir)
+    strip = lambda c: " ".join(w for w in c.split() if w.strip(",") not in shapes.COLORS)
+    for ex in (examples[i] for i in range(0, 4000, 97)):
+        assert ex["gray_captions"] == [strip(c) for c in ex["captions"]]
 
 
 def test_prepare_is_deterministic_and_atomic(tmp_path, data_dir):

@@ -189,3 +189,90 @@ def test_pipeline_draws_each_example_one_of_its_negative_captions(data_dir):
         assert v == bool(negatives)
         if v:
             assert tuple(neg) in key(negatives)
+
+
+def test_examples_of_different_views_are_never_negatives():
+    """A grayscale example's caption may be true of a coloured image: no negative crosses views,
+    on any device count."""
+    zi, zt = _emb()
+    views = np.arange(16) % 2
+    want = itm.mine_negatives(jax.random.key(3), zi, zt, jnp.float32(5.0), views=views)
+    for w in want:
+        assert (np.asarray(w) % 2 == views).all() and (np.asarray(w) != np.arange(16)).all()
+    mesh = make_mesh(4)
+    sh = NamedSharding(mesh, P("data"))
+    with jax.set_mesh(mesh):
+        got = jax.jit(lambda a, b, v: itm.mine_negatives(
+            jax.random.key(3), a, b, jnp.float32(5.0), mesh=mesh, views=v))(
+                *(jax.device_put(x, sh) for x in (zi, zt, views)))
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+
+
+def test_grayscale_view_shows_no_colour_and_names_none(data_dir):
+    """data.grayscale on shapes: the marked examples are gray (the luma of the coloured view the
+    same draws give), their caption is one of their scene's colourless ones, their scene label
+    is that set's, and they take no negative caption; the batch holds what the step expects."""
+    from conftest import tiny_config
+
+    from configs import shapes as recipe
+    from vlm_jax.data import images, pipeline
+    from vlm_jax.data.builtin import shapes
+    from vlm_jax.data.sources import BadRecordError
+    from vlm_jax.data.tokenizer import build, tokenize
+    from vlm_jax.data.transforms import Augment
+    from vlm_jax.setup import Setup
+    cfg = tiny_config(data_dir, recipe.get_config("albef"), **{
+        "itm.text_negatives": 0.5, "batch_size": 64, "data.grayscale": 0.5})
+    tok = build(cfg)
+    batch = pipeline.split_skips(next(iter(pipeline.train_dataset(cfg, tok)[0])))[0]
+    assert set(batch) == set(Setup(cfg, tokenizer=tok).batch_keys)
+    gray, img = batch["gray"], batch["image"].astype(int)
+    assert 0 < gray.sum() < len(gray)
+    assert (img[gray] == img[gray][..., :1]).all() and (img[~gray] != img[~gray][..., :1]).any()
+    colours = [i for w in shapes.COLORS for i in tok.encode(w)]      # a word, an id
+    assert len(colours) == len(shapes.COLORS)
+    has_colour = np.isin(batch["tokens"], colours).any(axis=1)
+    assert (has_colour == ~gray).all()
+    assert not batch["neg_valid"][gray].any() and batch["neg_valid"][~gray].any()
+
+    scene = [("red", "circle"), ("blue", "triangle")]
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :20] = shapes.COLORS["red"]
+    ex = {"image": image, "captions": shapes.describe(scene), "label": 1, "where": "record #7 of x",
+          "gray_captions": shapes.describe(scene, colours=False),
+          "negative_captions": shapes.negative_captions(scene)}
+    args = (tok, cfg.tokenizer.max_len, 32)
+    plain = Augment(*args, mark_gray=True, negatives=True)(ex, np.random.default_rng(5))
+    out = Augment(*args, grayscale=1.0, mark_gray=True, negatives=True, scene_label=True)(
+        ex, np.random.default_rng(5))
+    np.testing.assert_array_equal(out["image"], images.grayscale(plain["image"]))
+    assert out["gray"] and not plain["gray"] and not out["neg_valid"] and plain["neg_valid"]
+    gray_ids = [tuple(r) for r in tokenize(tok, ex["gray_captions"], cfg.tokenizer.max_len)[0]]
+    assert tuple(out["tokens"]) in gray_ids
+    other = Augment(*args, scene_label=True)(ex, np.random.default_rng(5))
+    assert out["label"] != other["label"]
+    with pytest.raises(BadRecordError, match=r"gray_captions.*record #7 of x"):
+        Augment(*args, grayscale=1.0)({**ex, "gray_captions": []}, np.random.default_rng(5))
+
+
+def test_grayscale_is_the_luma_and_its_share_is_checked():
+    from PIL import Image
+
+    from vlm_jax import config as config_lib
+    from vlm_jax.data import images
+    x = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    got = images.grayscale(x)
+    want = np.asarray(Image.fromarray(x).convert("L"), int)
+    assert got.shape == x.shape and np.abs(got[..., 0].astype(int) - want).max() <= 1
+    c = config_lib.defaults()
+    assert not config_lib.grayscale(c)
+    c.data.grayscale = 1.5
+    with pytest.raises(config_lib.ConfigError, match="'data.grayscale'"):
+        config_lib.validate(c)
+    c.data.grayscale = 0.0
+    c.data.sources.web = config_lib.source(path="x.array_record", grayscale=0.2)
+    assert config_lib.grayscale(c)
+    c.data.sources.web.grayscale = -0.1
+    with pytest.raises(config_lib.ConfigError, match="data.sources.web.grayscale"):
+        config_lib.validate(c)

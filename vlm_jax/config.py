@@ -122,12 +122,16 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.name = "digits"          # a built-in dataset, trained on when data.sources is empty
     c.data.sources = ml_collections.ConfigDict()  # name -> source(...); several form a mixture
     c.data.image_size = 32
-    # Transforms; each source may override crop, crop_scale_min, crop_padding and flip.
+    # Transforms; each source may override crop, crop_scale_min, crop_padding, flip, grayscale.
     # resize (whole image) | center | random_resized
     _choice(c.data, "crop", "resize", CROPS, "data.crop")
     c.data.crop_scale_min = 0.4     # random_resized: smallest area fraction kept
     c.data.crop_padding = 2         # jitter: pad by this many pixels, crop back; 0 disables
     c.data.flip = False             # random horizontal flip (off for digits: a mirrored 7 is no 7)
+    # Share of examples shown in grayscale with one of their `gray_captions` (captions without
+    # colour words; the records must carry them): kinds apart from colour. Such an example is
+    # no ITM negative of a coloured one, nor takes a colour-naming negative or region.
+    c.data.grayscale = 0.0
     c.data.strict = False           # a bad record raises (file, index) instead of being skipped
     c.data.num_threads = 2          # grain read threads (per process)
     c.data.prefetch = 2             # batches read ahead (per worker, when there are workers)
@@ -358,6 +362,12 @@ def text_negatives(config) -> bool:
     return config.itm.weight > 0 and config.itm.text_negatives > 0
 
 
+def grayscale(config) -> bool:
+    """Whether batches mark the examples shown in grayscale (`gray`: data.grayscale)."""
+    return config.data.grayscale > 0 or any(
+        (s.grayscale or 0) > 0 for s in config.data.sources.values())
+
+
 def grounding_bins(config) -> int:
     """The coordinate bins of the grounding objective; 0 when it is off."""
     return config.grounding.bins if config.grounding.weight > 0 else 0
@@ -429,11 +439,14 @@ def source(**values) -> ml_collections.ConfigDict:
     # Optional boxes with descriptions, [{'box': [x0, y0, x1, y1] pixels, 'caption'}], for the
     # grounding objectives (vlm_jax/data/regions.py).
     s.region_key = "regions"
+    # Captions true of the image in grayscale, for data.grayscale.
+    s.gray_caption_key = "gray_captions"
     # None: take data.<same name>.
     s.crop = config_dict.placeholder(str)
     s.crop_scale_min = config_dict.placeholder(float)
     s.crop_padding = config_dict.placeholder(int)
     s.flip = config_dict.placeholder(bool)
+    s.grayscale = config_dict.placeholder(float)
     return _entry(s, values, "source")
 
 
@@ -540,6 +553,12 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     if not 0 <= cfg.model.image.patch_dropout < 1:
         raise ConfigError(f"'model.image.patch_dropout' is the share of patches dropped, in "
                           f"[0, 1); got {cfg.model.image.patch_dropout}")
+    shares = {"data.grayscale": cfg.data.grayscale}
+    shares.update({f"data.sources.{k}.grayscale": v.grayscale
+                   for k, v in cfg.data.sources.items() if v.grayscale is not None})
+    for key, share in shares.items():
+        if not 0 <= share <= 1:
+            raise ConfigError(f"'{key}' is a share of examples in [0, 1], got {share}")
     if cfg.eval.marginal_images < 1:
         raise ConfigError(f"'eval.marginal_images' must be at least 1, got "
                           f"{cfg.eval.marginal_images}")

@@ -87,6 +87,12 @@ def render_local(data, size: int, rng: np.random.Generator, scale_min: float,
     return np.asarray(img.resize((size, size), Image.BILINEAR, box=(x, y, x + w, y + h)), np.uint8)
 
 
+def grayscale(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> its luma (ITU-R 601, PIL's "L") in all three channels."""
+    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
 def check(data: bytes) -> tuple[int, int, str]:
     """Fully decodes encoded bytes (catching truncation); returns (width, height, format)."""
     img = Image.open(io.BytesIO(data))

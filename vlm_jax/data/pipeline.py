@@ -56,7 +56,8 @@ def _transform(config, src, tokenizer: Tokenizer) -> Augment:
                    grounding_bins=config_lib.grounding_bins(config),
                    vocab_size=tokenizer.vocab_size,
                    local_scale=tuple(config.distill.local_scale)
-                   if config_lib.local_views(config) else ())
+                   if config_lib.local_views(config) else (),
+                   grayscale=pick("grayscale"), mark_gray=config_lib.grayscale(config))
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,

@@ -8,7 +8,8 @@ be used. Negative captions (false of the image, e.g. its captions with two attri
 are optional: ITM's text negatives read them (`itm.text_negatives`). So are `regions` (boxes
 with descriptions, data/regions.py): checked against the image's size, a record with a
 malformed one is skipped (or, strict, an error naming it), and the example gets
-'regions': [(box, caption)].
+'regions': [(box, caption)]. And `gray_captions` (true of the image in grayscale: its captions
+without colour words), for the grayscale augmentation (`data.grayscale`).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class Parse:
     need_captions: bool = True      # False: classification sets, whose records have none
     negative_caption_key: str = "negative_captions"
     region_key: str = "regions"
+    gray_caption_key: str = "gray_captions"
 
     def where(self, index: int) -> str:
         starts = np.cumsum((0,) + self.counts)
@@ -74,6 +76,8 @@ class Parse:
                      if self.negative_caption_key else [])
         out = {"image": image, "captions": captions, "negative_captions": negatives,
                "label": -1 if label is None else int(label), "where": self.ref(index)}
+        if self.gray_caption_key:
+            out["gray_captions"] = _captions(_get(record, self.gray_caption_key))
         regions = _get(record, self.region_key) if self.region_key else None
         if regions is not None:
             try:
@@ -144,7 +148,8 @@ def open_source(src, data_dir: str | None, strict: bool = False, split: str | No
     keys = dict(image_key=src.image_key, caption_key=src.caption_key, strict=strict,
                 label_key=src.get("label_key", "label"), need_captions=need_captions,
                 negative_caption_key=src.get("negative_caption_key", "negative_captions"),
-                region_key=src.get("region_key", "regions"))
+                region_key=src.get("region_key", "regions"),
+                gray_caption_key=src.get("gray_caption_key", "gray_captions"))
     if src.kind == "builtin":
         path = builtin.split_path(src.path, split, data_dir)
         ds = grain.sources.ArrayRecordDataSource([path])

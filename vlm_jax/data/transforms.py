@@ -27,7 +27,9 @@ def _render(ex: dict, size: int, crop: str, rng, scale_min: float, strict: bool)
 @dataclasses.dataclass(frozen=True)
 class Augment:
     """Train view: crop per `crop` then jitter (pad and crop back) and flip; one caption sampled
-    (seeded by the example's position, so a different one each epoch) and tokenized."""
+    (seeded by the example's position, so a different one each epoch) and tokenized. With
+    `grayscale`, that share of examples is shown in grayscale with one of its `gray_captions`,
+    marked `gray` (and with no negative caption or region: theirs name colours)."""
     tokenizer: Tokenizer
     max_len: int
     image_size: int
@@ -42,6 +44,8 @@ class Augment:
     grounding_bins: int = 0         # > 0: its LocCa task sequences instead of region_tokens/_mask
     vocab_size: int = 0             # the tokenizer's, where the grounding tokens start
     local_scale: tuple = ()         # (min, max) area: also `local_image`, a random resized crop
+    grayscale: float = 0.0          # share of examples in grayscale, with their gray_captions
+    mark_gray: bool = False         # each example says whether it is (`gray`; any source has some)
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         if "skipped" in ex:
@@ -64,21 +68,33 @@ class Augment:
             window = (window[0] + ox, window[1] + oy, window[2] + ox, window[3] + oy)
         if self.flip and rng.random() < 0.5:
             image, flipped = image[:, ::-1], True
-        caption = ex["captions"][int(rng.integers(len(ex["captions"])))]
+        gray = bool(self.grayscale) and rng.random() < self.grayscale
+        captions = ex["captions"]
+        if gray:
+            captions = ex.get("gray_captions")
+            if not captions:
+                raise BadRecordError(
+                    f"data.grayscale needs captions true of the image in grayscale (the "
+                    f"source's gray_caption_key, 'gray_captions'); {ex['where']} has none")
+            image = images.grayscale(image)
+        caption = captions[int(rng.integers(len(captions)))]
         ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
         # The class label (-1 when the data has none): ITM never mines a same-class negative.
         # As the scene, a 30-bit hash of the caption set: examples whose captions are the same
         # set describe the same scene, and each other's captions are no negatives.
-        label = (zlib.crc32("\n".join(sorted(ex["captions"])).encode()) & 0x3FFFFFFF
+        label = (zlib.crc32("\n".join(sorted(captions)).encode()) & 0x3FFFFFFF
                  if self.scene_label else ex.get("label", -1))
         out = {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0],
                "label": np.int32(label)}
+        if self.mark_gray:
+            out["gray"] = np.bool_(gray)
         if self.negatives:
-            out.update(self.negative(ex.get("negative_captions", []), rng))
+            out.update(self.negative([] if gray else ex.get("negative_captions", []), rng))
         if self.regions:
-            out.update(self.region(ex.get("regions", []), window, flipped, rng))
+            out.update(self.region([] if gray else ex.get("regions", []), window, flipped, rng))
         if self.local_scale:    # a local view for self-distillation (SILC): a small random crop
             local = images.render_local(ex["image"], self.image_size, rng, *self.local_scale)
+            local = images.grayscale(local) if gray else local
             out["local_image"] = local[:, ::-1] if self.flip and rng.random() < 0.5 else local
         return out
 

@@ -36,11 +36,13 @@ def _draw(rng, sim, rows, cols_offset, same):
 
 
 def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: Mesh | None = None,
-                   batch_axes: Sequence[str] = ("data",), groups=None):
+                   batch_axes: Sequence[str] = ("data",), groups=None, views=None):
     """(negative text index per image, negative image index per text), each [B] int32 indices
     into the global batch. Embeddings are L2-normalised [B, D]; no gradient flows through.
     `groups` [B] ints (e.g. a hash of the caption): examples of one group are never drawn as
-    each other's negatives, so a caption shared by two images is not a 'non-match' of either."""
+    each other's negatives, so a caption shared by two images is not a 'non-match' of either.
+    `views` [B] ints: nor are examples of different views (a grayscale image's caption, without
+    colours, may be true of a coloured one: data.grayscale)."""
     if negatives not in ("local", "global"):
         raise ValueError(f"unknown ITM negatives {negatives!r}; choose local or global")
     zimg, ztxt, scale = (jax.lax.stop_gradient(x) for x in (zimg, ztxt, scale))
@@ -48,6 +50,9 @@ def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: M
     axes = tuple(batch_axes) if mesh is not None else None
     if groups is None:
         groups = jnp.arange(zimg.shape[0], dtype=jnp.int32)
+    # Group and view travel together: one all-gather.
+    keys = jnp.stack([groups.astype(jnp.int32), jnp.zeros_like(groups, jnp.int32)
+                      if views is None else views.astype(jnp.int32)], axis=-1)
 
     def body(zi, zt, g, s):
         b = zi.shape[0]
@@ -61,19 +66,19 @@ def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: M
             offset = 0
         else:
             all_i, all_t, all_g, offset = zi, zt, g, shard * b
-        same = g[:, None] == all_g[None, :]
+        same = ((g[:, None, 0] == all_g[None, :, 0]) | (g[:, None, 1] != all_g[None, :, 1]))
         neg_txt = _draw(k_txt, s * zi @ all_t.T, rows, offset, same) + offset
         neg_img = _draw(k_img, s * zt @ all_i.T, rows, offset, same) + offset
         return neg_txt.astype(jnp.int32), neg_img.astype(jnp.int32)
 
     if mesh is None:
-        return body(zimg, ztxt, groups, scale)
+        return body(zimg, ztxt, keys, scale)
     n = sharding.shards(mesh, axes)
     if zimg.shape[0] % n:
         raise ValueError(f"global batch {zimg.shape[0]} is not divisible by {n} shards")
     spec = P(axes)
     return jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec, P()),
-                         out_specs=(spec, spec))(zimg, ztxt, groups, scale)
+                         out_specs=(spec, spec))(zimg, ztxt, keys, scale)
 
 
 def itm_loss(logits_pos, logits_neg_txt, logits_neg_img, own=None) -> tuple[jax.Array, dict]:

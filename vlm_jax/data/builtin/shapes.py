@@ -17,6 +17,10 @@ colours of two objects (binding) or reversing their order (relation), in every c
 states what was changed, for ITM's text negatives (`itm.text_negatives`, NegCLIP's swaps). None
 names a held-out pair, so no held-out pair's words reach training, as negatives either.
 
+And `gray_captions`, the captions with the colours left out, true of the image in grayscale, for
+`data.grayscale`: an augmentation that shows kinds apart from colour without showing a held-out
+pair (no colour reaches the image, no colour word the caption).
+
 `TOKENIZER` is a word-level tokenizer of the captions' 24 words (`tokenizer.name=hf`; 17 ids for
 the longest caption, where bytes take 79), written by `write_tokenizer` and shipped.
 """
@@ -29,7 +33,8 @@ from PIL import Image, ImageDraw
 
 from vlm_jax.data import records
 
-VERSION = "1.2.0"     # 1.1: negative_captions, regions, segmentation; 1.2: the val split
+# 1.1: negative_captions, regions, segmentation; 1.2: the val split; 1.3: gray_captions
+VERSION = "1.3.0"
 SIZE = 64
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
           "yellow": (230, 210, 40), "purple": (150, 60, 190), "white": (235, 235, 235)}
@@ -51,12 +56,14 @@ def _draw(draw: ImageDraw.ImageDraw, kind: str, color, cx: float, cy: float, r: 
         draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
 
 
-def describe(objects: list[tuple[str, str]]) -> list[str]:
-    """Captions for shapes listed left to right."""
-    names = [f"a {c} {k}" for c, k in objects]
+def describe(objects: list[tuple[str, str]], colours: bool = True) -> list[str]:
+    """Captions for shapes listed left to right; without `colours`, what they are in grayscale
+    ("a circle left of a square")."""
+    looks = [f"{c} {k}" if colours else k for c, k in objects]
+    names = [f"a {x}" for x in looks]
     n = len(objects)
     if n == 1:
-        return [names[0], f"one {objects[0][0]} {objects[0][1]}", f"a picture of {names[0]}"]
+        return [names[0], f"one {looks[0]}", f"a picture of {names[0]}"]
     if n == 2:
         return [f"{names[0]} left of {names[1]}", f"{names[1]} right of {names[0]}",
                 f"two shapes: {names[0]} and {names[1]}"]
@@ -154,6 +161,7 @@ def examples(split: str):
                "captions": describe(objs), "id": i,
                "objects": [list(o) for o in objs],
                "negative_captions": negative_captions(objs),
+               "gray_captions": describe(objs, colours=False),
                "regions": [{"box": b, "caption": d}
                            for b, d in zip(boxes, region_descriptions(objs))],
                "segmentation": records.encode_png(seg)}
