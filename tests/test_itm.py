@@ -19,13 +19,15 @@ def _emb(b=16, d=8, seed=0):
     return unit(x), unit(y)
 
 
-def _mine(n, negatives, zi, zt, seed=3):
+def _mine(n, negatives, zi, zt, seed=3, **keys):
+    """Mined on n devices; `keys` (groups, views: [B]) sharded as the embeddings are."""
     mesh = make_mesh(n)
     sh = NamedSharding(mesh, P("data"))
-    f = jax.jit(lambda a, b: itm.mine_negatives(jax.random.key(seed), a, b, jnp.float32(5.0),
-                                                negatives=negatives, mesh=mesh))
+    f = jax.jit(lambda a, b, ks: itm.mine_negatives(jax.random.key(seed), a, b, jnp.float32(5.0),
+                                                    negatives=negatives, mesh=mesh, **ks))
     with jax.set_mesh(mesh):
-        t, i = f(jax.device_put(zi, sh), jax.device_put(zt, sh))
+        t, i = f(jax.device_put(zi, sh), jax.device_put(zt, sh),
+                 {k: jax.device_put(v, sh) for k, v in keys.items()})
     return np.asarray(t), np.asarray(i)
 
 
@@ -45,14 +47,8 @@ def test_examples_of_one_group_are_never_negatives():
     want = itm.mine_negatives(jax.random.key(3), zi, zt, jnp.float32(5.0), groups=groups)
     for w in want:
         assert (np.asarray(w) // 2 != np.arange(16) // 2).all()
-    mesh = make_mesh(4)
-    sh = NamedSharding(mesh, P("data"))
-    with jax.set_mesh(mesh):
-        got = jax.jit(lambda a, b, g: itm.mine_negatives(
-            jax.random.key(3), a, b, jnp.float32(5.0), mesh=mesh, groups=g))(
-                *(jax.device_put(x, sh) for x in (zi, zt, groups)))
-    for w, g in zip(want, got):
-        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+    for w, g in zip(want, _mine(4, "global", zi, zt, groups=groups)):
+        np.testing.assert_array_equal(np.asarray(w), g)
 
 
 def test_local_mining_stays_in_the_shard():
@@ -199,14 +195,8 @@ def test_examples_of_different_views_are_never_negatives():
     want = itm.mine_negatives(jax.random.key(3), zi, zt, jnp.float32(5.0), views=views)
     for w in want:
         assert (np.asarray(w) % 2 == views).all() and (np.asarray(w) != np.arange(16)).all()
-    mesh = make_mesh(4)
-    sh = NamedSharding(mesh, P("data"))
-    with jax.set_mesh(mesh):
-        got = jax.jit(lambda a, b, v: itm.mine_negatives(
-            jax.random.key(3), a, b, jnp.float32(5.0), mesh=mesh, views=v))(
-                *(jax.device_put(x, sh) for x in (zi, zt, views)))
-    for w, g in zip(want, got):
-        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+    for w, g in zip(want, _mine(4, "global", zi, zt, views=views)):
+        np.testing.assert_array_equal(np.asarray(w), g)
 
 
 def test_grayscale_view_shows_no_colour_and_names_none(data_dir):
