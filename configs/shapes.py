@@ -32,6 +32,8 @@ def get_config(arg: str | None = None):
     # Word-level: the longest caption is 15 words and marks (77 bytes), plus BOS and EOS.
     c.tokenizer.name, c.tokenizer.path = "hf", shapes.TOKENIZER
     c.tokenizer.max_len = 20
+    # Where data.hue_shift is set: angles that turn no training object into a held-out pair.
+    c.data.hue_shift_degrees = shapes.hue_shifts()
     c.batch_size = 128
     c.total_steps = 400
     c.checkpoint_every_steps = 100

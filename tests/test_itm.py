@@ -199,10 +199,11 @@ def test_examples_of_different_views_are_never_negatives():
         np.testing.assert_array_equal(np.asarray(w), g)
 
 
-def test_grayscale_view_shows_no_colour_and_names_none(data_dir):
-    """data.grayscale on shapes: the marked examples are gray (the luma of the coloured view the
-    same draws give), their caption is one of their scene's colourless ones, their scene label
-    is that set's, and they take no negative caption; the batch holds what the step expects."""
+def test_colourless_views_show_no_named_colour_and_name_none(data_dir):
+    """data.grayscale and data.hue_shift on shapes: the marked examples are gray (the luma of the
+    coloured view the same draws give) or turned in hue by an angle of the recipe's bands, their
+    caption is one of their scene's colourless ones, their scene label is that set's, and they
+    take no negative caption; the batch holds what the step expects."""
     from conftest import tiny_config
 
     from configs import shapes as recipe
@@ -213,40 +214,76 @@ def test_grayscale_view_shows_no_colour_and_names_none(data_dir):
     from vlm_jax.data.transforms import Augment
     from vlm_jax.setup import Setup
     cfg = tiny_config(data_dir, recipe.get_config("albef"), **{
-        "itm.text_negatives": 0.5, "batch_size": 64, "data.grayscale": 0.5})
+        "itm.text_negatives": 0.5, "batch_size": 64, "data.grayscale": 0.3,
+        "data.hue_shift": 0.3})
     tok = build(cfg)
     batch = pipeline.split_skips(next(iter(pipeline.train_dataset(cfg, tok)[0])))[0]
     assert set(batch) == set(Setup(cfg, tokenizer=tok).batch_keys)
-    gray, img = batch["gray"], batch["image"].astype(int)
-    assert 0 < gray.sum() < len(gray)
-    assert (img[gray] == img[gray][..., :1]).all() and (img[~gray] != img[~gray][..., :1]).any()
+    plain, img = batch["colourless"], batch["image"].astype(int)
+    gray = (img == img[..., :1]).all(axis=(1, 2, 3))
+    assert (gray <= plain).all() and 0 < gray.sum() < plain.sum() < len(plain)
     colours = [i for w in shapes.COLORS for i in tok.encode(w)]      # a word, an id
     assert len(colours) == len(shapes.COLORS)
     has_colour = np.isin(batch["tokens"], colours).any(axis=1)
-    assert (has_colour == ~gray).all()
-    assert not batch["neg_valid"][gray].any() and batch["neg_valid"][~gray].any()
+    assert (has_colour == ~plain).all()
+    assert not batch["neg_valid"][plain].any() and batch["neg_valid"][~plain].any()
 
     scene = [("red", "circle"), ("blue", "triangle")]
     image = np.zeros((64, 64, 3), np.uint8)
     image[:, :20] = shapes.COLORS["red"]
+    image[:, 40:] = shapes.COLORS["blue"]
     ex = {"image": image, "captions": shapes.describe(scene), "label": 1, "where": "record #7 of x",
           "gray_captions": shapes.describe(scene, colours=False),
           "negative_captions": shapes.negative_captions(scene)}
     args = (tok, cfg.tokenizer.max_len, 32)
-    plain = Augment(*args, mark_gray=True, negatives=True)(ex, np.random.default_rng(5))
-    out = Augment(*args, grayscale=1.0, mark_gray=True, negatives=True, scene_label=True)(
-        ex, np.random.default_rng(5))
-    np.testing.assert_array_equal(out["image"], images.grayscale(plain["image"]))
-    assert out["gray"] and not plain["gray"] and not out["neg_valid"] and plain["neg_valid"]
     gray_ids = [tuple(r) for r in tokenize(tok, ex["gray_captions"], cfg.tokenizer.max_len)[0]]
-    assert tuple(out["tokens"]) in gray_ids
+    plain = Augment(*args, mark_colourless=True, negatives=True)(ex, np.random.default_rng(5))
     other = Augment(*args, scene_label=True)(ex, np.random.default_rng(5))
-    assert out["label"] != other["label"]
-    with pytest.raises(BadRecordError, match=r"gray_captions.*record #7 of x"):
-        Augment(*args, grayscale=1.0)({**ex, "gray_captions": []}, np.random.default_rng(5))
+    bands = shapes.hue_shifts()
+    turns = [d for lo, hi in bands for d in np.arange(lo, hi + 1)]
+    for kw, recoloured in ((dict(grayscale=1.0), lambda x: [images.grayscale(x)]),
+                           (dict(hue_shift=1.0, hue_degrees=bands),
+                            lambda x: [images.rotate_hue(x, d) for d in turns])):
+        out = Augment(*args, **kw, mark_colourless=True, negatives=True, scene_label=True)(
+            ex, np.random.default_rng(5))
+        assert any((out["image"] == x).all() for x in recoloured(plain["image"])), kw
+        assert out["colourless"] and not plain["colourless"]
+        assert not out["neg_valid"] and plain["neg_valid"]
+        assert tuple(out["tokens"]) in gray_ids and out["label"] != other["label"]
+        with pytest.raises(BadRecordError, match=r"gray_captions.*record #7 of x"):
+            Augment(*args, **kw)({**ex, "gray_captions": []}, np.random.default_rng(5))
 
 
-def test_grayscale_is_the_luma_and_its_share_is_checked():
+def test_hue_turns_keep_named_colours_and_held_out_pairs_away():
+    """Each angle of shapes.hue_shifts() turns every colour a kind is seen in, as
+    images.rotate_hue renders it, at least ~margin away from each named hue and nearest to one
+    its kind is seen in; angles between the bands do not. White stays white."""
+    import colorsys
+
+    from vlm_jax.data import images
+    from vlm_jax.data.builtin import shapes
+    named = {c: shapes.hue(c) for c in shapes.COLORS if shapes.hue(c) is not None}
+    seen = [(c, k) for c in named for k in shapes.KINDS if (c, k) not in shapes.HELD_OUT]
+    pixels = np.array([[shapes.COLORS[c] for c, _ in seen] + [shapes.COLORS["white"]]], np.uint8)
+
+    def worst(turn):        # the least gap to a named hue; whether a turned object is held out
+        out = images.rotate_hue(pixels, turn)[0]
+        assert (out[-1] == shapes.COLORS["white"]).all()
+        hues = [colorsys.rgb_to_hsv(*(p / 255))[0] * 360 for p in out[:-1]]
+        gaps = [{n: abs((h - a + 180) % 360 - 180) for n, a in named.items()} for h in hues]
+        held = any((min(g, key=g.get), k) in shapes.HELD_OUT for g, (_, k) in zip(gaps, seen))
+        return min(min(g.values()) for g in gaps), held
+
+    bands = shapes.hue_shifts(15.0)
+    assert bands == ((-24.0, -17.0), (17.0, 35.0))
+    for lo, hi in bands:
+        for turn in np.arange(lo, hi + 0.01, 0.5):
+            gap, held = worst(turn)
+            assert gap > 14.5 and not held, turn
+    assert all(worst(t)[1] or worst(t)[0] < 15 for t in (-60, -40, 0, 10, 45, 90, 120, 180))
+
+
+def test_colour_shares_and_hue_bands_are_checked():
     from PIL import Image
 
     from vlm_jax import config as config_lib
@@ -256,13 +293,20 @@ def test_grayscale_is_the_luma_and_its_share_is_checked():
     want = np.asarray(Image.fromarray(x).convert("L"), int)
     assert got.shape == x.shape and np.abs(got[..., 0].astype(int) - want).max() <= 1
     c = config_lib.defaults()
-    assert not config_lib.grayscale(c)
-    c.data.grayscale = 1.5
-    with pytest.raises(config_lib.ConfigError, match="'data.grayscale'"):
-        config_lib.validate(c)
-    c.data.grayscale = 0.0
+    assert not config_lib.colourless(c)
+    for key, value, match in (("grayscale", 1.5, "'data.grayscale'"),
+                              ("hue_shift", -0.1, "'data.hue_shift'"),
+                              ("hue_shift_degrees", ((10, 5),), "'data.hue_shift_degrees'"),
+                              ("hue_shift_degrees", (), "'data.hue_shift_degrees'")):
+        c.data[key] = value
+        with pytest.raises(config_lib.ConfigError, match=match):
+            config_lib.validate(c)
+        c = config_lib.defaults()
     c.data.sources.web = config_lib.source(path="x.array_record", grayscale=0.2)
-    assert config_lib.grayscale(c)
+    assert config_lib.colourless(c)
     c.data.sources.web.grayscale = -0.1
     with pytest.raises(config_lib.ConfigError, match="data.sources.web.grayscale"):
+        config_lib.validate(c)
+    c.data.sources.web.grayscale, c.data.hue_shift = 0.6, 0.5
+    with pytest.raises(config_lib.ConfigError, match="data.sources.web.grayscale' \\+ "):
         config_lib.validate(c)

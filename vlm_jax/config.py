@@ -122,16 +122,21 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.name = "digits"          # a built-in dataset, trained on when data.sources is empty
     c.data.sources = ml_collections.ConfigDict()  # name -> source(...); several form a mixture
     c.data.image_size = 32
-    # Transforms; each source may override crop, crop_scale_min, crop_padding, flip, grayscale.
+    # Transforms; each source may override crop, crop_scale_min, crop_padding, flip, grayscale,
+    # hue_shift, hue_shift_degrees.
     # resize (whole image) | center | random_resized
     _choice(c.data, "crop", "resize", CROPS, "data.crop")
     c.data.crop_scale_min = 0.4     # random_resized: smallest area fraction kept
     c.data.crop_padding = 2         # jitter: pad by this many pixels, crop back; 0 disables
     c.data.flip = False             # random horizontal flip (off for digits: a mirrored 7 is no 7)
-    # Share of examples shown in grayscale with one of their `gray_captions` (captions without
-    # colour words; the records must carry them): kinds apart from colour. Such an example is
-    # no ITM negative of a coloured one, nor takes a colour-naming negative or region.
+    # Shares of examples shown without their colours, with one of their `gray_captions`
+    # (captions without colour words; the records must carry them): kinds apart from colour.
+    # grayscale: the luma; hue_shift: hues turned by an angle drawn from the [lo, hi] bands of
+    # hue_shift_degrees (the data's named colours say which angles name none). Such an example
+    # is no ITM negative of a coloured one, nor takes a colour-naming negative or region.
     c.data.grayscale = 0.0
+    c.data.hue_shift = 0.0
+    c.data.hue_shift_degrees = ((-180.0, 180.0),)
     c.data.strict = False           # a bad record raises (file, index) instead of being skipped
     c.data.num_threads = 2          # grain read threads (per process)
     c.data.prefetch = 2             # batches read ahead (per worker, when there are workers)
@@ -362,10 +367,11 @@ def text_negatives(config) -> bool:
     return config.itm.weight > 0 and config.itm.text_negatives > 0
 
 
-def grayscale(config) -> bool:
-    """Whether batches mark the examples shown in grayscale (`gray`: data.grayscale)."""
-    return config.data.grayscale > 0 or any(
-        (s.grayscale or 0) > 0 for s in config.data.sources.values())
+def colourless(config) -> bool:
+    """Whether batches mark the examples shown without their colours (`colourless`:
+    data.grayscale, data.hue_shift)."""
+    return any(d[k] is not None and d[k] > 0 for k in ("grayscale", "hue_shift")
+               for d in (config.data, *config.data.sources.values()))
 
 
 def grounding_bins(config) -> int:
@@ -439,7 +445,7 @@ def source(**values) -> ml_collections.ConfigDict:
     # Optional boxes with descriptions, [{'box': [x0, y0, x1, y1] pixels, 'caption'}], for the
     # grounding objectives (vlm_jax/data/regions.py).
     s.region_key = "regions"
-    # Captions true of the image in grayscale, for data.grayscale.
+    # Captions that name no colour, for data.grayscale and data.hue_shift.
     s.gray_caption_key = "gray_captions"
     # None: take data.<same name>.
     s.crop = config_dict.placeholder(str)
@@ -447,6 +453,8 @@ def source(**values) -> ml_collections.ConfigDict:
     s.crop_padding = config_dict.placeholder(int)
     s.flip = config_dict.placeholder(bool)
     s.grayscale = config_dict.placeholder(float)
+    s.hue_shift = config_dict.placeholder(float)
+    s.hue_shift_degrees = config_dict.placeholder(tuple)
     return _entry(s, values, "source")
 
 
@@ -553,12 +561,7 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     if not 0 <= cfg.model.image.patch_dropout < 1:
         raise ConfigError(f"'model.image.patch_dropout' is the share of patches dropped, in "
                           f"[0, 1); got {cfg.model.image.patch_dropout}")
-    shares = {"data.grayscale": cfg.data.grayscale}
-    shares.update({f"data.sources.{k}.grayscale": v.grayscale
-                   for k, v in cfg.data.sources.items() if v.grayscale is not None})
-    for key, share in shares.items():
-        if not 0 <= share <= 1:
-            raise ConfigError(f"'{key}' is a share of examples in [0, 1], got {share}")
+    _check_colourless(cfg)
     if cfg.eval.marginal_images < 1:
         raise ConfigError(f"'eval.marginal_images' must be at least 1, got "
                           f"{cfg.eval.marginal_images}")
@@ -578,6 +581,25 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
         section, leaf = _section(cfg, key)
         if section[leaf] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {section[leaf]}")
+
+
+def _check_colourless(cfg) -> None:
+    """data.grayscale and data.hue_shift, data-wide and as each source takes them."""
+    d = cfg.data
+    sources = {f"data.sources.{k}.": v for k, v in d.sources.items()}
+    for prefix, s in {"data.": d, **sources}.items():
+        pick = lambda key: d[key] if s.get(key) is None else s[key]
+        for key in ("grayscale", "hue_shift"):
+            if not 0 <= pick(key) <= 1:
+                raise ConfigError(f"'{prefix}{key}' is a share of examples in [0, 1], got "
+                                  f"{pick(key)}")
+        if pick("grayscale") + pick("hue_shift") > 1:
+            raise ConfigError(f"'{prefix}grayscale' + '{prefix}hue_shift' is more than all "
+                              f"the examples: {pick('grayscale')} + {pick('hue_shift')}")
+        bands = pick("hue_shift_degrees")
+        if not bands or any(len(b) != 2 or not b[0] <= b[1] for b in bands):
+            raise ConfigError(f"'{prefix}hue_shift_degrees' is a list of [lo, hi] bands with lo "
+                              f"<= hi, got {bands}")
 
 
 def _check_microbatches(cfg) -> None:

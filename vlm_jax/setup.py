@@ -211,7 +211,7 @@ class Setup:
         return (BATCH_KEYS + (NEGATIVE_KEYS if config_lib.text_negatives(self.config) else ())
                 + (GROUNDING_KEYS if config_lib.grounding_bins(self.config) else ())
                 + (("local_image",) if config_lib.local_views(self.config) else ())
-                + (("gray",) if config_lib.grayscale(self.config) else ()))
+                + (("colourless",) if config_lib.colourless(self.config) else ()))
 
     def batch_shapes(self, batch_size: int | None = None) -> dict:
         """ShapeDtypeStructs of a global batch (default: the config's) on the mesh, shaped like
@@ -223,7 +223,7 @@ class Setup:
                   "neg_tokens": ((b, length), np.int32), "neg_mask": ((b, length), np.bool_),
                   "neg_valid": ((b,), np.bool_), "region_valid": ((b,), np.bool_),
                   "region_box": ((b, 4), np.float32),
-                  "local_image": ((b, size, size, 3), np.uint8), "gray": ((b,), np.bool_),
+                  "local_image": ((b, size, size, 3), np.uint8), "colourless": ((b,), np.bool_),
                   **{f"{t}_{k}": ((b, length), dtype) for t in regions_lib.TASKS
                      for k, dtype in (("tokens", np.int32), ("mask", np.bool_),
                                       ("targets", np.bool_))}}
@@ -263,6 +263,6 @@ class Setup:
             batch["region_valid"] = rng.random(b) < 0.75
         if config_lib.local_views(c):
             batch["local_image"] = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
-        if config_lib.grayscale(c):
-            batch["gray"] = rng.random(b) < max(c.data.grayscale, 0.25)
+        if config_lib.colourless(c):
+            batch["colourless"] = rng.random(b) < max(c.data.grayscale + c.data.hue_shift, 0.25)
         return batch

@@ -93,6 +93,14 @@ def grayscale(image: np.ndarray) -> np.ndarray:
     return np.repeat(np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def rotate_hue(image: np.ndarray, degrees: float) -> np.ndarray:
+    """uint8 [H, W, 3] with every pixel's hue turned by `degrees` (PIL's HSV, hue in 256
+    steps); saturation and value kept, so grays stay gray."""
+    hsv = np.array(Image.fromarray(image).convert("HSV"))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + round(degrees * 256 / 360)) % 256
+    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"), np.uint8)
+
+
 def check(data: bytes) -> tuple[int, int, str]:
     """Fully decodes encoded bytes (catching truncation); returns (width, height, format)."""
     img = Image.open(io.BytesIO(data))

@@ -57,7 +57,9 @@ def _transform(config, src, tokenizer: Tokenizer) -> Augment:
                    vocab_size=tokenizer.vocab_size,
                    local_scale=tuple(config.distill.local_scale)
                    if config_lib.local_views(config) else (),
-                   grayscale=pick("grayscale"), mark_gray=config_lib.grayscale(config))
+                   grayscale=pick("grayscale"), hue_shift=pick("hue_shift"),
+                   hue_degrees=tuple(map(tuple, pick("hue_shift_degrees"))),
+                   mark_colourless=config_lib.colourless(config))
 
 
 def train_dataset(config, tokenizer: Tokenizer, *, process_index: int | None = None,

@@ -8,8 +8,8 @@ be used. Negative captions (false of the image, e.g. its captions with two attri
 are optional: ITM's text negatives read them (`itm.text_negatives`). So are `regions` (boxes
 with descriptions, data/regions.py): checked against the image's size, a record with a
 malformed one is skipped (or, strict, an error naming it), and the example gets
-'regions': [(box, caption)]. And `gray_captions` (true of the image in grayscale: its captions
-without colour words), for the grayscale augmentation (`data.grayscale`).
+'regions': [(box, caption)]. And `gray_captions` (captions that name no colour, true of
+the image in grayscale), for `data.grayscale` and `data.hue_shift`.
 """
 from __future__ import annotations
 

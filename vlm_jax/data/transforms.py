@@ -3,6 +3,7 @@ deterministic view evaluations use. Skip markers from `sources.Parse` pass throu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 
 import numpy as np
@@ -28,8 +29,10 @@ def _render(ex: dict, size: int, crop: str, rng, scale_min: float, strict: bool)
 class Augment:
     """Train view: crop per `crop` then jitter (pad and crop back) and flip; one caption sampled
     (seeded by the example's position, so a different one each epoch) and tokenized. With
-    `grayscale`, that share of examples is shown in grayscale with one of its `gray_captions`,
-    marked `gray` (and with no negative caption or region: theirs name colours)."""
+    `grayscale`, that share of examples is shown in grayscale, and with `hue_shift` that share
+    with its hues turned by an angle drawn from `hue_degrees`, each with one of its
+    `gray_captions` (no colour named), marked `colourless` (and with no negative caption or
+    region: theirs name colours)."""
     tokenizer: Tokenizer
     max_len: int
     image_size: int
@@ -45,7 +48,9 @@ class Augment:
     vocab_size: int = 0             # the tokenizer's, where the grounding tokens start
     local_scale: tuple = ()         # (min, max) area: also `local_image`, a random resized crop
     grayscale: float = 0.0          # share of examples in grayscale, with their gray_captions
-    mark_gray: bool = False         # each example says whether it is (`gray`; any source has some)
+    hue_shift: float = 0.0          # share with hues turned, with their gray_captions
+    hue_degrees: tuple = ((-180.0, 180.0),)     # [lo, hi] bands the angle is drawn from
+    mark_colourless: bool = False   # each example says whether it is either (`colourless`)
 
     def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
         if "skipped" in ex:
@@ -68,15 +73,16 @@ class Augment:
             window = (window[0] + ox, window[1] + oy, window[2] + ox, window[3] + oy)
         if self.flip and rng.random() < 0.5:
             image, flipped = image[:, ::-1], True
-        gray = bool(self.grayscale) and rng.random() < self.grayscale
+        recolour = self.recolour(rng)
+        colourless = recolour is not None
         captions = ex["captions"]
-        if gray:
+        if colourless:
             captions = ex.get("gray_captions")
             if not captions:
                 raise BadRecordError(
-                    f"data.grayscale needs captions true of the image in grayscale (the "
+                    f"data.grayscale and data.hue_shift need captions that name no colour (the "
                     f"source's gray_caption_key, 'gray_captions'); {ex['where']} has none")
-            image = images.grayscale(image)
+            image = recolour(image)
         caption = captions[int(rng.integers(len(captions)))]
         ids, mask = tokenize(self.tokenizer, [caption], self.max_len)
         # The class label (-1 when the data has none): ITM never mines a same-class negative.
@@ -86,17 +92,32 @@ class Augment:
                  if self.scene_label else ex.get("label", -1))
         out = {"image": np.ascontiguousarray(image), "tokens": ids[0], "mask": mask[0],
                "label": np.int32(label)}
-        if self.mark_gray:
-            out["gray"] = np.bool_(gray)
+        if self.mark_colourless:
+            out["colourless"] = np.bool_(colourless)
         if self.negatives:
-            out.update(self.negative([] if gray else ex.get("negative_captions", []), rng))
+            out.update(self.negative([] if colourless else ex.get("negative_captions", []), rng))
         if self.regions:
-            out.update(self.region([] if gray else ex.get("regions", []), window, flipped, rng))
+            out.update(self.region([] if colourless else ex.get("regions", []), window, flipped, rng))
         if self.local_scale:    # a local view for self-distillation (SILC): a small random crop
             local = images.render_local(ex["image"], self.image_size, rng, *self.local_scale)
-            local = images.grayscale(local) if gray else local
+            local = recolour(local) if colourless else local
             out["local_image"] = local[:, ::-1] if self.flip and rng.random() < 0.5 else local
         return out
+
+    def recolour(self, rng: np.random.Generator):
+        """None (colours kept), images.grayscale, or a hue rotation by an angle drawn uniformly
+        from the union of the `hue_degrees` bands. Draws nothing when neither share is set."""
+        if not (self.grayscale or self.hue_shift):
+            return None
+        u = rng.random()
+        if u < self.grayscale:
+            return images.grayscale
+        if u >= self.grayscale + self.hue_shift:
+            return None
+        bands = np.asarray(self.hue_degrees, np.float64)
+        widths = bands[:, 1] - bands[:, 0]
+        lo, hi = bands[rng.choice(len(bands), p=widths / widths.sum() if widths.any() else None)]
+        return functools.partial(images.rotate_hue, degrees=float(rng.uniform(lo, hi)))
 
     def region(self, regions: list, window, flipped: bool, rng: np.random.Generator) -> dict:
         """One of the example's regions still in the view: its box in the view's [0, 1]

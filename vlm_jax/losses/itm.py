@@ -41,8 +41,8 @@ def mine_negatives(rng, zimg, ztxt, scale, *, negatives: str = "global", mesh: M
     into the global batch. Embeddings are L2-normalised [B, D]; no gradient flows through.
     `groups` [B] ints (e.g. a hash of the caption): examples of one group are never drawn as
     each other's negatives, so a caption shared by two images is not a 'non-match' of either.
-    `views` [B] ints: nor are examples of different views (a grayscale image's caption, without
-    colours, may be true of a coloured one: data.grayscale)."""
+    `views` [B] ints: nor are examples of different views (a caption without colours, of an
+    image shown without its own, may be true of a coloured one: data.grayscale, hue_shift)."""
     if negatives not in ("local", "global"):
         raise ValueError(f"unknown ITM negatives {negatives!r}; choose local or global")
     zimg, ztxt, scale = (jax.lax.stop_gradient(x) for x in (zimg, ztxt, scale))

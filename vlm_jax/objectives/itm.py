@@ -63,7 +63,7 @@ class Objective:
             ctx.rng, out["img/normed"], out["txt/normed"], self.hardness_at(ctx.percent) * out["scale"],
             negatives=self.negatives,
             mesh=mesh, batch_axes=axes, groups=match_groups(batch, self.groups),
-            views=batch.get("gray"))
+            views=batch.get("colourless"))
         img, txt, mask = out["img/tokens"], out["txt/tokens"], batch["mask"]
         # The negatives' token rows come from whichever shard holds them, one shard's block at
         # a time (rows.take): never the whole batch's tokens on every chip.

@@ -19,7 +19,9 @@ names a held-out pair, so no held-out pair's words reach training, as negatives 
 
 And `gray_captions`, the captions with the colours left out, true of the image in grayscale, for
 `data.grayscale`: an augmentation that shows kinds apart from colour without showing a held-out
-pair (no colour reaches the image, no colour word the caption).
+pair (no colour reaches the image, no colour word the caption). `hue_shifts()` are the angles
+by which `data.hue_shift` may turn the hues of a training image (with those captions) and show
+no held-out pair either: kinds in colours that are none of the named ones.
 
 `TOKENIZER` is a word-level tokenizer of the captions' 24 words (`tokenizer.name=hf`; 17 ids for
 the longest caption, where bytes take 79), written by `write_tokenizer` and shipped.
@@ -101,6 +103,47 @@ def negative_captions(objects: list[tuple[str, str]]) -> list[str]:
             out.extend(c for c in (describe(new)[f] for f in forms)
                        if c not in true and c not in out)
     return out
+
+
+def hue(colour: str) -> float | None:
+    """A named colour's hue in degrees [0, 360); None for white (no hue)."""
+    import colorsys
+    h, s, _ = colorsys.rgb_to_hsv(*(v / 255 for v in COLORS[colour]))
+    return h * 360 if s > 0.1 else None
+
+
+def _hue_gap(a: float, b: float) -> float:
+    return abs((a - b + 180) % 360 - 180)
+
+
+def hue_shifts(margin: float = 15.0) -> tuple[tuple[float, float], ...]:
+    """The bands of angles (degrees, [lo, hi]) by which turning a training image's hues keeps
+    every coloured object at least `margin` from each named hue, the named hue nearest it one
+    its kind is seen in: the turned image shows no held-out pair, nor any named colour (white
+    stays white). On a grid of whole degrees, each with PIL's hue step (360 / 256 degrees) to
+    spare either side (images.rotate_hue turns in those steps)."""
+    hues = {c: hue(c) for c in COLORS if hue(c) is not None}
+    seen = [(c, k) for c in hues for k in KINDS if (c, k) not in HELD_OUT]
+
+    def safe_at(t: float) -> bool:
+        for c, k in seen:
+            h = (hues[c] + t) % 360
+            near = min(hues, key=lambda n: _hue_gap(h, hues[n]))
+            if _hue_gap(h, hues[near]) < margin or (near, k) in HELD_OUT:
+                return False
+        return True
+
+    step = 360 / 256
+    safe = lambda t: all(safe_at(t + e) for e in (-step, 0, step))
+
+    bands, start = [], None
+    for t in range(-180, 182):
+        if t <= 180 and safe(t):
+            start = t if start is None else start
+        elif start is not None:
+            bands.append((float(start), float(t - 1)))
+            start = None
+    return tuple(bands)
 
 
 def _sample_objects(rng: np.random.Generator, split: str) -> list[tuple[str, str]]:
