@@ -28,7 +28,8 @@ from vlm_jax.evals.compositional import KINDS
 VARIANTS = ("contrastive", "albef", "coca", "flava")
 RETRIEVAL = (("i2t R@1", "i2t_r1"), ("t2i R@1", "t2i_r1"), ("i2t R@1 ITM", "itm_i2t_r1"),
              ("t2i R@1 ITM", "itm_t2i_r1"), ("i2t R@1 ITM+sim", "itm_sim_i2t_r1"),
-             ("t2i R@1 ITM+sim", "itm_sim_t2i_r1"), ("MLM acc", "mlm_accuracy"),
+             ("t2i R@1 ITM+sim", "itm_sim_t2i_r1"), ("i2t R@1 ITM+ITC", "itm_itc_i2t_r1"),
+             ("t2i R@1 ITM+ITC", "itm_itc_t2i_r1"), ("MLM acc", "mlm_accuracy"),
              ("MLM content acc", "mlm_content_accuracy"))
 SCORERS = ("itc", "itm", "caption", "caption_debiased")
 # The eval sets of configs/shapes.py and their rows' suffix: the test scenes (each holds a

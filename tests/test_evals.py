@@ -120,7 +120,7 @@ def test_itm_reranking_reorders_each_querys_top_k():
     assert all(r1[f"itm_{k}"] == r1[k] for k in ("i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2"))
 
 
-def test_blip_reranking_adds_the_similarity_to_the_itm_score():
+def test_blip_reranking_adds_the_similarity_to_the_itm_score_and_itm_itc_its_logit():
     rng = np.random.default_rng(0)
     texts = _unit(rng.normal(size=(30, 8)))
     images = _unit(texts + rng.normal(scale=0.5, size=(30, 8)))  # near their own caption
@@ -129,16 +129,19 @@ def test_blip_reranking_adds_the_similarity_to_the_itm_score():
     itm_scores = rng.normal(scale=0.3, size=(30, 30)).astype(np.float32)  # [image, text]
     itm = lambda txts, img_idx, txt_idx: itm_scores[img_idx, txt_idx]
     r = retrieval.recall(images, captions, lambda t: texts[[words.index(w) for w in t]],
-                         ks=(1,), itm=itm, rerank_k=5)
+                         ks=(1,), itm=itm, rerank_k=5, scale=10.0)
     sim = images @ texts.T
     top5 = np.argsort(-sim, axis=1)[:, :5]                       # i2t: each image's 5 nearest
     pick = lambda s: top5[np.arange(30), np.argmax(np.take_along_axis(s, top5, 1), axis=1)]
     right = np.arange(30)
     assert r["itm_i2t_r1"] == pytest.approx((pick(itm_scores) == right).mean())
     assert r["itm_sim_i2t_r1"] == pytest.approx((pick(itm_scores + sim) == right).mean())
+    assert r["itm_itc_i2t_r1"] == pytest.approx((pick(itm_scores + 10 * sim) == right).mean())
     top5 = np.argsort(-sim.T, axis=1)[:, :5]                     # t2i: each text's 5 nearest
     assert r["itm_sim_t2i_r1"] == pytest.approx((pick(itm_scores.T + sim.T) == right).mean())
-    assert r["itm_sim_i2t_r1"] > r["itm_i2t_r1"]     # the similarity term counts: ITM is noise
+    assert r["itm_itc_t2i_r1"] == pytest.approx((pick(itm_scores.T + 10 * sim.T) == right).mean())
+    # Each similarity term counts (ITM is noise here), the more the larger its scale.
+    assert r["itm_itc_i2t_r1"] > r["itm_sim_i2t_r1"] > r["itm_i2t_r1"]
 
 
 def test_evaluator_runs_sharded_with_padding(data_dir):

@@ -75,7 +75,7 @@ def test_flava_runs_through_the_trainer_with_reranking_and_mlm_eval(data_dir, tm
     last = train(cfg, str(tmp_path / "run"), mesh=make_mesh(2))
     for key in ("contrastive/loss", "itm/accuracy", "mlm/accuracy", "mim/loss",
                 "eval/digits/i2t_r1", "eval/digits/itm_i2t_r1", "eval/digits/itm_t2i_r1",
-                "eval/digits/mlm_accuracy"):
+                "eval/digits/itm_itc_i2t_r1", "eval/digits/mlm_accuracy"):
         assert np.isfinite(last[key]), key
     assert 0 <= last["eval/digits/mlm_accuracy"] <= 1
 

@@ -307,8 +307,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval.retrieval = ("digits", "shapes")
     c.eval.batch_size = 256
     # Retrieval re-ranked by the ITM head (needs itm.weight > 0): each query's top k by
-    # similarity reordered by the ITM score (metrics itm_i2t_r1, ...) and by the ITM score plus
-    # the similarity (BLIP's; itm_sim_i2t_r1, ...)
+    # similarity reordered by the ITM score (metrics itm_i2t_r1, ...), by the ITM score plus
+    # the similarity (BLIP's; itm_sim_i2t_r1, ...) and plus the similarity at the model's logit
+    # scale (itm_itc_i2t_r1, ...)
     c.eval.itm_rerank = ()
     c.eval.rerank_k = 16
     c.eval.mlm = ()                 # MLM accuracy (needs mlm.weight > 0)

@@ -1,6 +1,7 @@
 """Retrieval re-ranked by the ITM head (ALBEF): each query's top `eval.rerank_k` candidates by
-embedding similarity reordered by the fusion encoder's match score (the `itm_` recalls), and by
-that score plus the pair's similarity (BLIP's; the `itm_sim_` recalls)."""
+embedding similarity reordered by the fusion encoder's match score (the `itm_` recalls), by
+that score plus the pair's similarity (BLIP's; the `itm_sim_` recalls), and plus the similarity
+at the model's logit scale (`itm_itc_`: the two heads' log-beliefs added)."""
 from __future__ import annotations
 
 from vlm_jax.evals import retrieval
@@ -33,6 +34,7 @@ class Evaluator:
             return emb.batched(itm, params, cache["tok"][txt_idx], cache["mask"][txt_idx],
                                 img_tokens[img_idx], what="ITM re-ranking")
 
+        scale = float(emb.head(lambda model: model.scale()["scale"])(params))
         out = retrieval.recall(self.data.images(params, dataset)[keep], captions, embed, itm=score,
-                               rerank_k=self.k, mesh=emb.mesh, axes=emb.axes)
+                               rerank_k=self.k, mesh=emb.mesh, axes=emb.axes, scale=scale)
         return {k: v for k, v in out.items() if k.startswith("itm_")}

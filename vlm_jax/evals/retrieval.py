@@ -13,7 +13,10 @@ are merged. Neither the hosts nor any device ever hold a queries x candidates ma
 
 Re-ranking (ALBEF): each query's top `rerank_k` candidates by embedding similarity are reordered
 by the ITM head's score of the (image, text) pair (`itm_` recalls); the rest keep their order.
-BLIP's re-ranking adds the pair's cosine similarity to the ITM score (`itm_sim_` recalls). Beside
+BLIP's re-ranking adds the pair's cosine similarity to the ITM score (`itm_sim_` recalls); given
+the model's logit scale, the `itm_itc_` recalls add the similarity at that scale, the logit the
+contrastive loss trained: ITM's log-odds plus ITC's log-probability of the candidate (up to a
+constant per query), a product of the two heads' beliefs. Beside
 each, `..._i2t_r1_p` and `..._t2i_r1_p`: the exact McNemar p-value of re-ranked against
 similarity R@1 over the same queries (below 0.05: the difference is not noise).
 """
@@ -114,7 +117,7 @@ def _rerank(order: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1, 5, 10),
            itm: PairScorer | None = None, rerank_k: int = 16, mesh: Mesh | None = None,
-           axes: Sequence[str] = ()) -> dict[str, float]:
+           axes: Sequence[str] = (), scale: float | None = None) -> dict[str, float]:
     texts = sorted({c for caps in captions for c in caps})
     index = {t: j for j, t in enumerate(texts)}
     img_pos = [[index[c] for c in caps] for caps in captions]        # each image's texts
@@ -133,8 +136,12 @@ def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1,
         s_t2i = _pair_scores(t2i_top, lambda q, c: itm(texts, c, q))
         orders["itm_"] = (_rerank(i2t, s_i2t), _rerank(t2i, s_t2i))
         # BLIP's re-ranking: the ITM score plus the cosine similarity that proposed the pair.
-        orders["itm_sim_"] = (_rerank(i2t, s_i2t + _cosines(image_emb, text_emb, i2t_top)),
-                              _rerank(t2i, s_t2i + _cosines(text_emb, image_emb, t2i_top)))
+        cos_i2t = _cosines(image_emb, text_emb, i2t_top)
+        cos_t2i = _cosines(text_emb, image_emb, t2i_top)
+        orders["itm_sim_"] = (_rerank(i2t, s_i2t + cos_i2t), _rerank(t2i, s_t2i + cos_t2i))
+        if scale is not None:
+            orders["itm_itc_"] = (_rerank(i2t, s_i2t + scale * cos_i2t),
+                                  _rerank(t2i, s_t2i + scale * cos_t2i))
     out, top1 = {}, {}
     for prefix, (a, b) in orders.items():
         for name, order, pos in (("i2t", a, img_pos), ("t2i", b, txt_pos)):
