@@ -23,6 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = ("clip", "siglip", "lit", "albef", "flava", "coca", "flip", "clipa")
 STAGED = ("flip", "clipa")      # a first stage in <recipe>_1, the second resuming it
+WALL = "benchmark_wall_s.txt"   # in a workdir: the seconds the run that trained it took
 COLUMNS = (("zero-shot", "eval/digits/zeroshot_top1"), ("i2t R@1", "eval/digits/i2t_r1"),
            ("t2i R@1", "eval/digits/t2i_r1"), ("i2t R@1 ITM", "eval/digits/itm_i2t_r1"),
            ("t2i R@1 ITM", "eval/digits/itm_t2i_r1"), ("MLM acc", "eval/digits/mlm_accuracy"))
@@ -39,11 +40,17 @@ def last(path: str) -> dict:
 
 def train(config: str, workdir: str, extra=()) -> tuple[dict, float]:
     """(the last value of every metric, wall seconds) of `launch.train --config CONFIG` in
-    `workdir` (a finished one resumes at its end: evaluated again, not retrained)."""
+    `workdir`. A finished one resumes at its end, evaluated again, not retrained: its wall time
+    is the run's that trained it from scratch (kept in WALL), NaN where none did."""
+    wall_file, fresh = os.path.join(workdir, WALL), not os.path.exists(workdir)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "launch.train", "--config", config, "--workdir", workdir,
                     *extra], cwd=ROOT, check=True)
-    return last(os.path.join(workdir, "metrics.jsonl")), time.perf_counter() - t0
+    if fresh:
+        with open(wall_file, "w") as f:
+            f.write(f"{time.perf_counter() - t0:.1f}\n")
+    wall = float(open(wall_file).read()) if os.path.exists(wall_file) else float("nan")
+    return last(os.path.join(workdir, "metrics.jsonl")), wall
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, positional: str):
