@@ -28,6 +28,7 @@ the longest caption, where bytes take 79), written by `write_tokenizer` and ship
 """
 from __future__ import annotations
 
+import colorsys
 import os
 
 import numpy as np
@@ -107,7 +108,6 @@ def negative_captions(objects: list[tuple[str, str]]) -> list[str]:
 
 def hue(colour: str) -> float | None:
     """A named colour's hue in degrees [0, 360); None for white (no hue)."""
-    import colorsys
     h, s, _ = colorsys.rgb_to_hsv(*(v / 255 for v in COLORS[colour]))
     return h * 360 if s > 0.1 else None
 
