@@ -14,6 +14,7 @@ the unit it wants without undoing another, and the command line can set any unit
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 from typing import Iterable
@@ -368,6 +369,11 @@ def text_negatives(config) -> bool:
     return config.itm.weight > 0 and config.itm.text_negatives > 0
 
 
+def transform(config, src, key: str):
+    """A transform setting as source `src` takes it: its own, or data.<key> where it has none."""
+    return config.data[key] if src.get(key) is None else src[key]
+
+
 def colourless(config) -> bool:
     """Whether batches mark the examples shown without their colours (`colourless`:
     data.grayscale, data.hue_shift)."""
@@ -589,7 +595,7 @@ def _check_colourless(cfg) -> None:
     d = cfg.data
     sources = {f"data.sources.{k}.": v for k, v in d.sources.items()}
     for prefix, s in {"data.": d, **sources}.items():
-        pick = lambda key: d[key] if s.get(key) is None else s[key]
+        pick = functools.partial(transform, cfg, s)
         for key in ("grayscale", "hue_shift"):
             if not 0 <= pick(key) <= 1:
                 raise ConfigError(f"'{prefix}{key}' is a share of examples in [0, 1], got "

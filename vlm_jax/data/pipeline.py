@@ -10,6 +10,7 @@ Images stay uint8 until they reach the device (4x less to transfer); the model r
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -47,7 +48,7 @@ def parsed(src, data_dir: str | None, strict: bool = False, split: str | None = 
 
 def _transform(config, src, tokenizer: Tokenizer) -> Augment:
     d = config.data
-    pick = lambda key: d[key] if src.get(key) is None else src[key]
+    pick = functools.partial(config_lib.transform, config, src)
     return Augment(tokenizer, config.tokenizer.max_len, d.image_size, pick("crop"),
                    pick("crop_scale_min"), pick("crop_padding"), pick("flip"), d.strict,
                    scene_label=config.itm.groups == "scene",
