@@ -97,7 +97,8 @@ class Augment:
         if self.negatives:
             out.update(self.negative([] if colourless else ex.get("negative_captions", []), rng))
         if self.regions:
-            out.update(self.region([] if colourless else ex.get("regions", []), window, flipped, rng))
+            regions = [] if colourless else ex.get("regions", [])
+            out.update(self.region(regions, window, flipped, rng))
         if self.local_scale:    # a local view for self-distillation (SILC): a small random crop
             local = images.render_local(ex["image"], self.image_size, rng, *self.local_scale)
             local = recolour(local) if colourless else local
