@@ -11,10 +11,12 @@ JOBS ?= 2
 PY := $(VENV)/bin/python
 comma := ,
 ACCEL_EXTRA := $(if $(filter-out cpu,$(ACCEL)),[$(ACCEL)])
-# The tests also convert small PyTorch models (the `interop` extra). TORCH pins the torch they
-# get: 2.13.0 here; where pip's index has only CUDA builds of it, a CPU build is far smaller:
-#   make test TORCH="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu"
-TORCH ?= torch==2.13.0
+# The tests also convert small PyTorch and open_clip models (the `interop` extra). TORCH pins the
+# torch and torchvision they get: open_clip imports torchvision, and the torchvision wheel served
+# beside torch 2.13.0's CPU build fails to import (`operator torchvision::nms does not exist`);
+# 2.14.1 with 0.29.1 imports. Where a smaller CPU build is wanted:
+#   make test TORCH="torch==2.14.1 torchvision==0.29.1 --extra-index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 # `tpu` (libtpu): launch.compile compiles for TPU slices on this machine, and its tests with it.
 TEST_EXTRAS := test,interop,tpu$(if $(filter-out cpu tpu,$(ACCEL)),$(comma)$(ACCEL))
 # On ACCEL=cpu, JAX runs on the CPU even where the test install added libtpu to the venv (which

@@ -17,6 +17,7 @@ CORE = [
     "scikit-learn>=1.5,<2",  # ships the real handwritten digits used by the built-in dataset
     "sentencepiece>=0.2,<0.3",
     "tokenizers>=0.20,<1",
+    "ftfy>=6.1,<7",  # open_clip's text cleaning (tokenizer.clean)
     "tensorflow-datasets>=4.9.9,<5",  # data sources only (array_record); TensorFlow is not needed
     "importlib-resources>=6",  # tensorflow-datasets imports it without declaring it
     "pyarrow>=15",  # parquet caption tables
@@ -43,7 +44,8 @@ setuptools.setup(
                  "nbclient>=0.10,<0.11", "nbformat>=5.10,<6", "ipykernel>=6.29,<8",
                  "matplotlib>=3.8,<4"],
         # launch.convert_weights: PyTorch CLIP/SigLIP checkpoints (not needed to train)
-        "interop": ["torch>=2.4,<3", "safetensors>=0.4,<1", "transformers>=4.45,<6"],
+        "interop": ["torch>=2.4,<3", "safetensors>=0.4,<1", "transformers>=4.45,<6",
+                    "open_clip_torch>=3.3,<4"],
         "cuda12": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },

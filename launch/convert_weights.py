@@ -3,11 +3,21 @@ r"""Converts pretrained PyTorch CLIP/SigLIP weights into a checkpoint `config.in
   python -m launch.convert_weights --input /models/clip-vit-base-patch32 --output ckpt/clip_b32
   python -m launch.convert_weights --input /models/siglip-base-patch16-224 --output ckpt/siglip_b16
   python -m launch.convert_weights --input ViT-B-32.pt --output ckpt/openai_b32 --act quick_gelu
+  python -m launch.convert_weights --input mobileclip_s0.pt --output ckpt/m --preprocess mobileclip
 
 --input is a Hugging Face `CLIPModel`/`SiglipModel` folder (config.json and model.safetensors or
 pytorch_model.bin, as `save_pretrained` writes them) or an open_clip / OpenAI checkpoint file
 (.safetensors, .bin, .pt). Nothing is downloaded. The output holds OUTPUT/checkpoints/0 (params
-only) and OUTPUT/config.json (the matching model config); train from it with
+only), OUTPUT/config.json (the matching model config) and the tokenizer. The preprocessing
+travels too: a Hugging Face folder's preprocessor_config.json, an open_clip folder's
+open_clip_config.json, or open_clip's conventions for the family --preprocess names (default:
+openai/openclip's for open_clip files). The tokenizer: --tokenizer, else the folder's
+tokenizer.json or spiece.model, else for CLIP's 49,408-entry vocabulary the BPE merges the
+installed open_clip ships. Evaluate it with
+
+  python -m launch.eval --checkpoint OUTPUT --suite configs/evals/NAME.py
+
+and train from it with
 
   python -m launch.train --config configs/lit.py:OUTPUT --workdir DIR
 """
@@ -23,6 +33,12 @@ ACT = flags.DEFINE_enum("act", "gelu", ["gelu", "quick_gelu", "gelu_tanh"],
                         "open_clip only: the MLP activation (quick_gelu for OpenAI's weights and "
                         "open_clip's *-quickgelu models).")
 HEAD_WIDTH = flags.DEFINE_integer("head_width", 64, "open_clip only: attention head width.")
+PREPROCESS = flags.DEFINE_string(
+    "preprocess", None, "The eval view and pixel statistics of this open_clip family, replacing "
+    "the source's: openai, openclip, siglip, siglip2, clipa, mobileclip, mobileclip2 "
+    "(vlm_jax/interop/preprocess.py).")
+TOKENIZER = flags.DEFINE_string("tokenizer", None, "The model's tokenizer: a tokenizer.json, a "
+                                "SentencePiece .model or CLIP's BPE merges (.txt.gz).")
 
 
 def main(argv):
@@ -38,7 +54,8 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     quiet_libraries()
     try:
-        config, params = interop.convert(INPUT.value, OUTPUT.value, ACT.value, HEAD_WIDTH.value)
+        config, params = interop.convert(INPUT.value, OUTPUT.value, ACT.value, HEAD_WIDTH.value,
+                                         PREPROCESS.value, TOKENIZER.value)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"convert_weights: {e}") from None
     m = config.model
@@ -47,6 +64,12 @@ def main(argv):
     print(f"  image: patch {m.image.patch_size}, width {m.image.width}, depth {m.image.depth}, "
           f"pool {m.image.pool}; text: width {m.text.width}, depth {m.text.depth}, "
           f"causal {m.text.causal}; embed {m.embed_dim}; act {m.act}")
+    i, t = m.image, config.tokenizer
+    stats = i.pixel_norm if not i.pixel_mean else f"mean {i.pixel_mean} std {i.pixel_std}"
+    print(f"  eval view: {i.resize} {config.data.image_size}px, {i.interpolation}, crop "
+          f"fraction {i.crop_fraction}, pixels {stats}")
+    print(f"  tokenizer: {t.name} {t.path or ''} ({t.vocab_size or 'no file:'} ids"
+          f"{', clean ' + t.clean if t.clean != 'none' else ''})")
     print(f"train from it: python -m launch.train --config configs/lit.py:{OUTPUT.value} "
           "--workdir DIR")
 

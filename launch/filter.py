@@ -27,7 +27,8 @@ PHASH = flags.DEFINE_integer("phash_distance", -1, "Drop images within this many
                              "of a kept image's difference hash; -1 disables.")
 MIN_SCORE = flags.DEFINE_float("min_score", None, "Drop pairs whose cosine is below this.")
 KEEP = flags.DEFINE_float("keep_fraction", None, "Keep this top fraction by cosine.")
-CROP = flags.DEFINE_enum("crop", "center", ["resize", "center"], "Image view for scoring.")
+RESIZE = flags.DEFINE_enum("resize", None, ["shortest", "squash", "longest"], "Image view for "
+                           "scoring; default: the model's (model.image.resize).")
 
 
 def main(argv):
@@ -43,7 +44,7 @@ def main(argv):
     score_fn = None
     if scoring:
         runtime.set_up()
-        score_fn = filtering.model_scorer(WORKDIR.value, STEP.value, CROP.value)
+        score_fn = filtering.model_scorer(WORKDIR.value, STEP.value, RESIZE.value)
     report = filtering.filter_dataset(INPUT.value, OUTPUT.value, rules, score_fn)
     print(json.dumps(report, indent=1))
 

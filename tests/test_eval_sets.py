@@ -108,7 +108,7 @@ def test_every_metric_on_every_kind_of_set_matches_numpy_on_1_and_8_devices(data
     from vlm_jax.setup import Setup
     cfg = _config(data_dir, sets)
     size = cfg.data.image_size
-    render = lambda data: images.render(data, size, "center")
+    render = lambda data: images.View(size).render(data)[0]
     results = {}
     for n in (1, 8):
         s = Setup(cfg, mesh=make_mesh(n))

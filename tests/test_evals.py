@@ -1,4 +1,6 @@
 """Zero-shot and retrieval metrics on embeddings whose answers are known."""
+import json
+
 import numpy as np
 import pytest
 from conftest import make_mesh, tiny_config
@@ -198,6 +200,38 @@ def test_shipped_class_names_and_templates_and_prompts():
     assert zeroshot.prompts(classes, ["{}!"], names=["7", "1"]) == ["7!", "1!"]
     with pytest.raises(ValueError, match="1 class names for 2 classes"):
         zeroshot.prompts(classes, ["{}"], names=["x"])
+    # CLIP_benchmark's form, '{c}', beside CLIP's; per-class prompts (CuPL) from a JSON dict.
+    assert zeroshot.prompts(classes, ["a {c}.", "{} or {c}"]) == [
+        "a seven.", "seven or seven", "a one.", "one or one"]
+    with pytest.raises(ValueError, match="'a photo' holds no placeholder"):
+        zeroshot.prompts(classes, ["a photo"])
+    with pytest.raises(ValueError, match="names 'colour'"):
+        zeroshot.prompts(classes, ["a {colour} photo"])
+    cupl = {"seven": ("a 7", "seven!"), "one": ("a 1",)}
+    assert zeroshot.class_prompts(classes, cupl) == [["a 7", "seven!"], ["a 1"]]
+    with pytest.raises(ValueError, match="none for 1 classes .e.g. 'one'"):
+        zeroshot.prompts(classes, {"seven": ["x"]})
+    emb = zeroshot.class_embeddings(
+        lambda ts: np.array([[len(t), 1.0] for t in ts]), classes, cupl)
+    want = np.array([[4.5, 1], [3, 1]]) / np.linalg.norm([[4.5, 1], [3, 1]], axis=1)[:, None]
+    np.testing.assert_allclose(emb, want, rtol=1e-6)
+
+
+def test_templates_from_json_files(tmp_path):
+    from vlm_jax import config as config_lib
+    from vlm_jax.evals import datasets
+    spec = lambda path: config_lib.eval_dataset(kind="folder", path="x", templates=str(path))
+    (tmp_path / "list.json").write_text(json.dumps(["a photo of a {c}.", "{c}"]))
+    (tmp_path / "cupl.json").write_text(json.dumps({"cat": ["a cat.", "fur"]}))
+    (tmp_path / "bad.json").write_text(json.dumps({"cat": "a cat"}))
+    assert datasets.templates(spec(tmp_path / "list.json"), "v", None) == (
+        "a photo of a {c}.", "{c}")
+    assert datasets.templates(spec(tmp_path / "cupl.json"), "v", None) == {
+        "cat": ("a cat.", "fur")}
+    with pytest.raises(ValueError, match="must hold a list of templates or a mapping"):
+        datasets.templates(spec(tmp_path / "bad.json"), "v", None)
+    with pytest.raises(FileNotFoundError, match="eval.datasets.v.templates"):
+        datasets.templates(spec(tmp_path / "none.json"), "v", None)
 
 
 def test_linear_probe_and_clip_zero_shot_match_an_independent_computation(data_dir):

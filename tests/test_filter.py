@@ -76,7 +76,7 @@ def test_scores_from_a_checkpoint_match_an_independent_computation(dataset, data
     workdir = str(tmp_path / "run")
     cfg = tiny_config(data_dir, **{"eval.zeroshot": (), "eval.retrieval": ()})   # 8 steps
     trainer.train(cfg, workdir)
-    score = filtering.model_scorer(workdir, crop="center")
+    score = filtering.model_scorer(workdir, resize="shortest")
     _, _, _, examples = filtering.read(dataset)
     exs = [e for e in examples if e is not None]
     caps = [e["captions"] for e in exs]
@@ -89,7 +89,7 @@ def test_scores_from_a_checkpoint_match_an_independent_computation(dataset, data
     encode_image = jitted_method(s.model, s.model.encode_image)
     encode_text = jitted_method(s.model, s.model.encode_text)
     for ex, cs, g in zip(exs, caps, got):
-        img = images.render(ex["image"], cfg.data.image_size, "center")[None]
+        img = images.View(cfg.data.image_size).render(ex["image"])[0][None]
         zi = encode_image(params, img)["img/normed"]
         ids, mask = tokenizer.tokenize(tok, cs, cfg.tokenizer.max_len)
         zt = encode_text(params, ids, mask)["txt/normed"]

@@ -7,7 +7,7 @@ from conftest import tiny_config
 from helpers import random_params
 
 from vlm_jax import objectives
-from vlm_jax.data import regions
+from vlm_jax.data import images, regions
 from vlm_jax.setup import Setup
 
 
@@ -95,11 +95,12 @@ def test_refexp_decodes_greedily_and_scores_by_iou(data_dir):
     ev = Evaluators(s)
     m = ev.run(params)
     n = m["eval/shapes/refexp_n"]
-    test = refexp.read_regions(cfg_source(cfg, "test"), data_dir, "resize")
+    view = images.View(cfg.data.image_size)
+    test = refexp.read_regions(cfg_source(cfg, "test"), data_dir, view)
     truth = np.stack([b for rs in test for b, _ in rs])
     assert n == len(truth) > 500
     assert 0 <= m["eval/shapes/refexp_accuracy"] <= 1
-    prior = np.mean([b for rs in refexp.read_regions(cfg_source(cfg, "train"), data_dir, "resize")
+    prior = np.mean([b for rs in refexp.read_regions(cfg_source(cfg, "train"), data_dir, view)
                      for b, _ in rs], axis=0)
     assert m["eval/shapes/refexp_prior_accuracy"] == np.mean(refexp.iou(prior[None], truth) >= 0.5)
     # Greedy decoding, one step at a time, on a few expressions.

@@ -149,7 +149,7 @@ def test_eval_sees_every_example_once(shards, data_dir, processes):
     seen = collections.Counter()
     valid_rows = 0
     for p in range(processes):
-        it, n = pipeline.eval_batches(src, None, 16, 20, process_index=p, process_count=processes)
+        it, n = pipeline.eval_batches(src, None, images.View(16, "squash"), 20, process_index=p, process_count=processes)
         for b in it:
             assert b["image"].shape[0] == 20 // processes
             seen.update(b["index"].tolist())

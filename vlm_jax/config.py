@@ -22,6 +22,7 @@ from typing import Iterable
 import ml_collections
 from ml_collections import config_dict
 
+from vlm_jax.data.images import CROP_ROUNDINGS, INTERPOLATIONS, RESIZES
 from vlm_jax.models.transformer import ACTIVATIONS, REMAT_POLICIES
 
 UNITS = ("steps", "epochs", "examples", "percent")
@@ -147,10 +148,19 @@ def defaults() -> ml_collections.ConfigDict:
     # bytes | sentencepiece (.model file) | hf (tokenizer.json)
     _choice(c.tokenizer, "name", "bytes", ("bytes", "sentencepiece", "hf"), "tokenizer.name")
     c.tokenizer.path = ""           # the local file, for sentencepiece and hf
-    c.tokenizer.vocab_size = 0      # launch.compile without the file: its vocabulary size
+    c.tokenizer.vocab_size = 0      # checked against the file; launch.compile uses it without one
     c.tokenizer.max_len = 32        # ids per caption, BOS/EOS included; longer texts keep EOS
     c.tokenizer.bos = True          # prepend the vocab's BOS token
     c.tokenizer.eos = True          # append the vocab's EOS token
+    # Text cleaning before encoding, the model's own (vlm_jax/data/tokenizer.py): none |
+    # lower (open_clip's CLIP: ftfy, HTML entities, whitespace, lower case) | whitespace |
+    # canonicalize (big_vision's, SigLIP's: also punctuation removed)
+    _choice(c.tokenizer, "clean", "none", ("none", "lower", "whitespace", "canonicalize"),
+            "tokenizer.clean")
+    c.tokenizer.pad_id = -1         # the id padding uses; -1: the vocabulary's pad token (or 0)
+    # True: the mask covers the padding too, so the text tower attends to it and pools the
+    # last position (SigLIP's text tower, trained without a mask).
+    c.tokenizer.attend_padding = False
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 128
@@ -180,6 +190,21 @@ def defaults() -> ml_collections.ConfigDict:
     # uint8 -> unit: [-1, 1] | clip | imagenet mean/std
     _choice(c.model.image, "pixel_norm", "unit", ("unit", "clip", "imagenet"),
             "model.image.pixel_norm")
+    # Per-channel (r, g, b) on the [0, 1] scale replacing pixel_norm's (both or neither).
+    c.model.image.pixel_mean = ()
+    c.model.image.pixel_std = ()
+    # The eval view, part of the model (launch.convert_weights writes the source's own; the
+    # train view is data.crop): shortest (the short side to image_size / crop_fraction, then the
+    # centre) | squash (the whole image to a square) | longest (the long side, then padding).
+    # An eval set's own `resize` overrides it.
+    _choice(c.model.image, "resize", "shortest", RESIZES, "model.image.resize")
+    # The eval view's filter: PIL's, antialiased (as torchvision and Hugging Face apply them to
+    # PIL images).
+    _choice(c.model.image, "interpolation", "bilinear", tuple(INTERPOLATIONS),
+            "model.image.interpolation")
+    c.model.image.crop_fraction = 1.0   # shortest: the share of the resized short side kept
+    # The centre crop's offset (d - n) / 2: round (torchvision, open_clip) | floor (Hugging Face)
+    _choice(c.model.image, "crop_rounding", "round", CROP_ROUNDINGS, "model.image.crop_rounding")
     c.model.image.patch_bias = True     # the patch embedding has a bias (CLIP's has none)
     c.model.image.pre_norm = False      # LayerNorm before the blocks (CLIP's ln_pre)
     # FLIP: the share of each image's patches dropped in the train step (a uniform random subset
@@ -409,14 +434,22 @@ def _entry(s: ml_collections.ConfigDict, values: dict, what: str) -> ml_collecti
     return s
 
 
+# eval_dataset's `crop` before it became `resize`: old value -> new value.
+EVAL_CROPS = {"center": "shortest", "resize": "squash"}
+
+
 def eval_dataset(**values) -> ml_collections.ConfigDict:
     """One entry of `eval.datasets`: an eval set, where its prepared copy is and how to read it."""
+    if "crop" in values:
+        raise ConfigError("eval_dataset's 'crop' is now 'resize': " + ", ".join(
+            f"crop={k!r} -> resize={v!r}" for k, v in EVAL_CROPS.items()))
     s = ml_collections.ConfigDict()
     # builtin | array_record (our shards) | tfds (prepared in array_record) | folder
-    # (root/<class>/*.jpg, the ImageNet validation layout)
-    _choice(s, "kind", "array_record", ("builtin", "array_record", "tfds", "folder"),
+    # (root/<class>/*.jpg, the ImageNet validation layout) | wds (CLIP_benchmark's WebDataset
+    # layout: root/<split>/N.tar, classnames.txt, zeroshot_classification_templates.txt)
+    _choice(s, "kind", "array_record", ("builtin", "array_record", "tfds", "folder", "wds"),
             "eval_dataset.kind")
-    s.path = ""                     # as in source(); folder: the root
+    s.path = ""                     # as in source(); folder and wds: the root
     s.split = "test"                # the split scored (builtin, tfds)
     s.train_split = "train"         # the probes' training split
     s.val_split = ""                # logistic_probe picks C on it; "": held out of train_split
@@ -427,11 +460,12 @@ def eval_dataset(**values) -> ml_collections.ConfigDict:
     # names); a shipped list (imagenet1k, cifar10, cifar100) or a file, one name per line.
     s.class_names = ""
     # Zero-shot prompts: "" the dataset's own (built-in) or else imagenet1k; a shipped set
-    # (imagenet1k: CLIP's 80, cifar: CLIP's 18) or a file, one per line, '{}' the class name.
+    # (imagenet1k: CLIP's 80, cifar: CLIP's 18), a file of one template per line ('{}' or
+    # '{c}' the class name) or a .json file: a list of templates, or {class name: [prompts]}.
     s.templates = ""
-    # The eval view: the centred square resized to data.image_size (center) or the whole image
-    # squashed to a square (resize).
-    _choice(s, "crop", "center", ("center", "resize"), "eval_dataset.crop")
+    # The eval view's resize mode for this set (shortest | squash | longest); None: the model's
+    # (model.image.resize).
+    s.resize = config_dict.placeholder(str)
     return _entry(s, values, "eval dataset")
 
 
@@ -518,6 +552,9 @@ def _walk(cfg, schema, prefix: str, all_paths: list[str]) -> None:
                 if not src.path:
                     raise ConfigError(f"'{path}.{name}.path' is empty")
                 if make is not source:
+                    if src.resize is not None and src.resize not in RESIZES:
+                        raise ConfigError(f"'{path}.{name}.resize' is {src.resize!r}; "
+                                          f"choose one of {RESIZES}")
                     continue
                 if src.crop is not None and src.crop not in CROPS:
                     raise ConfigError(f"'data.sources.{name}.crop' is {src.crop!r}; "
@@ -565,6 +602,15 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
     _check_objectives(cfg)
     _check_mesh(cfg)
     _check_microbatches(cfg)
+    i = cfg.model.image
+    if len(i.pixel_mean) != len(i.pixel_std) or len(i.pixel_mean) not in (0, 3):
+        raise ConfigError(f"'model.image.pixel_mean' and 'model.image.pixel_std' are 3 values "
+                          f"each, or both empty; got {i.pixel_mean} and {i.pixel_std}")
+    if any(v <= 0 for v in i.pixel_std):
+        raise ConfigError(f"'model.image.pixel_std' must be positive, got {i.pixel_std}")
+    if not 0 < i.crop_fraction <= 1:
+        raise ConfigError(f"'model.image.crop_fraction' is the share kept, in (0, 1]; got "
+                          f"{i.crop_fraction}")
     if not 0 <= cfg.model.image.patch_dropout < 1:
         raise ConfigError(f"'model.image.patch_dropout' is the share of patches dropped, in "
                           f"[0, 1); got {cfg.model.image.patch_dropout}")
@@ -731,6 +777,8 @@ def _update(cfg, raw: dict, prefix: str, where: str) -> None:
         key = RENAMED.get(prefix + key, key) if not prefix else key   # older workdirs
         if prefix + key in ENTRIES:
             for name, entry in value.items():
+                if prefix + key == "eval.datasets" and "crop" in entry:     # older workdirs
+                    entry = {**entry, "resize": EVAL_CROPS.get(entry.pop("crop"))}
                 cfg[key][name] = ENTRIES[prefix + key]()
                 _update(cfg[key][name], entry, f"{prefix}{key}.{name}.", where)
             continue

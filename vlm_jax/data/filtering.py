@@ -153,19 +153,20 @@ def _rewrite(record: bytes, captions: list[str]) -> bytes:
     return msgpack.packb(ex, use_bin_type=True)
 
 
-def model_scorer(workdir: str, step: int | None = None, crop: str = "center", chunk: int = 2048):
-    """score_fn from a training workdir's checkpoint: the cosine between each record's image (its
-    eval view at the model's image size) and its best caption."""
+def model_scorer(workdir: str, step: int | None = None, resize: str | None = None,
+                 chunk: int = 2048):
+    """score_fn from a training workdir's checkpoint: the cosine between each record's image (the
+    model's eval view, `resize` replacing its mode where given) and its best caption."""
     from vlm_jax.evals.common import Embedder
     from vlm_jax.train import evaluate
     s, params, _ = evaluate.restore(workdir, step)
-    embed, size = Embedder.from_setup(s), s.config.data.image_size
+    embed, view = Embedder.from_setup(s), images.View.from_config(s.config, resize)
 
     def score(examples: list[dict], captions: list[list[str]]) -> np.ndarray:
         out = np.empty(len(examples), np.float32)
         for a in range(0, len(examples), chunk):
             exs, caps = examples[a:a + chunk], captions[a:a + chunk]
-            imgs = np.stack([images.render(ex["image"], size, crop) for ex in exs])
+            imgs = np.stack([view.render(ex["image"])[0] for ex in exs])
             with s.context():
                 zi = embed.images(params, imgs)
                 zt = embed.texts(params, [c for cs in caps for c in cs])

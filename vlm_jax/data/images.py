@@ -1,11 +1,15 @@
 """Image decoding and the crops, on encoded bytes or decoded arrays.
 
-The crop box is chosen from the image header before decoding, so a JPEG much larger than the
-crop's output is decoded at a reduced scale (libjpeg's DCT scaling via `Image.draft`): big web
-images cost a fraction of a full decode. Output is always uint8 [size, size, 3] RGB.
+Training views: the crop box is chosen from the image header before decoding, so a JPEG much
+larger than the crop's output is decoded at a reduced scale (libjpeg's DCT scaling via
+`Image.draft`): big web images cost a fraction of a full decode. The eval view (`View`) decodes
+fully and follows the pixel arithmetic of the reference libraries (torchvision's and Hugging
+Face's resize sizes and crop offsets, PIL's antialiased filters), so a converted model sees the
+very pixels it sees in open_clip or transformers. Output is always uint8 [size, size, 3] RGB.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -13,6 +17,87 @@ import numpy as np
 from PIL import Image
 
 CROPS = ("resize", "center", "random_resized")
+# The eval view's resize modes (open_clip's names): the short side to the size (then a centre
+# crop), both sides to the size, or the long side to the size (then padding).
+RESIZES = ("shortest", "squash", "longest")
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+# A centre crop's offset of (d - n) / 2 pixels: rounded half to even (torchvision, open_clip) or
+# floored (Hugging Face's image processors).
+CROP_ROUNDINGS = ("round", "floor")
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """How an image becomes the model's input at evaluation: resized by `resize` with
+    `interpolation`; `shortest` first scales the short side to floor(size / crop_fraction)
+    (timm's crop_pct, big_vision's resize(size / 0.875) + central crop) and keeps the
+    centre; `longest` pads with `fill` around the centre."""
+    size: int
+    resize: str = "shortest"
+    interpolation: str = "bilinear"
+    crop_fraction: float = 1.0
+    crop_rounding: str = "round"
+    fill: int = 0
+
+    @classmethod
+    def from_config(cls, config, resize: str | None = None) -> "View":
+        """The model's eval view (model.image.*), `resize` replacing its mode where given."""
+        i = config.model.image
+        return cls(config.data.image_size, resize or i.resize, i.interpolation, i.crop_fraction,
+                   i.crop_rounding)
+
+    def layout(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((width, height) the image is resized to, (left, top) of the output in it; negative
+        where the output pads)."""
+        n = self.size
+        if self.resize == "squash":
+            new = (n, n)
+        elif self.resize == "shortest":
+            # torchvision's Resize(int) and HF's shortest_edge: the long side truncated.
+            short = n if self.crop_fraction == 1 else int(math.floor(n / self.crop_fraction))
+            if width <= height:
+                new = (short, int(short * height / width))
+            else:
+                new = (int(short * width / height), short)
+        elif self.resize == "longest":
+            # open_clip's ResizeKeepRatio(longest=1): both sides over the larger ratio, rounded.
+            ratio = max(width / n, height / n)
+            new = (round(width / ratio), round(height / ratio))
+        else:
+            raise ValueError(f"unknown resize {self.resize!r}; choose one of {RESIZES}")
+        return new, tuple(self._offset(d) for d in new)
+
+    def _offset(self, d: int) -> int:
+        n = self.size
+        if d < n:                           # padded: open_clip's CenterCropOrPad
+            return -((n - d) // 2)
+        if self.crop_rounding == "floor":
+            return (d - n) // 2
+        return int(round((d - n) / 2.0))
+
+    def window(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The output's (left, top, right, bottom) in pixels of the original image."""
+        (w, h), (left, top) = self.layout(width, height)
+        sx, sy = width / w, height / h
+        return left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy
+
+    def render(self, data) -> tuple[np.ndarray, tuple]:
+        """(uint8 [size, size, 3], the window it shows) of an encoded or decoded image."""
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of "
+                             f"{tuple(INTERPOLATIONS)}")
+        img = open_image(data).convert("RGB")
+        width, height = img.size
+        (w, h), (left, top) = self.layout(width, height)
+        if (w, h) != img.size:
+            img = img.resize((w, h), INTERPOLATIONS[self.interpolation])
+        x = np.asarray(img, np.uint8)
+        n = self.size
+        out = np.full((n, n, 3), self.fill, np.uint8)
+        # Rows/columns [max(o, 0), min(o + n, d)) of the resized image land at [.. - o).
+        (y0, y1), (x0, x1) = ((max(o, 0), min(o + n, d)) for o, d in ((top, h), (left, w)))
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = x[y0:y1, x0:x1]
+        return out, self.window(width, height)
 
 
 def open_image(data) -> Image.Image:

@@ -143,8 +143,8 @@ def split_skips(batch: dict) -> tuple[dict, dict]:
     return {k: v for k, v in batch.items() if k not in SKIP_KEYS}, counts
 
 
-def eval_batches(src, data_dir: str | None, image_size: int, batch_size: int, *,
-                 crop: str = "resize", process_index: int | None = None,
+def eval_batches(src, data_dir: str | None, view: images.View, batch_size: int, *,
+                 process_index: int | None = None,
                  process_count: int | None = None, num_threads: int = 2):
     """(IterDataset of this process's eval batches, number of examples).
 
@@ -159,7 +159,7 @@ def eval_batches(src, data_dir: str | None, image_size: int, batch_size: int, *,
     examples, _ = parsed(src, data_dir, need_captions=False)
     n = len(examples)
     padded = math.ceil(n / batch_size) * batch_size
-    ds = grain.MapDataset.range(padded)[pi::pc].map(EvalView(examples, n, image_size, crop))
+    ds = grain.MapDataset.range(padded)[pi::pc].map(EvalView(examples, n, view))
     it = ds.batch(batch_size // pc).to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
     return it, n
@@ -167,10 +167,13 @@ def eval_batches(src, data_dir: str | None, image_size: int, batch_size: int, *,
 
 def read_texts(src, data_dir: str | None) -> tuple[list[list[str]], np.ndarray]:
     """Every example's captions and label, without decoding an image (unusable ones: no
-    captions, label -1). An image folder's labels are its file list's: no file is read."""
+    captions, label -1). An image folder's labels are its file list's: no file is read; a
+    WebDataset split reads only its labels and captions."""
     if src.kind == "folder":
         labels = sources.ImageFolder(os.path.expanduser(src.path)).labels
         return [[] for _ in labels], labels
+    if src.kind == "wds":
+        return sources.WebDatasetSplit(os.path.expanduser(src.path), src.split).texts()
     examples, _ = parsed(src, data_dir, need_captions=False)
     caps, labels = [], []
     for i in range(len(examples)):

@@ -1,5 +1,6 @@
 """Where records come from: built-in datasets, our ArrayRecord shards, TFDS array_record datasets
-and (for evaluation) image-folder trees `root/<class>/*.jpg`.
+and (for evaluation) image-folder trees `root/<class>/*.jpg` and CLIP_benchmark's WebDataset
+layout (`wds_<name>/<split>/N.tar`).
 
 `open_source(cfg, data_dir)` gives a random-access Grain data source plus a `Parse` that turns one
 of its records into {'image': encoded bytes or uint8 array, 'captions': [str], 'label': int,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import tarfile
 
 import grain
 import numpy as np
@@ -166,6 +168,11 @@ def open_source(src, data_dir: str | None, strict: bool = False, split: str | No
         ds = ImageFolder(os.path.expanduser(src.path))
         return ds, Parse(ds.files, (1,) * len(ds), "image", "", strict, "label",
                          need_captions=False), f"{src.path} ({len(ds.classes)} classes)"
+    if src.kind == "wds":
+        ds = WebDatasetSplit(os.path.expanduser(src.path), split)
+        return ds, Parse(ds.tars, ds.counts, "image", "captions" if ds.retrieval else "",
+                         strict, "" if ds.retrieval else "label",
+                         need_captions=ds.retrieval), f"{src.path} [{split}]"
     raise ValueError(f"unknown source kind {src.kind!r}")
 
 
@@ -205,6 +212,78 @@ class ImageFolder:
         except OSError:
             image = None
         return {"image": image, "label": int(self.labels[index])}
+
+
+WDS_IMAGES = (".webp", ".png", ".jpg", ".jpeg")
+
+
+class WebDatasetSplit:
+    """One split of CLIP_benchmark's WebDataset layout, random access: ROOT/SPLIT/0.tar ..
+    (nshards.txt of them), each example an image (.webp, .png, .jpg, .jpeg) with a class id
+    (.cls) or, where ROOT/dataset_type.txt says retrieval, captions (.txt, one per line). The
+    tars are indexed once (member offsets); a record is {'image', 'label'} or {'image',
+    'captions'}."""
+
+    def __init__(self, root: str, split: str):
+        folder = os.path.join(root, split)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"WebDataset split {folder!r} does not exist")
+        count = os.path.join(folder, "nshards.txt")
+        if os.path.isfile(count):
+            self.tars = tuple(os.path.join(folder, f"{i}.tar")
+                              for i in range(int(open(count).read().strip())))
+        else:
+            self.tars = tuple(sorted(glob.glob(os.path.join(folder, "*.tar")),
+                                     key=lambda f: (len(f), f)))
+        if not self.tars:
+            raise ValueError(f"WebDataset split {folder!r} holds no .tar shards")
+        kind = os.path.join(root, "dataset_type.txt")
+        self.retrieval = os.path.isfile(kind) and open(kind).read().strip().lower() == "retrieval"
+        self.examples, counts = [], []
+        for tar in self.tars:
+            found = self._index(tar)
+            self.examples += found
+            counts.append(len(found))
+        self.counts = tuple(counts)
+
+    def _index(self, path: str) -> list[tuple[str, dict]]:
+        """[(tar, {extension: (offset, size)})] per example key, in the tar's order."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"WebDataset shard {path!r} does not exist")
+        groups: dict[str, dict] = {}
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for m in tar:
+                    if m.isfile():
+                        key, dot, ext = m.name.partition(".")
+                        groups.setdefault(key, {})["." + ext.lower()] = (m.offset_data, m.size)
+        except tarfile.TarError as e:
+            raise ValueError(f"WebDataset shard {path}: not a readable tar ({e})") from None
+        return [(path, g) for g in groups.values()]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int, with_image: bool = True) -> dict:
+        tar, members = self.examples[index % len(self.examples)]
+        with open(tar, "rb") as f:
+            def read(ext):
+                offset, size = members[ext]
+                f.seek(offset)
+                return f.read(size)
+            out = {"image": next((read(e) for e in WDS_IMAGES if e in members), None)
+                   if with_image else None}
+            if self.retrieval:
+                text = read(".txt").decode("utf-8") if ".txt" in members else ""
+                return {**out, "captions": [t for t in text.splitlines() if t.strip()]}
+            label = int(read(".cls").decode().strip()) if ".cls" in members else -1
+        return {**out, "label": label}
+
+    def texts(self) -> tuple[list[list[str]], np.ndarray]:
+        """Every example's captions and label, no image read."""
+        rows = [self.__getitem__(i, with_image=False) for i in range(len(self))]
+        return ([r.get("captions", []) for r in rows],
+                np.array([r.get("label", -1) for r in rows], np.int32))
 
 
 def record_counts(files) -> tuple[int, ...]:

@@ -1,5 +1,6 @@
 """Tokenizers: byte-level (no file, the default), SentencePiece `.model` and Hugging Face
-`tokenizers` JSON, each loaded from a local path.
+`tokenizers` JSON, each loaded from a local path, with the text cleaning the model was trained
+with (`tokenizer.clean`: open_clip's cleaners, big_vision's canonical form).
 
 Every tokenizer's `encode` returns the text's ids only; `tokenize` adds the specials and does the
 fixed-length layout, the same for every kind:
@@ -12,7 +13,9 @@ tokenizer's pad id (0 when it has none); the mask, not the id, is what marks pad
 """
 from __future__ import annotations
 
+import html
 import os
+import string
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -73,8 +76,8 @@ class SentencePieceTokenizer:
 
 # Special tokens are found by the names the common tokenizer files use.
 _HF_SPECIALS = {
-    "bos": ("<s>", "<|startoftext|>", "<bos>", "[CLS]", "<BOS>"),
-    "eos": ("</s>", "<|endoftext|>", "<eos>", "[SEP]", "<EOS>"),
+    "bos": ("<s>", "<|startoftext|>", "<start_of_text>", "<bos>", "[CLS]", "<BOS>"),
+    "eos": ("</s>", "<|endoftext|>", "<end_of_text>", "<eos>", "[SEP]", "<EOS>"),
     "pad": ("<pad>", "[PAD]", "<PAD>"),
     "mask": ("[MASK]", "<mask>", "<MASK>"),   # MLM's mask token, when the vocab has one
 }
@@ -102,6 +105,53 @@ class HFTokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+def _basic_clean(text: str) -> str:
+    """open_clip's: mojibake and unicode fixed (ftfy), HTML entities resolved twice, stripped."""
+    import ftfy
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+def _whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def canonicalize(text: str) -> str:
+    """big_vision's canonical text (SigLIP's prompts): underscores as spaces, ASCII punctuation
+    removed, lower case, whitespace collapsed."""
+    return _whitespace(text.replace("_", " ").translate(_PUNCTUATION).lower())
+
+
+# tokenizer.clean -> the function applied to every text before encoding (open_clip's names).
+CLEANERS = {
+    "none": lambda text: text,
+    "lower": lambda text: _whitespace(_basic_clean(text)).lower(),      # OpenAI CLIP, OpenCLIP
+    "whitespace": lambda text: _whitespace(_basic_clean(text)),
+    "canonicalize": lambda text: canonicalize(_basic_clean(text)),      # SigLIP (big_vision)
+}
+
+
+class Configured:
+    """A tokenizer as the config adjusts it: `encode` cleans the text first (tokenizer.clean),
+    padding uses `pad_id` (tokenizer.pad_id) and, with `attend_padding`, the mask covers the
+    padding too (SigLIP's text tower reads every position and pools the last). Every other
+    attribute is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer: Tokenizer, clean: str = "none", pad_id: int = -1,
+                 attend_padding: bool = False):
+        self.tokenizer, self.clean, self._fn = tokenizer, clean, CLEANERS[clean]
+        self.pad_id = tokenizer.pad_id if pad_id < 0 else pad_id
+        self.attend_padding = attend_padding
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(self._fn(text))
+
+
 def _id_or_none(i: int) -> int | None:
     return None if i < 0 else int(i)
 
@@ -121,6 +171,8 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> tuple[
             raise ValueError(f"text #{i} {text!r} has no tokens and no BOS/EOS is added")
         ids[i, : len(t)] = t
         mask[i, : len(t)] = True
+    if getattr(tokenizer, "attend_padding", False):
+        mask[:] = True
     return ids, mask
 
 
@@ -169,4 +221,9 @@ def build(config, stand_in: bool = False) -> Tokenizer:
         if getattr(tok, f"add_{kind}") and getattr(tok, f"{kind}_id") is None:
             raise ValueError(f"tokenizer.{kind}=True but {t.path or t.name!r} has no {kind.upper()} "
                              f"token; set tokenizer.{kind}=False")
-    return tok
+    if t.pad_id >= tok.vocab_size:
+        raise ValueError(f"tokenizer.pad_id={t.pad_id} is past {t.path or t.name!r}'s "
+                         f"{tok.vocab_size} ids")
+    if (t.clean, t.pad_id, t.attend_padding) == ("none", -1, False):
+        return tok
+    return Configured(tok, t.clean, t.pad_id, t.attend_padding)

@@ -152,17 +152,18 @@ class EvalView:
     Rows carry `index` and `valid`, so results can be put back in order and padding dropped."""
     examples: object            # a MapDataset of parsed examples
     n: int
-    image_size: int
-    crop: str = "resize"
+    view: images.View
 
     def __call__(self, i: int) -> dict:
         ex = self.examples[i % self.n]
         image = None
         if "skipped" not in ex:
-            view, _ = _render(ex, self.image_size, self.crop, None, 1.0, strict=False)
-            image = None if view is None else view[0]
+            try:        # unreadable images are counted where the outputs are gathered
+                image = self.view.render(ex["image"])[0]
+            except Exception:   # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ...)
+                pass
         valid = i < self.n and image is not None
         if image is None:
-            image = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+            image = np.zeros((self.view.size, self.view.size, 3), np.uint8)
         return {"image": image, "index": np.int64(i), "valid": np.bool_(valid),
                 "label": np.int32(ex.get("label", -1))}

@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from vlm_jax.data import pipeline
+from vlm_jax.data import images, pipeline
 from vlm_jax.evals import datasets
 from vlm_jax.data.tokenizer import Tokenizer, tokenize
 from vlm_jax.progress import Ticker
@@ -151,6 +151,10 @@ class EvalData:
         """The set's eval_dataset(...) entry (eval.datasets.NAME or a built-in's)."""
         return datasets.spec(self.config, name)
 
+    def view(self, name: str) -> images.View:
+        """The set's eval view: the model's (model.image.*), the set's `resize` overriding."""
+        return images.View.from_config(self.config, self.spec(name).resize)
+
     def split(self, name: str, split: str) -> str:
         """'test' / 'train' / 'val' -> the set's own name for that split."""
         s = self.spec(name)
@@ -163,9 +167,8 @@ class EvalData:
             return
         s = self.spec(name)
         batches, n = pipeline.eval_batches(
-            datasets.source(s, self.split(name, split)), self.data_dir,
-            self.config.data.image_size, self.embedder.batch, crop=s.crop,
-            num_threads=self.config.data.num_threads)
+            datasets.source(s, self.split(name, split)), self.data_dir, self.view(name),
+            self.embedder.batch, num_threads=self.config.data.num_threads)
         out = self.embedder.images_from(params, batches, n, keys,
                                         what=f"embedding {name} {split} images")
         self._images.update({(name, split, k): v for k, v in out.items()})
@@ -187,5 +190,6 @@ class EvalData:
     def classes(self, name: str) -> list[dict]:
         return datasets.classes(self.spec(name), name, self.data_dir)
 
-    def templates(self, name: str) -> tuple[str, ...]:
+    def templates(self, name: str):
+        """A tuple of templates, or {class name: prompts} (datasets.templates)."""
         return datasets.templates(self.spec(name), name, self.data_dir)

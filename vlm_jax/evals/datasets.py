@@ -1,14 +1,16 @@
 """Eval sets: what `eval.datasets.NAME` (or a built-in name) says about a dataset, resolved.
 
 A set is read through the training data's sources (`vlm_jax/data/sources.py`): built-in, our
-ArrayRecord shards, TFDS datasets prepared in array_record, or an image folder. Zero-shot class
-names and prompt templates come from the dataset itself (built-in info, a TFDS label feature's
-names, an image folder's sub-folders), from the lists shipped in `vlm_jax/evals/data/`
+ArrayRecord shards, TFDS datasets prepared in array_record, an image folder or CLIP_benchmark's
+WebDataset layout. Zero-shot class names and prompt templates come from the dataset itself
+(built-in info, a TFDS label feature's names, an image folder's sub-folders, a WebDataset
+folder's classnames.txt and zeroshot_classification_templates.txt), from the lists shipped in `vlm_jax/evals/data/`
 (`imagenet1k`, `cifar10`, `cifar100` class names; `imagenet1k` and `cifar` templates: CLIP's) or
 from a file, one entry per line.
 """
 from __future__ import annotations
 
+import json
 import os
 
 from vlm_jax import config as config_lib
@@ -17,6 +19,7 @@ from vlm_jax.data import builtin, sources
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CLASS_LISTS = ("imagenet1k", "cifar10", "cifar100")
 TEMPLATE_SETS = ("imagenet1k", "cifar")
+WDS_CLASSES, WDS_TEMPLATES = "classnames.txt", "zeroshot_classification_templates.txt"
 
 
 def spec(config, name: str):
@@ -60,6 +63,10 @@ def own_classes(s, data_dir: str | None) -> list[dict] | None:
         return builtin.info(s.path, data_dir)["classes"]
     if s.kind == "folder":
         return [{"name": c} for c in sources.ImageFolder(os.path.expanduser(s.path)).classes]
+    if s.kind == "wds":
+        path = os.path.join(os.path.expanduser(s.path), WDS_CLASSES)
+        return [{"name": n} for n in read_lines(path, (), "class names", "")] if os.path.isfile(
+            path) else None
     if s.kind == "tfds" and s.label_key:
         feature = sources.tfds_builder(s, data_dir).info.features
         for part in s.label_key.split("/"):
@@ -87,14 +94,39 @@ def classes(s, name: str, data_dir: str | None) -> list[dict]:
     return [{"name": n} for n in names]
 
 
-def templates(s, name: str, data_dir: str | None) -> tuple[str, ...]:
-    """Zero-shot prompt templates: `templates`, else the built-in's own, else CLIP's ImageNet 80."""
+def templates(s, name: str, data_dir: str | None):
+    """Zero-shot prompt templates: `templates`, else the built-in's own, else CLIP's ImageNet 80.
+    A .json file holds a list of templates or, CLIP_benchmark's per-class form (CuPL), a mapping
+    from class name to that class's prompts (returned as a dict)."""
+    key = f"eval.datasets.{name}.templates"
+    if s.templates.endswith(".json"):
+        return read_json_templates(os.path.expanduser(s.templates), key)
     if s.templates:
-        return tuple(read_lines(s.templates, TEMPLATE_SETS, f"eval.datasets.{name}.templates",
-                                "templates"))
+        return tuple(read_lines(s.templates, TEMPLATE_SETS, key, "templates"))
     if s.kind == "builtin":
         return tuple(builtin.info(s.path, data_dir)["templates"])
+    if s.kind == "wds" and os.path.isfile(own := os.path.join(os.path.expanduser(s.path),
+                                                              WDS_TEMPLATES)):
+        return tuple(read_lines(own, (), key, ""))
     return tuple(read_lines("imagenet1k", TEMPLATE_SETS, "templates", "templates"))
+
+
+def read_json_templates(path: str, key: str):
+    """A JSON list of templates (a tuple) or {class name: [prompts]} (a dict)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{key} file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{key} file {path} is not JSON: {e}") from None
+    if isinstance(value, list) and value and all(isinstance(t, str) for t in value):
+        return tuple(value)
+    if isinstance(value, dict) and value and all(
+            isinstance(v, list) and all(isinstance(t, str) for t in v) for v in value.values()):
+        return {str(k): tuple(v) for k, v in value.items()}
+    raise ValueError(f"{key} file {path} must hold a list of templates or a mapping from class "
+                     "name to a list of prompts")
 
 
 def missing(s, splits, data_dir: str | None) -> str | None:

@@ -32,7 +32,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
 
 
-def read_regions(src, data_dir, crop: str) -> list[list[tuple[np.ndarray, str]]]:
+def read_regions(src, data_dir, view: images.View) -> list[list[tuple[np.ndarray, str]]]:
     """Each example's regions, boxes in its eval view ([0, 1]); [] for unusable examples."""
     examples, _ = pipeline.parsed(src, data_dir, need_captions=False)
     out = []
@@ -41,7 +41,7 @@ def read_regions(src, data_dir, crop: str) -> list[list[tuple[np.ndarray, str]]]
         if "skipped" in ex or not ex.get("regions"):
             out.append([])
             continue
-        window = images.crop_box(crop, *images.open_image(ex["image"]).size)
+        window = view.window(*images.open_image(ex["image"]).size)
         out.append([(b, c) for b, c in ((regions.to_view(b, window), c)
                                         for b, c in ex["regions"]) if b is not None])
     return out
@@ -93,7 +93,7 @@ class Evaluator:
     def _regions(self, dataset: str, split: str):
         s = self.data.spec(dataset)
         return read_regions(datasets.source(s, self.data.split(dataset, split)),
-                            self.data.data_dir, s.crop)
+                            self.data.data_dir, self.data.view(dataset))
 
     def _test(self, params, dataset: str):
         """The test regions' (descriptions, true boxes, image tokens of their images)."""

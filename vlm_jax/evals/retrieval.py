@@ -103,7 +103,7 @@ def _pair_scores(top: np.ndarray, score: Callable[[np.ndarray, np.ndarray], np.n
     return np.asarray(score(queries, top.ravel()), np.float32).reshape(top.shape)
 
 
-def _cosines(queries: np.ndarray, candidates: np.ndarray, top: np.ndarray) -> np.ndarray:
+def cosines(queries: np.ndarray, candidates: np.ndarray, top: np.ndarray) -> np.ndarray:
     """[Q, k] similarity of each query (unit embeddings) to its top k candidates."""
     return np.einsum("qd,qkd->qk", queries.astype(np.float32), candidates[top].astype(np.float32))
 
@@ -115,9 +115,27 @@ def _rerank(order: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.concatenate([top, order[:, k:]], axis=1)
 
 
+def true_ranks(queries: np.ndarray, keys: np.ndarray, positives: list[list[int]],
+               chunk: int = 1024) -> np.ndarray:
+    """[Q] 1-based rank by cosine of each query's best true match among all keys (ties count
+    in the query's favour)."""
+    out = np.empty(len(positives), np.int64)
+    keys = keys.astype(np.float32)
+    for a in range(0, len(positives), chunk):
+        s = queries[a:a + chunk].astype(np.float32) @ keys.T
+        pos = _padded(positives[a:a + chunk])
+        best = np.where(pos >= 0, np.take_along_axis(s, np.maximum(pos, 0), 1), -np.inf).max(1)
+        out[a:a + chunk] = 1 + (s > best[:, None]).sum(1)
+    return out
+
+
 def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1, 5, 10),
            itm: PairScorer | None = None, rerank_k: int = 16, mesh: Mesh | None = None,
-           axes: Sequence[str] = (), scale: float | None = None) -> dict[str, float]:
+           axes: Sequence[str] = (), scale: float | None = None,
+           ranks: dict | None = None) -> dict[str, float]:
+    """Recall@k both ways (and after ITM re-ranking with `itm`). With `ranks`, fills it with
+    the per-example ranks of the true matches by similarity: `i2t_rank` per image,
+    `t2i_rank` per distinct text and the `texts` themselves."""
     texts = sorted({c for caps in captions for c in caps})
     index = {t: j for j, t in enumerate(texts)}
     img_pos = [[index[c] for c in caps] for caps in captions]        # each image's texts
@@ -136,8 +154,8 @@ def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1,
         s_t2i = _pair_scores(t2i_top, lambda q, c: itm(texts, c, q))
         orders["itm_"] = (_rerank(i2t, s_i2t), _rerank(t2i, s_t2i))
         # BLIP's re-ranking: the ITM score plus the cosine similarity that proposed the pair.
-        cos_i2t = _cosines(image_emb, text_emb, i2t_top)
-        cos_t2i = _cosines(text_emb, image_emb, t2i_top)
+        cos_i2t = cosines(image_emb, text_emb, i2t_top)
+        cos_t2i = cosines(text_emb, image_emb, t2i_top)
         orders["itm_sim_"] = (_rerank(i2t, s_i2t + cos_i2t), _rerank(t2i, s_t2i + cos_t2i))
         if scale is not None:
             orders["itm_itc_"] = (_rerank(i2t, s_i2t + scale * cos_i2t),
@@ -153,6 +171,9 @@ def recall(image_emb: np.ndarray, captions: list[list[str]], embed_texts, ks=(1,
                 out[f"{prefix}{name}_r1_p"] = stats.mcnemar(top1[prefix + name], top1[name])
         out[f"{prefix}r_mean"] = float(np.mean([out[f"{prefix}{d}_r{k}"] for d in ("i2t", "t2i")
                                                 for k in ks]))
+    if ranks is not None:
+        ranks.update(i2t_rank=true_ranks(image_emb, text_emb, img_pos),
+                     t2i_rank=true_ranks(text_emb, image_emb, txt_pos), texts=np.array(texts))
     return out
 
 
@@ -172,9 +193,14 @@ class Evaluator:
 
     def __init__(self, data, config):
         self.data = data
+        # dataset -> the last run's ranks of the true matches (launch.eval --suite saves them)
+        self.outputs: dict[str, dict[str, np.ndarray]] = {}
 
     def run(self, params, dataset: str) -> dict[str, float]:
         emb = self.data.embedder
         keep, captions = usable(self.data, params, dataset)
-        return recall(self.data.images(params, dataset)[keep], captions,
-                      lambda t: emb.texts(params, t), mesh=emb.mesh, axes=emb.axes)
+        ranks = {"index": np.flatnonzero(keep)}
+        out = recall(self.data.images(params, dataset)[keep], captions,
+                     lambda t: emb.texts(params, t), mesh=emb.mesh, axes=emb.axes, ranks=ranks)
+        self.outputs[dataset] = ranks
+        return out

@@ -21,6 +21,15 @@ from vlm_jax import config as config_lib
 from vlm_jax.evals import datasets as datasets_lib
 
 PROBES = ("linear_probe", "logistic_probe")
+# CLIP_benchmark's task -> {our metric: its metric} (clip_benchmark/metrics): its retrieval
+# names the thing retrieved, so image retrieval is text -> image.
+CLIP_BENCHMARK = {
+    "zeroshot_classification": {"zeroshot_top1": "acc1", "zeroshot_top5": "acc5",
+                                "zeroshot_mean_per_class_recall": "mean_per_class_recall"},
+    "zeroshot_retrieval": {**{f"t2i_r{k}": f"image_retrieval_recall@{k}" for k in (1, 5, 10)},
+                           **{f"i2t_r{k}": f"text_retrieval_recall@{k}" for k in (1, 5, 10)}},
+    "linear_probe": {"linear_probe_top1": "lp_acc1"},
+}
 
 
 def load(path: str):
@@ -107,15 +116,40 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def clip_benchmark(report: dict, language: str = "en") -> dict[str, dict]:
+    """{file name: record} in CLIP_benchmark's output schema, one per dataset and task, named
+    as it names them (`{dataset}_{pretrained}_{model}_{language}_{task}.json`): the model is
+    the checkpoint folder's name, `pretrained` its step; its `clip_benchmark build` and the
+    scripts that aggregate its results read them."""
+    model = os.path.basename(os.path.normpath(report["checkpoint"]))
+    pretrained = f"step{report['step']}"
+    out = {}
+    for dataset, metrics in report["results"].items():
+        for task, names in CLIP_BENCHMARK.items():
+            found = {theirs: metrics[ours] for ours, theirs in names.items() if ours in metrics}
+            if found:
+                slug = dataset.replace("/", "_")
+                out[f"{slug}_{pretrained}_{model}_{language}_{task}.json"] = {
+                    "dataset": dataset, "model": model, "pretrained": pretrained, "task": task,
+                    "metrics": found, "language": language}
+    return out
+
+
 def write(report: dict, directory: str, evaluators=None) -> list[str]:
-    """results.json, results.md and, for evaluators that keep per-example outputs (zero-shot's
-    predictions), predictions/<dataset>.<evaluator>.npz in `directory`; returns the paths."""
+    """results.json, results.md, CLIP_benchmark's per-dataset JSON in clip_benchmark/ and, for
+    evaluators that keep per-example outputs (zero-shot's logits and predictions, retrieval's
+    ranks), predictions/<dataset>.<evaluator>.npz in `directory`; returns the paths."""
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, "results.json"), os.path.join(directory, "results.md")]
     with open(paths[0], "w") as f:
         json.dump(report, f, indent=1)
     with open(paths[1], "w") as f:
         f.write(markdown(report))
+    for name, record in clip_benchmark(report).items():
+        os.makedirs(os.path.join(directory, "clip_benchmark"), exist_ok=True)
+        paths.append(os.path.join(directory, "clip_benchmark", name))
+        with open(paths[-1], "w") as f:
+            json.dump(record, f, indent=1)
     for kind, ev in (evaluators.evaluators.items() if evaluators else ()):
         for name, arrays in getattr(ev, "outputs", {}).items():
             os.makedirs(os.path.join(directory, "predictions"), exist_ok=True)

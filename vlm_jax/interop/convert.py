@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from vlm_jax.interop import hf, open_clip, tensors
+from vlm_jax.interop import clip_bpe, hf, open_clip, preprocess, tensors
 
 FORMATS = ("hf_clip", "hf_siglip", "open_clip")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
@@ -77,11 +77,88 @@ def _check(params: dict, config) -> None:
                          + "\n  ".join(problems[:20]))
 
 
-def convert(path: str, out: str | None = None, act: str = "gelu", head_width: int = 64):
+def _json_in(folder: str, name: str) -> dict | None:
+    f = os.path.join(folder, name)
+    return json.load(open(f)) if os.path.isfile(f) else None
+
+
+def view_keys(fmt: str, path: str, family: str | None, image_size: int) -> dict:
+    """The source's own eval view and pixel statistics as config keys: `family` (open_clip's
+    conventions) where named, else a Hugging Face folder's preprocessor_config.json or an
+    open_clip folder's open_clip_config.json, else the format's family default."""
+    folder = path if os.path.isdir(path) else ""
+    if family:
+        return preprocess.from_family(family)
+    if fmt.startswith("hf_") and (proc := _json_in(folder, "preprocessor_config.json")):
+        return preprocess.from_hf(proc, image_size)
+    if fmt == "open_clip" and folder and (oc := _json_in(folder, "open_clip_config.json")):
+        if "preprocess_cfg" in oc:
+            return preprocess.from_open_clip(oc["preprocess_cfg"])
+    default = {"hf_clip": "openai", "hf_siglip": "siglip", "open_clip": "openclip"}[fmt]
+    logging.info("eval view: open_clip's %s conventions (name another with --preprocess)",
+                 default)
+    return preprocess.from_family(default)
+
+
+TOKENIZER_FILES = ".json (tokenizer.json), .model (SentencePiece), .txt.gz or .txt (CLIP's BPE merges)"
+
+
+def _tokenizer_source(fmt: str, path: str, given: str | None, vocab: int) -> str | None:
+    """The tokenizer file a conversion takes: the one given, the folder's own, or for a CLIP
+    vocabulary open_clip's shipped BPE merges."""
+    if given:
+        if not os.path.isfile(given):
+            raise FileNotFoundError(f"--tokenizer {given!r} does not exist")
+        return given
+    folder = path if os.path.isdir(path) else ""
+    for name in ("tokenizer.json", "spiece.model"):
+        if folder and os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    if fmt == "open_clip" and vocab == clip_bpe.VOCAB_SIZE:
+        return clip_bpe.shipped_merges()
+    return None
+
+
+def tokenizer_keys(fmt: str, path: str, given: str | None, vocab: int, out: str,
+                   hf_cfg: dict) -> dict:
+    """Writes the conversion's tokenizer into `out` and returns its config keys. The
+    vocabulary size is always recorded, so a config whose tokenizer does not fit the
+    checkpoint is refused in one line before anything is restored."""
+    keys = {"tokenizer.vocab_size": vocab}
+    if fmt == "hf_siglip":
+        # SigLIP: no BOS, padded with its pad id (EOS) to the full length, every position read.
+        keys.update({"tokenizer.bos": False, "tokenizer.attend_padding": True,
+                     "tokenizer.pad_id": int(hf_cfg["text_config"].get("pad_token_id", 1))})
+    src = _tokenizer_source(fmt, path, given, vocab)
+    if src is None:
+        logging.warning("no tokenizer for the %d-entry vocabulary: give --tokenizer (%s)",
+                        vocab, TOKENIZER_FILES)
+        return keys
+    os.makedirs(out, exist_ok=True)
+    if src.endswith(".json"):
+        dest, name = os.path.join(out, "tokenizer.json"), "hf"
+        shutil.copy(src, dest)
+    elif src.endswith(".model"):
+        dest, name = os.path.join(out, os.path.basename(src)), "sentencepiece"
+        shutil.copy(src, dest)
+        if fmt == "hf_siglip":          # SiglipTokenizer's own lower-casing and punctuation
+            keys["tokenizer.clean"] = "canonicalize"
+    elif src.endswith((".txt.gz", ".txt")):
+        dest, name = clip_bpe.write(src, os.path.join(out, "tokenizer.json")), "hf"
+        keys["tokenizer.clean"] = "lower"     # open_clip's SimpleTokenizer cleaning
+    else:
+        raise ValueError(f"--tokenizer {src!r}: give {TOKENIZER_FILES}")
+    logging.info("tokenizer: %s -> %s", src, dest)
+    return {**keys, "tokenizer.name": name, "tokenizer.path": os.path.abspath(dest)}
+
+
+def convert(path: str, out: str | None = None, act: str = "gelu", head_width: int = 64,
+            family: str | None = None, tokenizer: str | None = None):
     """Converts the checkpoint at `path`; returns (config, params as numpy). With `out`, writes
-    OUT/checkpoints/0 (params only; `config.init=OUT`) and OUT/config.json, and copies a
-    Hugging Face folder's tokenizer.json to OUT (tokenizer.name=hf). `act` and `head_width`
-    describe open_clip checkpoints (their files do not record them)."""
+    OUT/checkpoints/0 (params only; `config.init=OUT`), OUT/config.json and the tokenizer
+    (`tokenizer_keys`). The config carries the source's eval view (`view_keys`; `family`
+    names open_clip's conventions). `act` and `head_width` describe open_clip checkpoints
+    (their files do not record them)."""
     from vlm_jax import config as config_lib
     t0 = time.perf_counter()
     fmt, weights, hf_cfg = detect(path)
@@ -96,15 +173,13 @@ def convert(path: str, out: str | None = None, act: str = "gelu", head_width: in
     else:
         params, keys = open_clip.params(sd, head_width), open_clip.config(sd, act, head_width)
     params = jax.tree.map(lambda x: np.array(x, np.float32, order="C"), params)
+    keys.update(view_keys(fmt, path, family, keys["data.image_size"]))
+    vocab = int(params["txt"]["embedding"]["embedding"].shape[0])
+    if out:
+        keys.update(tokenizer_keys(fmt, path, tokenizer, vocab, out, hf_cfg))
     config = config_lib.defaults()
     for key, value in keys.items():
         config_lib.assign(config, key, value)
-    tok = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else ""
-    if out and tok and os.path.exists(tok):
-        os.makedirs(out, exist_ok=True)
-        shutil.copy(tok, os.path.join(out, "tokenizer.json"))
-        config.tokenizer.name, config.tokenizer.path = "hf", os.path.join(
-            os.path.abspath(out), "tokenizer.json")
     config_lib.validate(config)
     _check(params, config)
     if out:

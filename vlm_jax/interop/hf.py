@@ -59,7 +59,7 @@ def clip_config(cfg: dict) -> dict:
     vc, tc = cfg["vision_config"], cfg["text_config"]
     return {**_towers(vc, tc), "model.embed_dim": cfg["projection_dim"],
             "model.image.pool": "cls", "model.image.patch_bias": False,
-            "model.image.pre_norm": True, "model.image.pixel_norm": "clip",
+            "model.image.pre_norm": True,
             "model.text.causal": True, "contrastive.name": "softmax"}
 
 
@@ -110,5 +110,5 @@ def siglip_config(cfg: dict) -> dict:
         raise ValueError("SigLIP vision towers without the attention-pooling head are not "
                          "supported")
     return {**_towers(vc, tc), "model.embed_dim": vc["hidden_size"],
-            "model.image.pool": "map", "model.image.pixel_norm": "unit",
+            "model.image.pool": "map",
             "model.text.causal": False, "model.proj_bias": True, "contrastive.name": "sigmoid"}

@@ -72,5 +72,5 @@ def config(sd: dict, act: str = "gelu", head_width: int = 64) -> dict:
             "tokenizer.max_len": sd["positional_embedding"].shape[0],
             "model.embed_dim": sd["text_projection"].shape[1], "model.act": act,
             "model.norm_eps": 1e-5, "model.image.pool": "cls", "model.image.patch_bias": False,
-            "model.image.pre_norm": True, "model.image.pixel_norm": "clip",
+            "model.image.pre_norm": True,
             "model.text.causal": True, "contrastive.name": "softmax"}

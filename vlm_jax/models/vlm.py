@@ -39,11 +39,22 @@ PIXEL_NORMS = {
 }
 
 
-def pixels(images, pixel_norm: str = "unit"):
-    """uint8 pixels straight from the pipeline -> normalised floats; floats pass through."""
+def pixel_stats(config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the config's pixel normalisation: model.image.pixel_mean/pixel_std where
+    set, else pixel_norm's."""
+    i = config.model.image
+    if i.pixel_mean:
+        return tuple(map(float, i.pixel_mean)), tuple(map(float, i.pixel_std))
+    return PIXEL_NORMS[i.pixel_norm]
+
+
+def pixels(images, pixel_norm="unit"):
+    """uint8 pixels straight from the pipeline -> normalised floats; floats pass through.
+    `pixel_norm`: a name of PIXEL_NORMS or (mean, std)."""
     if not jnp.issubdtype(images.dtype, jnp.integer):
         return images
-    mean, std = (jnp.asarray(v, jnp.float32) for v in PIXEL_NORMS[pixel_norm])
+    stats = PIXEL_NORMS[pixel_norm] if isinstance(pixel_norm, str) else pixel_norm
+    mean, std = (jnp.asarray(v, jnp.float32) for v in stats)
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
@@ -53,7 +64,7 @@ class VisionLanguageModel(nn.Module):
     embed_dim: int
     scale: ContrastiveScale
     dtype: Dtype = jnp.float32
-    pixel_norm: str = "unit"
+    pixel_norm: tuple = PIXEL_NORMS["unit"]     # (mean, std), pixel_stats(config)
     fusion: FusionEncoder | None = None         # ITM and MLM
     itm: bool = False
     mlm_vocab: int = 0                          # 0: no MLM head
@@ -173,7 +184,7 @@ def build(config: ml_collections.ConfigDict, vocab_size: int,
         embed_dim=m.embed_dim,
         scale=ContrastiveScale(con.name, con.softmax_scale_init, con.softmax_scale_max,
                                con.sigmoid_t_init, con.sigmoid_bias_init),
-        dtype=dtype, pixel_norm=i.pixel_norm, fusion=fusion, itm="itm_logits" in heads,
+        dtype=dtype, pixel_norm=pixel_stats(config), fusion=fusion, itm="itm_logits" in heads,
         mlm_vocab=vocab_size if "mlm_logits" in heads else 0, mim_decoder=mim,
         caption_decoder=cap, caption_vocab=text_vocab, proj_bias=m.proj_bias,
         patch_prediction="masked_patches" in heads)

@@ -6,7 +6,7 @@ import dataclasses
 
 from vlm_jax.config import ConfigError
 from vlm_jax.losses.masked import mim_loss, patch_mask
-from vlm_jax.models.vlm import pixels
+from vlm_jax.models.vlm import PIXEL_NORMS, pixel_stats, pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,7 +14,7 @@ class Objective:
     patch: int
     ratio: float = 0.75
     norm_pix: bool = True
-    pixel_norm: str = "unit"
+    pixel_norm: tuple = PIXEL_NORMS["unit"]     # (mean, std)
     name = "mim"
     cross_example = False
     reads = ()
@@ -23,7 +23,7 @@ class Objective:
     @classmethod
     def from_config(cls, config, tokenizer=None):
         return cls(config.model.image.patch_size, config.mim.ratio, config.mim.norm_pix,
-                   config.model.image.pixel_norm)
+                   pixel_stats(config))
 
     @staticmethod
     def check(config) -> None:

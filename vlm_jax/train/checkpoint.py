@@ -157,17 +157,44 @@ def resolve(path: str) -> tuple[str, int]:
     return path, steps[-1]
 
 
+class ShapeError(ValueError):
+    """A checkpoint's params do not have the shapes of the model the config builds."""
+
+    def __init__(self, where: str, mismatches: dict[str, tuple]):
+        self.mismatches = mismatches        # path -> (stored shape, wanted shape)
+        first = next(iter(mismatches))
+        super().__init__(
+            f"{where}: {len(mismatches)} params do not fit the model the config builds, e.g. "
+            f"{first}: {mismatches[first][0]} stored, {mismatches[first][1]} in the model")
+
+
+def _flat_shapes(tree, prefix: str = "") -> dict[str, tuple]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat_shapes(v, f"{prefix}{k}/"))
+        else:
+            out[prefix + k] = tuple(v.shape)
+    return out
+
+
 def read_params(path: str, abstract=None) -> tuple[dict, int]:
     """The params of a checkpoint (nothing else is read) and its step: host numpy arrays, or
-    placed on the shardings of `abstract` (ShapeDtypeStructs shaped like the params)."""
+    placed on the shardings of `abstract` (ShapeDtypeStructs shaped like the params; a param
+    stored with another shape raises ShapeError before anything is read)."""
     directory, step = resolve(path)
     mgr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
     try:
+        meta = mgr.item_metadata(step)["state"]
+        stored = getattr(meta, "tree", meta)["params"]
         if abstract is None:
-            meta = mgr.item_metadata(step)["state"]
-            tree = {"params": getattr(meta, "tree", meta)["params"]}
+            tree = {"params": stored}
             args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         else:
+            have, want = _flat_shapes(stored), _flat_shapes(abstract)
+            bad = {k: (have[k], s) for k, s in want.items() if k in have and have[k] != s}
+            if bad:
+                raise ShapeError(os.path.join(directory, str(step)), bad)
             tree = {"params": abstract}
             args = ocp.checkpoint_utils.construct_restore_args(tree)
         restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
