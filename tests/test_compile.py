@@ -180,7 +180,7 @@ def test_published_setups_build_at_their_papers_size():
     with pytest.raises(ValueError, match="set tokenizer.vocab_size to compile without it"):
         tokenizer_lib.build(c, stand_in=True)
     c.tokenizer.name, c.tokenizer.vocab_size = "bytes", 300
-    with pytest.raises(ValueError, match="tokenizer.vocab_size=300 but 'bytes' has 260 ids"):
+    with pytest.raises(ValueError, match="tokenizer.vocab_size=300 but the 'bytes' tokenizer has 260 ids"):
         tokenizer_lib.build(c)
 
 

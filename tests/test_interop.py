@@ -224,81 +224,233 @@ def _hf_tokenizer(path):
     tok.save(str(path / "tokenizer.json"))
 
 
-def _hf_zero_shot(hf, hf_dir, files, classes, templates):
-    """Each image's classes by transformers' CLIPModel, best first: prompts through the
-    folder's tokenizer, images by the eval view (the centred square, resized)."""
-    import torch
-    import transformers
-
-    from vlm_jax.data import images
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"),
-                                               pad_token="<pad>")
-    enc = tok([t.format(c) for c in classes for t in templates], padding="max_length",
-              max_length=TEXT["max_position_embeddings"], return_tensors="pt")
-    pixels = np.stack([images.render(open(f, "rb").read(), VISION["image_size"], "center")
-                       for f in files])
-    with torch.no_grad():
-        txt = _unit(_features(hf.get_text_features(input_ids=enc["input_ids"],
-                                                   attention_mask=enc["attention_mask"])))
-        img = _unit(_features(hf.get_image_features(pixel_values=_pixels(
-            pixels, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)))))
-    cls = _unit(txt.reshape(len(classes), len(templates), -1).mean(1))
-    return np.argsort(-(img @ cls.T), axis=1, kind="stable")
+OPENAI = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+# Crops (width, height) of the photos scikit-learn ships, some smaller than the 32-pixel input.
+CROPS = [(64, 40), (24, 30), (40, 96), (33, 33), (20, 52), (90, 60)]
 
 
-def _png(seed, size):
-    """Noise around a per-image colour: images a random model tells apart."""
-    import io
-
+def _photo_folder(root, classes=("bird", "cat", "dog"), per_class=4):
+    """root/<class>/<i>.jpg cut from sklearn's sample photos; returns (files, labels)."""
     from PIL import Image
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, 3) + rng.normal(0, 40, (size[1], size[0], 3))
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    from sklearn.datasets import load_sample_images
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    files, labels = [], []
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = CROPS[(k * per_class + i) % len(CROPS)]
+            photo = photos[(k + i) % 2]
+            y, x = rng.integers(0, photo.shape[0] - h), rng.integers(0, photo.shape[1] - w)
+            f = root / name / f"{i}.jpg"
+            Image.fromarray(photo[y:y + h, x:x + w]).save(f, quality=90)
+            files.append(f)
+            labels.append(k)
+    return files, np.array(labels)
 
 
-def test_convert_weights_command_and_zero_shot_of_the_converted_model(tmp_path):
-    """launch.convert_weights, then launch.eval --checkpoint on an image folder: the same
-    per-image zero-shot predictions as transformers' CLIPModel on the same images, class names
-    and templates."""
+def _zero_shot_logits(encode_images, encode_texts, classes, templates):
+    """CLIP_benchmark's zero-shot: each class's prompt embeddings normalised, averaged and
+    normalised again; logits 100 x cosine with the normalised image embeddings."""
+    txt = _unit(encode_texts([t.format(c=c) for c in classes for t in templates]))
+    cls = _unit(txt.reshape(len(classes), len(templates), -1).mean(1))
+    return 100 * _unit(encode_images()) @ cls.T
+
+
+def _check_zero_shot(out_dir, name, want, labels):
+    """The written predictions against the reference logits, and the reported scores."""
+    from sklearn.metrics import balanced_accuracy_score
+    pred = np.load(out_dir / "predictions" / f"{name}.zeroshot.npz")
+    np.testing.assert_array_equal(pred["label"], labels)
+    np.testing.assert_allclose(pred["logits"], want, atol=1e-3)
+    np.testing.assert_array_equal(pred["top5"][:, 0], want.argmax(1))
+    np.testing.assert_allclose(np.take_along_axis(want, pred["top5"], 1), pred["top5_logits"],
+                               atol=1e-3)
+    assert len(set(want.argmax(1))) > 1, want          # not one class for every image
+    report = json.load(open(out_dir / "results.json"))["results"][name]
+    assert report["zeroshot_mean_per_class_recall"] == pytest.approx(
+        balanced_accuracy_score(labels, want.argmax(1)), abs=1e-9)
+    return report
+
+
+def _evaluate(ckpt, suite_dir, files, templates: str):
+    """launch.eval's suite evaluation, in-process, on the photo folder with `{c}` templates."""
+    from vlm_jax.train import evaluate
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    (suite_dir / "templates.txt").write_text(templates)
+    suite = write_suite(suite_dir / "suite.py", {"photos": dict(
+        kind="folder", path=str(files[0].parent.parent),
+        templates=str(suite_dir / "templates.txt"))}, zeroshot=("photos",))
+    evaluate.evaluate_suite(str(ckpt), suite, output_dir=str(suite_dir / "out"))
+    return suite_dir / "out"
+
+
+def test_open_clip_conversion_evaluates_as_open_clip_does(tmp_path):
+    """A tiny open_clip CLIP saved as a .pt, converted by launch.convert_weights and scored by
+    launch.eval --checkpoint --suite on real photos: open_clip's own model, preprocess and
+    tokenizer give the same per-image logits; the conversion's tokenizer is open_clip's."""
     import subprocess
     import sys
 
-    hf = _hf_clip(tmp_path / "hf")
-    _hf_tokenizer(tmp_path / "hf")
+    import torch
+    open_clip = pytest.importorskip("open_clip", reason="open_clip is not installed")
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+    torch.manual_seed(0)
+    model = open_clip.CLIP(
+        embed_dim=24, vision_cfg=dict(layers=2, width=48, head_width=16, patch_size=8,
+                                      image_size=32, mlp_ratio=2),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1,
+                      mlp_ratio=2))
+    _perturb(model)
+    torch.save(model.state_dict(), tmp_path / "oc.pt")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-m", "launch.convert_weights", "--input",
-                        str(tmp_path / "hf"), "--output", str(tmp_path / "out")],
-                       cwd=root, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "configs/lit.py:" in r.stdout and "act quick_gelu" in r.stdout
-    assert (tmp_path / "out" / "checkpoints" / "0").is_dir()
-    assert "converting" in r.stderr        # progress lines
-    r = subprocess.run([sys.executable, "-m", "launch.convert_weights", "--input",
-                        str(tmp_path / "missing"), "--output", str(tmp_path / "o2")],
-                       cwd=root, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "does not exist" in r.stderr
-    # Zero-shot on an image folder (3 classes, images of several shapes) through launch.eval.
-    files = []
-    for k, name in enumerate(("bird", "cat", "dog")):
-        (tmp_path / "val" / name).mkdir(parents=True)
-        for i in range(5):
-            f = tmp_path / "val" / name / f"{i}.png"
-            f.write_bytes(_png(10 * k + i, [(48, 40), (32, 32), (40, 64)][i % 3]))
-            files.append(str(f))
-    (tmp_path / "templates.txt").write_text("a photo of a {}.\nthe {}\n")
-    suite = write_suite(tmp_path / "suite.py", {"val": dict(
-        kind="folder", path=str(tmp_path / "val"), templates=str(tmp_path / "templates.txt"))},
-        zeroshot=("val",))
-    r = subprocess.run([sys.executable, "-m", "launch.eval", "--checkpoint", str(tmp_path / "out"),
-                        "--suite", suite], cwd=root, capture_output=True, text=True,
+                        str(tmp_path / "oc.pt"), "--output", str(tmp_path / "out"),
+                        "--head_width", "16"], cwd=root, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "eval view: shortest 32px, bicubic" in r.stdout, r.stdout
+    assert "tokenizer: hf" in r.stdout and "49408 ids, clean lower" in r.stdout, r.stdout
+    files, labels = _photo_folder(tmp_path / "photos")
+    (tmp_path / "templates.txt").write_text("a photo of a {c}.\nA blurry photo of the {c}!\n")
+    suite = write_suite(tmp_path / "suite.py", {"photos": dict(
+        kind="folder", path=str(tmp_path / "photos"), templates=str(tmp_path / "templates.txt"))},
+        zeroshot=("photos",))
+    r = subprocess.run([sys.executable, "-m", "launch.eval", "--checkpoint", str(tmp_path / "out"),
+                        "--suite", suite, "--config.eval.batch_size=8"], cwd=root,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "| val | zeroshot_top1 |" in r.stdout and "[1/1] val" in r.stderr
-    pred = np.load(tmp_path / "out" / "eval" / "suite" / "predictions" / "val.zeroshot.npz")
-    want = _hf_zero_shot(hf, tmp_path / "hf", files, ("bird", "cat", "dog"),
-                         ("a photo of a {}.", "the {}"))
-    assert list(pred["index"]) == list(range(15))
-    np.testing.assert_array_equal(pred["top5"], want)
-    assert len({tuple(row) for row in want}) > 1, want     # not one ranking for every image
+    out = tmp_path / "out" / "eval" / "suite"
+    preprocess = image_transform_v2(PreprocessCfg(size=32), is_train=False)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    with torch.no_grad():
+        want = _zero_shot_logits(
+            lambda: model.encode_image(torch.stack([preprocess(Image.open(f)) for f in files])
+                                       ).numpy(),
+            lambda texts: model.encode_text(tokenizer(texts)).numpy(),
+            ("bird", "cat", "dog"), ("a photo of a {c}.", "A blurry photo of the {c}!"))
+    report = _check_zero_shot(out, "photos", want, labels)
+    # CLIP_benchmark's record for the set, under its file name.
+    record = json.load(open(out / "clip_benchmark" / "photos_step0_out_en_zeroshot_classification.json"))
+    assert record == {"dataset": "photos", "model": "out", "pretrained": "step0",
+                      "task": "zeroshot_classification", "language": "en",
+                      "metrics": {"acc1": report["zeroshot_top1"], "acc5": report["zeroshot_top5"],
+                                  "mean_per_class_recall": report["zeroshot_mean_per_class_recall"]}}
+    # The tokenizer written beside the checkpoint gives open_clip's ids.
+    from vlm_jax import config as config_lib
+    from vlm_jax.data import tokenizer as tokenizer_lib
+    config = config_lib.from_json((tmp_path / "out" / "config.json").read_text())
+    ours = tokenizer_lib.build(config)
+    texts = _varied_texts()
+    ids, mask = tokenizer_lib.tokenize(ours, texts, config.tokenizer.max_len)
+    want_ids = tokenizer(texts).numpy()
+    mismatched = [t for t, a, b in zip(texts, ids, want_ids) if not np.array_equal(a, b)]
+    assert not mismatched, mismatched[:5]
+    np.testing.assert_array_equal(mask, want_ids != 0)
+    # A tokenizer that does not fit the checkpoint: one line naming both sizes, no traceback.
+    r = subprocess.run([sys.executable, "-m", "launch.eval", "--checkpoint", str(tmp_path / "out"),
+                        "--suite", suite, "--config.tokenizer.name=bytes"], cwd=root,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "launch.eval: tokenizer.vocab_size=49408 but the 'bytes' tokenizer has 260 ids; set it to 0 (read "
+        "from the file) or match"), r.stderr[-500:]
+
+
+def _varied_texts() -> list[str]:
+    """A few hundred strings: case, punctuation, contractions, unicode, digits, HTML entities,
+    whitespace runs, mojibake, emoji and texts far past 77 tokens."""
+    rng = np.random.default_rng(0)
+    words = ["a", "Photo", "OF", "the", "dog's", "can't", "we'll", "naïve", "café", "Ünïcödé",
+             "東京", "Привет", "😀", "3.14", "2024", "x86_64", "e-mail", "&amp;", "&lt;b&gt;",
+             "don’t", "Ã©", "\t", "  ", "!!!", "...", "#tag", "@user", "C++", "50%", "ﬁne",
+             "hello,world", "UPPER", "snake_case", "CamelCase", "é", "ß", "ǅ", "١٢٣", "—", "…"]
+    texts = ["", " ", "a photo of a dog.", "A PHOTO OF A DOG.", "word " * 100]
+    for _ in range(295):
+        n = int(rng.integers(1, 30))
+        texts.append(" ".join(rng.choice(words, n)))
+    return texts
+
+
+def test_hugging_face_conversions_evaluate_as_transformers_does(tmp_path):
+    """Tiny CLIPModel and SiglipModel folders with their image processors (the PIL ones, the
+    pixels open_clip's users get): converted, the preprocessing travels, and launch.eval's
+    suite gives transformers' per-image zero-shot logits on real photos."""
+    import torch
+    import transformers
+    files, labels = _photo_folder(tmp_path / "photos")
+    classes = ("bird", "cat", "dog")
+    # CLIP: bicubic shortest edge 36, centre crop 32 (a crop fraction), OpenAI's statistics.
+    hf = _hf_clip(tmp_path / "clip")
+    _hf_tokenizer(tmp_path / "clip")
+    proc = transformers.CLIPImageProcessorPil(size={"shortest_edge": 36},
+                                              crop_size={"height": 32, "width": 32})
+    proc.save_pretrained(tmp_path / "clip")
+    config, _ = interop.convert(str(tmp_path / "clip"), str(tmp_path / "clip_out"))
+    i = config.model.image
+    assert (i.resize, i.interpolation, i.crop_rounding, i.pixel_norm) == (
+        "shortest", "bicubic", "floor", "clip")
+    templates = ("{c}", "a photo of the {c} .")
+    out = _evaluate(tmp_path / "clip_out", tmp_path / "clip_suite", files, "\n".join(templates))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "clip" / "tokenizer.json"),
+                                               pad_token="<pad>")
+
+    def clip_texts(texts):
+        enc = tok(texts, padding="max_length", max_length=TEXT["max_position_embeddings"],
+                  return_tensors="pt")
+        return _features(hf.get_text_features(input_ids=enc["input_ids"],
+                                              attention_mask=enc["attention_mask"]))
+    with torch.no_grad():
+        pixels = proc([_rgb(f) for f in files], return_tensors="pt")["pixel_values"]
+        want = _zero_shot_logits(lambda: _features(hf.get_image_features(pixel_values=pixels)),
+                                 clip_texts, classes, templates)
+    _check_zero_shot(out, "photos", want, labels)
+    # SigLIP: bicubic squash, mean/std 0.5; texts end in EOS, padded with it, no mask.
+    cfg = transformers.SiglipConfig(
+        text_config=dict(TEXT, hidden_size=48, intermediate_size=96, pad_token_id=1,
+                         eos_token_id=1), vision_config=dict(VISION))
+    torch.manual_seed(0)
+    sig = _perturb(transformers.SiglipModel(cfg))
+    sig.save_pretrained(tmp_path / "siglip")
+    proc = transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    proc.save_pretrained(tmp_path / "siglip")
+    _siglip_tokenizer(tmp_path / "siglip")
+    config, _ = interop.convert(str(tmp_path / "siglip"), str(tmp_path / "siglip_out"))
+    assert (config.model.image.resize, config.model.image.pixel_norm, config.tokenizer.pad_id,
+            config.tokenizer.attend_padding, config.tokenizer.bos) == ("squash", "unit", 1, True,
+                                                                      False)
+    out = _evaluate(tmp_path / "siglip_out", tmp_path / "siglip_suite", files, "\n".join(templates))
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "siglip" / "tokenizer.json"), pad_token="</s>")
+
+    def siglip_texts(texts):
+        ids = tok(texts, padding="max_length", max_length=TEXT["max_position_embeddings"],
+                  return_tensors="pt")["input_ids"]
+        return _features(sig.get_text_features(input_ids=ids))
+    with torch.no_grad():
+        pixels = proc([_rgb(f) for f in files], return_tensors="pt")["pixel_values"]
+        want = _zero_shot_logits(lambda: _features(sig.get_image_features(pixel_values=pixels)),
+                                 siglip_texts, classes, templates)
+    _check_zero_shot(out, "photos", want, labels)
+
+
+def _rgb(path):
+    from PIL import Image
+    return Image.open(path).convert("RGB")
+
+
+def _siglip_tokenizer(path):
+    """A word-level tokenizer.json laid out as SigLIP's: <pad> 0, </s> 1 (EOS and padding),
+    texts end in </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {"<pad>": 0, "</s>": 1, "[UNK]": 2}
+    vocab.update({w: 3 + i for i, w in enumerate(WORDS)})
+    vocab.update({f"w{i}": i for i in range(3 + len(WORDS), TEXT["vocab_size"])})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                       special_tokens=[("</s>", 1)])
+    tok.save(str(path / "tokenizer.json"))

@@ -215,7 +215,8 @@ def build(config, stand_in: bool = False) -> Tokenizer:
             raise FileNotFoundError(f"tokenizer.path {t.path!r} does not exist")
         tok = KINDS[t.name](t.path, t.bos, t.eos)
     if t.vocab_size and t.vocab_size != tok.vocab_size:
-        raise ValueError(f"tokenizer.vocab_size={t.vocab_size} but {t.path or t.name!r} has "
+        source = "the 'bytes' tokenizer" if t.name == "bytes" else repr(t.path)
+        raise ValueError(f"tokenizer.vocab_size={t.vocab_size} but {source} has "
                          f"{tok.vocab_size} ids; set it to 0 (read from the file) or match")
     for kind in ("bos", "eos"):
         if getattr(tok, f"add_{kind}") and getattr(tok, f"{kind}_id") is None:
