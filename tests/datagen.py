@@ -53,3 +53,30 @@ def webdataset_tar(path: str, members: dict[str, bytes]) -> str:
 def caption_json(text: str) -> bytes:
     return json.dumps({"caption": text, "url": "http://example.invalid/x.jpg"}).encode()
 
+
+
+def clip_benchmark_set(root, examples: list[dict], classnames=(), templates=(), shards: int = 2,
+                       split: str = "test") -> str:
+    """CLIP_benchmark's webdataset layout of `examples` ({'image': PNG bytes, 'label'} or
+    {'image', 'captions'}): ROOT/classnames.txt, zeroshot_classification_templates.txt and
+    SPLIT/nshards.txt + 0.tar .. (shards-1).tar, keys s0000000 .. in order."""
+    import os
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    for name, lines in (("classnames.txt", classnames),
+                        ("zeroshot_classification_templates.txt", templates)):
+        if lines:
+            with open(os.path.join(root, name), "w") as f:
+                f.write("\n".join(lines) + "\n")
+    per = -(-len(examples) // shards)
+    for k in range(shards):
+        members = {}
+        for i, ex in enumerate(examples[k * per:(k + 1) * per], k * per):
+            members[f"s{i:07d}.png"] = ex["image"]
+            if "captions" in ex:
+                members[f"s{i:07d}.txt"] = "\n".join(ex["captions"]).encode()
+            else:
+                members[f"s{i:07d}.cls"] = str(ex["label"]).encode()
+        webdataset_tar(os.path.join(root, split, f"{k}.tar"), members)
+    with open(os.path.join(root, split, "nshards.txt"), "w") as f:
+        f.write(f"{shards}\n")
+    return str(root)

@@ -1,5 +1,6 @@
 """Zero-shot and retrieval metrics on embeddings whose answers are known."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -308,12 +309,24 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
                         "zs/digits/zeroshot_mean_per_class_recall"} and out["step"] == 8
     logged = [r for r in rows if "zs/digits/zeroshot_top1" in r][-1]["zs/digits/zeroshot_top1"]
     assert out["zs/digits/zeroshot_top1"] == pytest.approx(logged)
-    # A suite on the same workdir: what is present is evaluated, what is not is listed.
-    suite = write_suite(tmp_path / "suite.py", {"absent": dict(kind="folder", path="/nowhere/val")},
-                        zeroshot=("digits", "absent"), logistic_probe=("digits",),
-                        itm_rerank=("digits",))     # a suite's evaluator without its head: left out
+    # A suite on the same workdir: what is present is evaluated, what is not is listed. Two sets
+    # in CLIP_benchmark's webdataset layout score as the same images read another way do: the
+    # digits as an image folder with `{}` templates, the shapes as the caption shards.
+    sets = _clip_benchmark_sets(tmp_path, data_dir)
+    suite = write_suite(tmp_path / "suite.py", {
+        "absent": dict(kind="folder", path="/nowhere/val"),
+        "wds_digits": dict(kind="wds", path=sets["wds_digits"]),
+        "folder_digits": dict(kind="folder", path=sets["folder"], templates=sets["templates"]),
+        "wds_shapes": dict(kind="wds", path=sets["wds_shapes"])},
+        zeroshot=("digits", "absent", "wds_digits", "folder_digits"),
+        retrieval=("wds_shapes", "shards"), logistic_probe=("digits",),
+        itm_rerank=("digits",))     # a suite's evaluator without its head: left out
     report = evaluate.evaluate_suite(str(tmp_path), suite)
-    assert report["step"] == 8 and set(report["results"]) == {"digits"}
+    assert report["step"] == 8 and set(report["results"]) == {
+        "digits", "wds_digits", "folder_digits", "wds_shapes", "shards"}
+    for a, b in (("wds_digits", "folder_digits"), ("wds_shapes", "shards")):
+        assert report["results"][a] == pytest.approx(report["results"][b], abs=1e-9), (a, b)
+    assert 0 < report["results"]["wds_digits"]["zeroshot_top1"] < 1
     got = report["results"]["digits"]
     assert set(got) == {"zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall",
                         "logistic_probe_top1", "logistic_probe_c"}
@@ -330,6 +343,48 @@ def test_each_evaluator_keeps_its_own_cadence_and_prefix(data_dir, tmp_path):
     pred = np.load(where / "predictions" / "digits.zeroshot.npz")
     assert len(pred["index"]) == 360 and pred["top5"].shape == (360, 5)
     assert np.mean(pred["top5"][:, 0] == pred["label"]) == pytest.approx(logged)
+    # CLIP_benchmark's records, one per dataset and task, in its schema and file names.
+    record = json.load(open(where / "clip_benchmark" / "wds_digits_step8_"
+                            f"{tmp_path.name}_en_zeroshot_classification.json"))
+    zs = report["results"]["wds_digits"]
+    assert record == {"dataset": "wds_digits", "model": tmp_path.name, "pretrained": "step8",
+                      "task": "zeroshot_classification", "language": "en", "metrics": {
+                          "acc1": zs["zeroshot_top1"], "acc5": zs["zeroshot_top5"],
+                          "mean_per_class_recall": zs["zeroshot_mean_per_class_recall"]}}
+    record = json.load(open(where / "clip_benchmark" / "wds_shapes_step8_"
+                            f"{tmp_path.name}_en_zeroshot_retrieval.json"))
+    r = report["results"]["wds_shapes"]
+    assert record["task"] == "zeroshot_retrieval" and record["metrics"] == {
+        **{f"image_retrieval_recall@{k}": r[f"t2i_r{k}"] for k in (1, 5, 10)},
+        **{f"text_retrieval_recall@{k}": r[f"i2t_r{k}"] for k in (1, 5, 10)}}
+    # Retrieval's per-example ranks of the true matches give its recalls.
+    ranks = np.load(where / "predictions" / "wds_shapes.retrieval.npz")
+    assert len(ranks["i2t_rank"]) == 500 and len(ranks["t2i_rank"]) == len(ranks["texts"])
+    for k in (1, 5):
+        assert np.mean(ranks["i2t_rank"] <= k) == pytest.approx(r[f"i2t_r{k}"])
+        assert np.mean(ranks["t2i_rank"] <= k) == pytest.approx(r[f"t2i_r{k}"])
+
+
+def _clip_benchmark_sets(root, data_dir):
+    """The digits and shapes test splits in CLIP_benchmark's webdataset layout (class names and
+    `{c}` templates in its files, 3 and 2 shards), and the digits as an image folder."""
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+    from datagen import clip_benchmark_set
+
+    from vlm_jax.data import builtin, records
+    read = lambda name: [records.unpack(r, name) for r in ArrayRecordDataSource(
+        os.path.join(builtin.dataset_dir(name, data_dir), "test.array_record"))]
+    words = [c["word"] for c in builtin.info("digits", data_dir)["classes"]]
+    digits = [{"image": ex["image"], "label": ex["label"]} for ex in read("digits")]
+    wds = clip_benchmark_set(root / "wds_digits", digits, words,
+                             ("a photo of the number {c}.", "the digit {c}"), shards=3)
+    for i, ex in enumerate(digits):
+        (root / "folder" / words[ex["label"]]).mkdir(parents=True, exist_ok=True)
+        (root / "folder" / words[ex["label"]] / f"{i}.png").write_bytes(ex["image"])
+    (root / "templates.txt").write_text("a photo of the number {}.\nthe digit {}\n")
+    shapes = [{"image": ex["image"], "captions": ex["captions"]} for ex in read("shapes")]
+    return {"wds_digits": wds, "folder": str(root / "folder"), "templates": str(root / "templates.txt"),
+            "wds_shapes": clip_benchmark_set(root / "wds_shapes", shapes)}
 
 
 def test_suites_load_and_validate():

@@ -220,7 +220,7 @@ WDS_IMAGES = (".webp", ".png", ".jpg", ".jpeg")
 class WebDatasetSplit:
     """One split of CLIP_benchmark's WebDataset layout, random access: ROOT/SPLIT/0.tar ..
     (nshards.txt of them), each example an image (.webp, .png, .jpg, .jpeg) with a class id
-    (.cls) or, where ROOT/dataset_type.txt says retrieval, captions (.txt, one per line). The
+    (.cls) or, where dataset_type.txt says retrieval, captions (.txt, one per line). The
     tars are indexed once (member offsets); a record is {'image', 'label'} or {'image',
     'captions'}."""
 
@@ -237,14 +237,20 @@ class WebDatasetSplit:
                                      key=lambda f: (len(f), f)))
         if not self.tars:
             raise ValueError(f"WebDataset split {folder!r} holds no .tar shards")
-        kind = os.path.join(root, "dataset_type.txt")
-        self.retrieval = os.path.isfile(kind) and open(kind).read().strip().lower() == "retrieval"
         self.examples, counts = [], []
         for tar in self.tars:
             found = self._index(tar)
             self.examples += found
             counts.append(len(found))
         self.counts = tuple(counts)
+        # dataset_type.txt (beside the split or in it) says the task; without it, captions and
+        # no class ids mean retrieval.
+        kind = next((f for f in (os.path.join(root, "dataset_type.txt"),
+                                 os.path.join(folder, "dataset_type.txt")) if os.path.isfile(f)),
+                    None)
+        first = self.examples[0][1] if self.examples else {}
+        self.retrieval = (open(kind).read().strip().lower() == "retrieval" if kind else
+                          ".txt" in first and ".cls" not in first)
 
     def _index(self, path: str) -> list[tuple[str, dict]]:
         """[(tar, {extension: (offset, size)})] per example key, in the tar's order."""

@@ -117,15 +117,20 @@ def _rerank(order: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def true_ranks(queries: np.ndarray, keys: np.ndarray, positives: list[list[int]],
                chunk: int = 1024) -> np.ndarray:
-    """[Q] 1-based rank by cosine of each query's best true match among all keys (ties count
-    in the query's favour)."""
+    """[Q] 1-based rank by cosine of each query's best true match among all keys, ties to the
+    lower index as in `top_k` (equal keys, such as texts cut to the same tokens, tie), so
+    rank <= k exactly where recall@k counts a hit."""
     out = np.empty(len(positives), np.int64)
     keys = keys.astype(np.float32)
     for a in range(0, len(positives), chunk):
         s = queries[a:a + chunk].astype(np.float32) @ keys.T
         pos = _padded(positives[a:a + chunk])
-        best = np.where(pos >= 0, np.take_along_axis(s, np.maximum(pos, 0), 1), -np.inf).max(1)
-        out[a:a + chunk] = 1 + (s > best[:, None]).sum(1)
+        score = np.where(pos >= 0, np.take_along_axis(s, np.maximum(pos, 0), 1), -np.inf)
+        best = score.max(1, keepdims=True)
+        # The first key of the best score among the true matches.
+        first = np.where(score == best, np.maximum(pos, 0), s.shape[1]).min(1, keepdims=True)
+        ahead = (s > best) | ((s == best) & (np.arange(s.shape[1]) < first))
+        out[a:a + chunk] = 1 + ahead.sum(1)
     return out
 
 
