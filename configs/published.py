@@ -27,7 +27,7 @@ All at a global batch of 32,768, bfloat16, scanned and rematerialised blocks, th
 global negatives. The tokenizer file and the shards are the run's to give; `launch.compile`
 needs neither (it stands in `tokenizer.vocab_size` ids and reads no data).
 """
-from configs import clipa, flip, siglip2
+from configs import clipa, flip, siglip2, web
 from vlm_jax import config as config_lib
 
 # name -> image (patch, width, depth, heads, mlp), text (width, depth, heads, mlp), image size,
@@ -67,7 +67,8 @@ def get_config(arg: str | None = None):
         loss = SETUPS[name]
     c = config_lib.defaults()
     # Compiling reads no data; training without the shards stops at this path, named.
-    c.data.sources.web = config_lib.source(path=shards or f"give configs/published.py:{name}:SHARDS")
+    # Its last 1% of records (at most 5,000) held out of training and scored for retrieval.
+    web.held_out(c, config_lib.source(path=shards or f"give configs/published.py:{name}:SHARDS"))
     c.data.image_size = size
     c.data.crop, c.data.crop_scale_min, c.data.crop_padding = "random_resized", 0.9, 0
     c.data.num_workers, c.data.num_threads, c.data.prefetch = 8, 8, 4

@@ -58,6 +58,24 @@ def test_wrong_type_and_bad_choice():
         config_lib.validate(bad, schema)
 
 
+def test_held_out_sets_name_a_source_that_holds_records_out():
+    from configs import web
+    c = web.get_config("/d/*.array_record")
+    config_lib.validate(c)
+    assert (c.data.sources.web.holdout, c.eval.retrieval, c.eval.zeroshot) == (
+        0.01, ("web_holdout",), ())
+    assert [config_lib.held_out(n, 0.01, 5000) for n in (0, 1, 250, 10**7)] == [0, 1, 3, 5000]
+    c.data.sources.web.holdout = 1.0
+    with pytest.raises(ConfigError, match=r"'data.sources.web.holdout' is the share"):
+        config_lib.validate(c)
+    c.data.sources.web.holdout = 0.0
+    with pytest.raises(ConfigError, match=r"'data.sources.web.holdout' is 0"):
+        config_lib.validate(c)
+    c.eval.datasets.web_holdout.path = "webb"
+    with pytest.raises(ConfigError, match=r"names source 'webb', which is not in data.sources"):
+        config_lib.validate(c)
+
+
 def test_durations():
     c = _defaults()
     c.total_epochs = 2.0

@@ -84,6 +84,47 @@ def test_webdataset_conversion_counts_and_reasons(tars, tmp_path):
     assert sum(int(batch[k]) for k in pipeline.SKIP_KEYS) == 0
 
 
+def test_web_recipe_evaluates_on_its_held_out_share(tars, tmp_path):
+    """configs/web.py, 3 steps at a tiny size on converted WebDataset shards: its last records
+    are kept out of training (written to holdout.json) and are its only evaluation."""
+    from configs import web
+    from helpers import tiny_config, write_suite
+    from vlm_jax.train import trainer
+    out = str(tmp_path / "shards")
+    written = convert.convert(convert.webdataset_jobs(sorted(str(p) for p in tars.glob("*.tar"))),
+                              out, workers=1, progress=False)["written"]
+    cfg = tiny_config("", web.get_config(os.path.join(out, "*.array_record")), **{
+        "total_epochs": None, "total_steps": 3, "log_every_steps": 3,
+        "checkpoint_every_steps": 3, "batch_size": 8, "optim.warmup_percent": None,
+        "data.num_workers": 0, "model.dtype": "float32", "data.sources.web.holdout": 0.4,
+        "data.sources.web.holdout_max": 9})
+    # A suite named by eval.suite adds its sets that can be read (an image folder).
+    for k, name in enumerate(("cat", "dog")):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "photos" / name / f"{i}.jpg").write_bytes(jpeg(300 + 3 * k + i))
+    cfg.eval.suite = write_suite(tmp_path / "suite.py", {
+        "photos": dict(kind="folder", path=str(tmp_path / "photos")),
+        "absent": dict(kind="folder", path=str(tmp_path / "nowhere"))},
+        zeroshot=("photos", "absent"))
+    last = trainer.train(cfg, str(tmp_path / "run"))
+    assert {k for k in last if k.startswith("eval/")} == {
+        f"eval/web_holdout/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {
+        "eval/web_holdout/r_mean"} | {f"eval/photos/zeroshot_{m}" for m in (
+            "top1", "top5", "mean_per_class_recall")}, sorted(last)
+    split = json.load(open(tmp_path / "run" / "holdout.json"))["web"]
+    assert split == {"path": cfg.data.sources.web.path, "records": written, "holdout": 0.4,
+                     "holdout_max": 9, "train": [0, written - 9], "held_out": [written - 9, written]}
+    # The two sides: training reads the first records, the eval set the last 9, none in both.
+    from vlm_jax.evals import datasets
+    train, _ = pipeline.parsed(cfg.data.sources.web, None)
+    held, _ = pipeline.parsed(datasets.spec(cfg, "web_holdout"), None)
+    captions = lambda ds: {c for i in range(len(ds)) for c in ds[i].get("captions", ())}
+    assert (len(train), len(held)) == (written - 9, 9)
+    assert not captions(train) & captions(held) and captions(train) | captions(held) == set(
+        _records(out))
+
+
 def test_folder_with_caption_tables(tmp_path):
     images = tmp_path / "imgs"
     (images / "sub").mkdir(parents=True)

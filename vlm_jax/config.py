@@ -362,6 +362,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Eval sets beyond the built-in digits and shapes (which need no entry): name -> an
     # eval_dataset(...) section; the evaluators' lists above name them.
     c.eval.datasets = ml_collections.ConfigDict()
+    # A suite file (configs/evals/NAME.py): its sets and evaluator lists are added to the ones
+    # above; the sets that cannot be read are left out, with a warning.
+    c.eval.suite = ""
     # Each evaluator's cadence (unset: eval_every; every evaluator also runs at the last step)
     # and its metric prefix ('{dataset}' stands for the dataset's name).
     for kind in EVALUATORS:
@@ -434,6 +437,7 @@ def _entry(s: ml_collections.ConfigDict, values: dict, what: str) -> ml_collecti
     return s
 
 
+EVAL_KINDS = ("builtin", "array_record", "tfds", "folder", "wds", "holdout")
 # eval_dataset's `crop` before it became `resize`: old value -> new value.
 EVAL_CROPS = {"center": "shortest", "resize": "squash"}
 
@@ -446,9 +450,9 @@ def eval_dataset(**values) -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
     # builtin | array_record (our shards) | tfds (prepared in array_record) | folder
     # (root/<class>/*.jpg, the ImageNet validation layout) | wds (CLIP_benchmark's WebDataset
-    # layout: root/<split>/N.tar, classnames.txt, zeroshot_classification_templates.txt)
-    _choice(s, "kind", "array_record", ("builtin", "array_record", "tfds", "folder", "wds"),
-            "eval_dataset.kind")
+    # layout: root/<split>/N.tar, classnames.txt, zeroshot_classification_templates.txt) |
+    # holdout (path names a data.sources entry: the records its `holdout` keeps out of training)
+    _choice(s, "kind", "array_record", EVAL_KINDS, "eval_dataset.kind")
     s.path = ""                     # as in source(); folder and wds: the root
     s.split = "test"                # the split scored (builtin, tfds)
     s.train_split = "train"         # the probes' training split
@@ -466,6 +470,9 @@ def eval_dataset(**values) -> ml_collections.ConfigDict:
     # The eval view's resize mode for this set (shortest | squash | longest); None: the model's
     # (model.image.resize).
     s.resize = config_dict.placeholder(str)
+    # Set from the source by kind='holdout': only the last share of the records is read.
+    s.holdout = 0.0
+    s.holdout_max = 0
     return _entry(s, values, "eval dataset")
 
 
@@ -496,7 +503,21 @@ def source(**values) -> ml_collections.ConfigDict:
     s.grayscale = config_dict.placeholder(float)
     s.hue_shift = config_dict.placeholder(float)
     s.hue_shift_degrees = config_dict.placeholder(tuple)
+    # The share of the records kept out of training (the last ones, in file order: the end of
+    # the last shards), at most holdout_max of them (0: no cap); eval_dataset(kind='holdout',
+    # path=<this source's name>) scores them.
+    s.holdout = 0.0
+    s.holdout_max = 5000
     return _entry(s, values, "source")
+
+
+def held_out(n: int, share: float, cap: int = 0) -> int:
+    """How many of a source's n records its holdout share keeps out: ceil(share * n), at most
+    cap (0: no cap)."""
+    if share <= 0:
+        return 0
+    k = math.ceil(share * n)
+    return min(k, cap) if cap else k
 
 
 # Sections of user-named entries -> the function that makes one.
@@ -588,6 +609,25 @@ def _section(cfg, name: str):
     return cfg, leaf
 
 
+def _check_holdouts(cfg) -> None:
+    for name, src in cfg.data.sources.items():
+        if not 0 <= src.holdout < 1 or src.holdout_max < 0:
+            raise ConfigError(f"'data.sources.{name}.holdout' is the share of its records kept "
+                              f"out of training, in [0, 1), and holdout_max a count >= 0; got "
+                              f"{src.holdout} and {src.holdout_max}")
+    for name, entry in cfg.eval.datasets.items():
+        if entry.kind != "holdout":
+            continue
+        src = cfg.data.sources.get(entry.path)
+        if src is None:
+            raise ConfigError(f"'eval.datasets.{name}' (kind holdout) names source "
+                              f"{entry.path!r}, which is not in data.sources "
+                              f"({', '.join(sorted(cfg.data.sources)) or 'empty'})")
+        if not src.holdout:
+            raise ConfigError(f"'eval.datasets.{name}' scores the held-out records of source "
+                              f"{entry.path!r}, but 'data.sources.{entry.path}.holdout' is 0")
+
+
 def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None) -> None:
     """Raises ConfigError naming the first bad key; returns None when the config is sound."""
     schema = schema if schema is not None else defaults()
@@ -615,6 +655,7 @@ def validate(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict |
         raise ConfigError(f"'model.image.patch_dropout' is the share of patches dropped, in "
                           f"[0, 1); got {cfg.model.image.patch_dropout}")
     _check_colourless(cfg)
+    _check_holdouts(cfg)
     if cfg.eval.marginal_images < 1:
         raise ConfigError(f"'eval.marginal_images' must be at least 1, got "
                           f"{cfg.eval.marginal_images}")

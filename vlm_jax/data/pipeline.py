@@ -46,6 +46,22 @@ def parsed(src, data_dir: str | None, strict: bool = False, split: str | None = 
     return grain.MapDataset.source(ds).map_with_index(parse), where
 
 
+def held_out(config) -> dict:
+    """{source name: its records, the share and cap asked for, and the [start, stop) ranges
+    trained on and held out}, for the sources that hold records out of training."""
+    out = {}
+    for name, src in sorted(source_configs(config).items()):
+        if not src.holdout:
+            continue
+        whole = config_lib.source(**{**src.to_dict(), "holdout": 0.0})
+        n = len(sources.open_source(whole, config.data_dir or None, need_captions=False)[0])
+        train = sources.part(src, n)
+        out[name] = {"path": src.path, "records": n, "holdout": src.holdout,
+                     "holdout_max": src.holdout_max, "train": list(train),
+                     "held_out": [train[1], n]}
+    return out
+
+
 def _transform(config, src, tokenizer: Tokenizer) -> Augment:
     d = config.data
     pick = functools.partial(config_lib.transform, config, src)

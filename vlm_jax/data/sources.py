@@ -22,6 +22,7 @@ import tarfile
 import grain
 import numpy as np
 
+from vlm_jax import config as config_lib
 from vlm_jax.data import builtin, images, records
 from vlm_jax.data.regions import RegionError, check as check_regions
 
@@ -48,10 +49,13 @@ class Parse:
     negative_caption_key: str = "negative_captions"
     region_key: str = "regions"
     gray_caption_key: str = "gray_captions"
+    # Reading records [offset, offset + span) of the files (a held-out split's side; 0: all).
+    offset: int = 0
+    span: int = 0
 
     def where(self, index: int) -> str:
         starts = np.cumsum((0,) + self.counts)
-        index %= int(starts[-1])
+        index = self.offset + index % self.span if self.span else index % int(starts[-1])
         f = int(np.searchsorted(starts, index, side="right") - 1)
         if self.counts[f] == 1:         # a file per record (an image folder)
             return self.files[f]
@@ -145,7 +149,42 @@ def expand_paths(pattern: str) -> list[str]:
 def open_source(src, data_dir: str | None, strict: bool = False, split: str | None = None,
                 need_captions: bool = True):
     """(grain data source, Parse for its records, a short description). `src` is a
-    `data.sources` or an `eval.datasets` entry; the latter names its label feature."""
+    `data.sources` or an `eval.datasets` entry; the latter names its label feature. With a
+    `holdout` share, a source reads the records before its held-out tail, an eval entry the
+    tail."""
+    ds, parse, where = _open(src, data_dir, strict, split, need_captions)
+    start, stop = part(src, len(ds))
+    if (start, stop) == (0, len(ds)):
+        return ds, parse, where
+    return (Part(ds, start, stop), dataclasses.replace(parse, offset=start, span=stop - start),
+            f"{where} records [{start}, {stop})")
+
+
+def part(src, n: int) -> tuple[int, int]:
+    """[start, stop) of the n records `src` reads: all, or either side of its held-out tail."""
+    k = config_lib.held_out(n, src.get("holdout", 0.0), src.get("holdout_max", 0))
+    if not k:
+        return 0, n
+    if k >= n:
+        raise ValueError(f"{src.path}: a holdout of {src.holdout} keeps all {n} records out of "
+                         "training")
+    return (n - k, n) if "train_split" in src else (0, n - k)
+
+
+class Part:
+    """Records [start, stop) of a random-access source."""
+
+    def __init__(self, ds, start: int, stop: int):
+        self.ds, self.start, self.stop = ds, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int):
+        return self.ds[self.start + index % len(self)]
+
+
+def _open(src, data_dir, strict, split, need_captions):
     split = split or src.split
     keys = dict(image_key=src.image_key, caption_key=src.caption_key, strict=strict,
                 label_key=src.get("label_key", "label"), need_captions=need_captions,

@@ -45,7 +45,10 @@ class Evaluators:
         """strict=False (suites, written for many models): an evaluator whose head the model
         lacks is left out, with the reason in `skipped`, instead of an error."""
         self.config = setup.config
-        self.data = EvalData(setup.config, Embedder.from_setup(setup))
+        if self.config.eval.suite:
+            from vlm_jax.evals import suite
+            self.config = suite.merge(self.config)
+        self.data = EvalData(self.config, Embedder.from_setup(setup))
         self.evaluators, self.skipped = {}, {}
         for name in config_lib.EVALUATORS:
             if not self.config.eval[name]:

@@ -25,12 +25,26 @@ WDS_CLASSES, WDS_TEMPLATES = "classnames.txt", "zeroshot_classification_template
 def spec(config, name: str):
     """The eval_dataset(...) entry of `name`: eval.datasets.NAME, else the built-in dataset."""
     if name in config.eval.datasets:
-        return config.eval.datasets[name]
+        s = config.eval.datasets[name]
+        return held_out_set(config, s) if s.kind == "holdout" else s
     if name in builtin.DATASETS:
         return config_lib.eval_dataset(kind="builtin", path=name)
     raise ValueError(f"eval set {name!r} is neither in eval.datasets "
                      f"({', '.join(sorted(config.eval.datasets)) or 'empty'}) nor built in "
                      f"({', '.join(sorted(builtin.DATASETS))})")
+
+
+def held_out_set(config, s):
+    """An eval_dataset(kind='holdout', path=SOURCE) as the records it names: the source's
+    last share, read with its keys, scored for retrieval on its captions."""
+    src = config.data.sources.get(s.path)
+    if src is None or not src.holdout:
+        raise ValueError(f"eval set kind holdout names source {s.path!r}, which is not in "
+                         "data.sources or holds nothing out")
+    return config_lib.eval_dataset(
+        kind=src.kind, path=src.path, split=src.split, image_key=src.image_key,
+        caption_key=src.caption_key, label_key="", resize=s.resize, holdout=src.holdout,
+        holdout_max=src.holdout_max)
 
 
 def source(s, split: str):

@@ -5,7 +5,8 @@ A suite file (`configs/evals/NAME.py`) defines `get_config()` returning keys of 
 config section: `datasets` (name -> eval_dataset(...)) and the evaluators' lists (`zeroshot`,
 `retrieval`, `linear_probe`, ...), optionally `batch_size` or the probes' settings. Evaluators the
 suite does not list do not run. The sets that cannot be read are listed with the reason and
-skipped; the others run one after another, each reported as it finishes.
+skipped; the others run one after another, each reported as it finishes. A training run's
+`eval.suite` adds a suite's sets and evaluators to its own (`merge`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def apply(config, suite) -> None:
     """Replaces the config's evaluator lists with the suite's and adds its eval sets; every
     metric is named '<dataset>/<metric>'."""
     e = config.eval
+    e.suite = ""
     for name in config_lib.EVALUATORS:
         e[name] = ()
         e[f"{name}_prefix"] = "{dataset}/"
@@ -60,6 +62,41 @@ def apply(config, suite) -> None:
         else:
             raise config_lib.ConfigError(f"suite key '{key}' is not an eval config key")
     config_lib.validate(config)
+
+
+def merge(config):
+    """A copy of the config whose evaluator lists and eval sets also hold eval.suite's; the
+    suite's sets that cannot be read are left out, with a warning."""
+    suite = load(config.eval.suite)
+    out = config.copy_and_resolve_references()
+    out.eval.suite = ""
+    e, added = out.eval, {}
+    for key, value in suite.items():
+        if key == "datasets":
+            for name, entry in value.items():
+                e.datasets[name] = entry
+        elif key in config_lib.EVALUATORS:
+            added[key] = tuple(value)
+        elif key in e:
+            e[key] = value
+        else:
+            raise config_lib.ConfigError(f"suite key '{key}' in {config.eval.suite} is not an "
+                                         "eval config key")
+    readable, missing = present(_listing(out, added))
+    for name, why in missing.items():
+        logging.warning("eval.suite %s: %s left out: %s", config.eval.suite, name, why)
+    for key, names in added.items():
+        e[key] = tuple(e[key]) + tuple(n for n in names if n in readable and n not in e[key])
+    config_lib.validate(out)
+    return out
+
+
+def _listing(config, lists: dict):
+    """The config with only `lists` as its evaluators' sets (for `present`)."""
+    c = config.copy_and_resolve_references()
+    for name in config_lib.EVALUATORS:
+        c.eval[name] = tuple(lists.get(name, ()))
+    return c
 
 
 def present(config) -> tuple[list[str], dict[str, str]]:

@@ -8,6 +8,7 @@ is saved, so the last good checkpoint stays the latest.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -131,6 +132,18 @@ def _rule_table(s: Setup, workdir: str) -> None:
                  "\n  ".join(summary))
 
 
+def _write_held_out(config, workdir: str) -> None:
+    """WORKDIR/holdout.json: which records of each source the run keeps out of training."""
+    split = pipeline.held_out(config)
+    if not split:
+        return
+    with open(os.path.join(workdir, "holdout.json"), "w") as f:
+        json.dump(split, f, indent=1)
+    for name, h in split.items():
+        logging.info("source %r: records [%d, %d) of %d held out of training (holdout.json)",
+                     name, *h["held_out"], h["records"])
+
+
 def train(config, workdir: str, mesh=None) -> dict:
     """Trains (or resumes) in `workdir`; returns the last logged train and eval metrics.
 
@@ -150,6 +163,7 @@ def train(config, workdir: str, mesh=None) -> dict:
     evaluator = evals.Evaluators(s)
     if jax.process_index() == 0:
         workdir_lib.save_config(config, workdir)
+        _write_held_out(config, workdir)
     _rule_table(s, workdir)
     data_iter = iter(dataset)
     with contextlib.ExitStack() as run:
