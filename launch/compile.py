@@ -52,10 +52,7 @@ DOES_NOT_FIT = 3
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        config = launch_flags.config()
-    except config_lib.ConfigError as e:
-        sys.exit(f"config error: {e}")
+    config = launch_flags.config()     # a ConfigError ends the command with its line
     runtime.quiet_libraries()
     runtime.collect_garbage_less()
     # No persistent compilation cache: an executable for compile-only devices cannot be loaded
@@ -67,7 +64,7 @@ def main(argv):
     try:
         devices = topology.devices(TOPOLOGY.value, NUM_SLICES.value)
     except (ValueError, RuntimeError) as e:
-        sys.exit(f"compile: {e}")
+        sys.exit(f"launch.compile: {e}")
 
     def compile_at(batch, probe=False):
         c = config.copy_and_resolve_references()
@@ -79,16 +76,17 @@ def main(argv):
     try:
         if FIND_BATCH.value:
             if topology.hbm_bytes(devices[0], HBM_GIB.value) is None:
-                sys.exit(f"compile: no HBM figure for {devices[0].device_kind}; set --hbm_gib")
+                sys.exit(f"launch.compile: no HBM figure for {devices[0].device_kind}; "
+                         "set --hbm_gib")
             search = aot.find_batch(lambda b: compile_at(b, probe=True)["fits"],
                                     aot.batch_unit(config, devices),
                                     log=lambda m: print(m, file=sys.stderr, flush=True),
                                     start=config.batch_size, resolution=RESOLUTION.value)
             if search["largest"] is None:
-                sys.exit(f"compile: not even a global batch of {search['next']} fits")
+                sys.exit(f"launch.compile: not even a global batch of {search['next']} fits")
         report = compile_at(search["largest"] if search else config.batch_size)
     except (config_lib.ConfigError, ValueError) as e:
-        sys.exit(f"compile: {e}")
+        sys.exit(f"launch.compile: {e}")
     report = {"topology": topology.resolve(TOPOLOGY.value), **report}
     if search:
         report["find_batch"] = search
@@ -102,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runtime.run(main, "launch.compile")

@@ -19,6 +19,7 @@ import re
 
 from absl import app, flags
 
+from launch import runtime
 from vlm_jax.data import convert
 
 INPUT = flags.DEFINE_list("input", [], "WebDataset tar shards: files, globs or a {000..099} range.")
@@ -76,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runtime.run(main, "launch.convert")

@@ -27,6 +27,8 @@ import os
 
 from absl import app, flags
 
+from launch import runtime
+
 INPUT = flags.DEFINE_string("input", None, "Hugging Face folder or open_clip file.", required=True)
 OUTPUT = flags.DEFINE_string("output", None, "Folder for the converted checkpoint.", required=True)
 ACT = flags.DEFINE_enum("act", "gelu", ["gelu", "quick_gelu", "gelu_tanh"],
@@ -45,19 +47,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not os.path.exists(INPUT.value):       # before the seconds of importing JAX and PyTorch
-        raise SystemExit(f"convert_weights: checkpoint {INPUT.value!r} does not exist")
+        raise FileNotFoundError(f"checkpoint {INPUT.value!r} does not exist")
     import jax
     from absl import logging
 
-    from launch.runtime import quiet_libraries
     from vlm_jax import interop
     logging.set_verbosity(logging.INFO)
-    quiet_libraries()
+    runtime.quiet_libraries()
     try:
         config, params = interop.convert(INPUT.value, OUTPUT.value, ACT.value, HEAD_WIDTH.value,
                                          PREPROCESS.value, TOKENIZER.value)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        raise SystemExit(f"convert_weights: {e}") from None
+    except ImportError as e:        # the interop extra is not installed
+        raise ValueError(str(e)) from None
     m = config.model
     n = sum(v.size for v in jax.tree.leaves(params))
     print(f"{n / 1e6:.1f}M params -> {OUTPUT.value}/checkpoints/0 and {OUTPUT.value}/config.json")
@@ -75,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runtime.run(main, "launch.convert_weights")

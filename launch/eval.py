@@ -28,9 +28,12 @@ from vlm_jax import config as config_lib
 
 WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (instead of --checkpoint).")
 # Overrides only: the checkpoint's own config.json is the base (the defaults are not used).
-CONFIG = config_flags.DEFINE_config_dict(
-    "config", config_lib.defaults(), "Override a key of the checkpoint's config.json with "
-    "--config.KEY=VALUE.")
+try:    # the override flags are defined here, from the command line
+    CONFIG = config_flags.DEFINE_config_dict(
+        "config", config_lib.defaults(), "Override a key of the checkpoint's config.json with "
+        "--config.KEY=VALUE.")
+except (AttributeError, KeyError) as e:
+    raise runtime.unknown_key("launch.eval", e) from None
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A workdir, a converted checkpoint folder "
                                  "or WORKDIR/checkpoints/N (instead of --workdir).")
 STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
@@ -51,13 +54,6 @@ def overrides() -> dict:
 
 
 def main(argv):
-    try:
-        _main(argv)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:    # ConfigError too
-        raise SystemExit(f"launch.eval: {e}".splitlines()[0]) from None
-
-
-def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     path = CHECKPOINT.value or WORKDIR.value
@@ -87,4 +83,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runtime.run(main, "launch.eval")

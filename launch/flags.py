@@ -24,9 +24,12 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.
 def config(flag_values=flags.FLAGS):
     """The recipe with command-line overrides applied and checked (`flag_values`: parsed flags
     holding a `define_config` flag)."""
-    cfg = flag_values["config"].value
-    overridden = config_flags.get_override_values(flag_values["config"])
-    cfg.unlock()
+    try:
+        cfg = flag_values["config"].value
+        overridden = config_flags.get_override_values(flag_values["config"])
+        cfg.unlock()
+    except OSError as e:        # the recipe file could not be loaded: its last line says why
+        raise config_lib.ConfigError(f"--config: {runtime.last_line(e)}") from None
     config_lib.apply_duration_overrides(cfg, _flatten(overridden))
     cfg.lock()
     config_lib.validate(cfg)

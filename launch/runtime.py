@@ -45,3 +45,48 @@ def set_up() -> None:
     quiet_libraries()
     enable_compilation_cache()
     collect_garbage_less()
+
+
+# What a user's input raises: a missing or misplaced path, a bad value (config keys and types
+# included: ConfigError is a ValueError), a table without the column named.
+INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                ValueError, KeyError)
+
+
+def run(main, name: str) -> None:
+    """`absl.app.run(main)` for the command `name`: a flag that does not parse (a recipe that
+    cannot load included), a usage error or an input error ends it with one line, `name:
+    message`, and exit status 1. The traceback is logged at debug level (--verbosity=1)."""
+    from absl import app, flags, logging
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:        # a recipe that failed to load: its error last
+            raise SystemExit(f"{name}: {last_line(e)}") from None
+        except (AttributeError, KeyError) as e:     # --config.KEY=VALUE with an unknown KEY
+            raise unknown_key(name, e) from None
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except (app.UsageError, *INPUT_ERRORS) as e:
+            logging.debug("%s failed", name, exc_info=True)
+            text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise SystemExit(f"{name}: {text}".splitlines()[0]) from None
+
+    app.run(guarded, flags_parser=parse)
+
+
+def unknown_key(name: str, error: Exception) -> SystemExit:
+    """The one line for --config.KEY=VALUE naming a key the config lacks (ml_collections'
+    KeyError, with its suggestion)."""
+    text = str(error).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    return SystemExit(f"{name}: unknown config key {text}")
+
+
+def last_line(error: Exception) -> str:
+    """The last non-empty line of an error's message (ml_collections ends a recipe's load
+    failure, traceback included, with the recipe's own error)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

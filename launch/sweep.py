@@ -18,6 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
+from launch import runtime
 from vlm_jax import sweeps
 
 SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
@@ -88,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runtime.run(main, "launch.sweep")

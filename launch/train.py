@@ -14,8 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
-from launch import flags as launch_flags
-from vlm_jax import config as config_lib
+from launch import flags as launch_flags, runtime
 from vlm_jax.parallel import mesh as mesh_lib
 
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
@@ -26,10 +25,7 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-b
 
 def main(argv):
     workdir = launch_flags.start(argv)
-    try:
-        config = launch_flags.config()
-    except config_lib.ConfigError as e:
-        sys.exit(f"config error: {e}")
+    config = launch_flags.config()     # a ConfigError ends the command with its line
     mesh_lib.maybe_initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
                                           PROCESS_ID.value)
     from vlm_jax.train import trainer
@@ -43,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runtime.run(main, "launch.train")

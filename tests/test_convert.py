@@ -229,8 +229,29 @@ def test_interrupted_conversion_resumes(tmp_path):
     assert "320 records in 8 shards" in r.stdout
 
 
-def test_cli_rejects_bad_arguments(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "launch.convert", "--input", str(tmp_path / "*.tar"),
-                        "--output", str(tmp_path / "o")], capture_output=True, text=True)
-    assert r.returncode != 0 and "no file matches" in r.stderr
-    np.testing.assert_equal(os.path.exists(tmp_path / "o"), False)
+def test_every_command_ends_bad_input_with_one_line(tmp_path):
+    """A missing file, recipe or key: one line naming it, exit status 1, no traceback, nothing
+    written (the commands run side by side)."""
+    nowhere = str(tmp_path / "nowhere")
+    cases = {
+        ("launch.convert", "--input", f"{nowhere}/*.tar", "--output", str(tmp_path / "o")):
+            f"launch.convert: no file matches '{nowhere}/*.tar'",
+        ("launch.train", "--config", f"{nowhere}.py", "--workdir", str(tmp_path / "w")):
+            f"launch.train: --config: [Errno 2] No such file or directory: '{nowhere}.py'",
+        ("launch.train", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "w"),
+         "--config.model.image.widht=3"):
+            "launch.train: unknown config key 'widht' Did you mean \"width\" instead of \"widht\"?",
+        ("launch.filter", "--input", f"{nowhere}/*.array_record", "--output", str(tmp_path / "o")):
+            f"launch.filter: no files match '{nowhere}/*.array_record'",
+        ("launch.sweep", "--sweep", f"{nowhere}.py", "--collect"):
+            f"launch.sweep: sweep file '{nowhere}.py' not found",
+    }
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = {args: subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env)
+             for args in cases}
+    for args, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in err, (args, err[-2000:])
+        assert err.strip().splitlines()[-1] == cases[args], (args, err[-500:])
+    assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "w")
