@@ -1,0 +1,90 @@
+"""The decoder-only LM against transformers: tiny random Llama, Qwen2, Gemma and Gemma 2 models
+built from a config here, converted from their safetensors, give the same per-token logits on
+right- and left-padded batches."""
+import numpy as np
+import pytest
+
+from vlm_jax.interop import lm as lm_interop
+from vlm_jax.models import lm
+
+COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+              max_position_embeddings=64, pad_token_id=0)
+ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(rope_theta=500.0, rope_scaling=dict(
+        rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=16))),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(num_key_value_heads=1)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        query_pre_attn_scalar=12, sliding_window=4, attn_logit_softcapping=5.0,
+        final_logit_softcapping=3.0)),
+}
+
+
+def _hf_model(name, path):
+    import torch
+    import transformers
+    config_cls, model_cls, extra = ARCHS[name]
+    cfg = getattr(transformers, config_cls)(**{**COMMON, **extra})
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():                # norms and biases away from their ones and zeros
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(path)
+    model.config._attn_implementation = "eager"
+    return model.eval()
+
+
+def _batch(seed=0):
+    """Token ids [3, 12] and their real-token mask: lengths 12, 7 and 3."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 97, (3, 12))
+    mask = np.arange(12)[None] < np.array([12, 7, 3])[:, None]
+    return np.where(mask, ids, 0), mask
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_converted_lm_logits_match_transformers(name, tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import torch
+    hf = _hf_model(name, tmp_path)
+    config, params = lm_interop.convert(str(tmp_path))
+    model = lm.LM(config)
+    apply = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+    ids, mask = _batch()
+    for side in ("right", "left"):
+        if side == "left":       # the same texts at the end of each row
+            ids = np.stack([np.roll(r, 12 - m.sum()) for r, m in zip(ids, mask)])
+            mask = np.stack([np.roll(m, 12 - m.sum()) for m in mask])
+        positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+        ours = np.asarray(apply(params, jnp.asarray(ids), jnp.asarray(mask)))
+        with torch.no_grad():
+            want = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask).long(),
+                      position_ids=torch.from_numpy(positions)).logits.numpy()
+        np.testing.assert_allclose(ours[mask], want[mask], atol=1e-4, rtol=1e-4, err_msg=side)
+        np.testing.assert_array_equal(ours[mask].argmax(-1), want[mask].argmax(-1))
+    # Scanned layers: the same model, params stacked on a leading `layers` axis.
+    scanned = lm.LM(lm.LMConfig(**{**config.__dict__, "scan": True}))
+    blocks = [params.pop(f"block{i}") for i in range(config.depth)]
+    params["blocks"] = jax.tree.map(lambda *x: np.stack(x), *blocks)
+    got = np.asarray(jax.jit(lambda p, *a: scanned.apply({"params": p}, *a))(
+        params, jnp.asarray(ids), jnp.asarray(mask)))
+    np.testing.assert_allclose(got[mask], ours[mask], atol=1e-5)
+
+
+def test_prefix_mask_and_refusals(tmp_path):
+    import json
+    # Prefix-LM: the first three tokens see each other, the rest causally.
+    m = np.asarray(lm.attention_mask(np.ones((1, 5), bool), np.array([[0, 0, 0, 1, 1]])))[0, 0]
+    np.testing.assert_array_equal(m, [[1, 1, 1, 0, 0]] * 3 + [[1, 1, 1, 1, 0], [1] * 5])
+    cfg = {**COMMON, "architectures": ["MistralForCausalLM"]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="architecture 'MistralForCausalLM' does not convert"):
+        lm_interop.convert(str(tmp_path))
+    with pytest.raises(ValueError, match="rope type 'yarn' does not convert"):
+        lm_interop.lm_config({**COMMON, "architectures": ["LlamaForCausalLM"],
+                              "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
