@@ -88,3 +88,53 @@ def test_prefix_mask_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="rope type 'yarn' does not convert"):
         lm_interop.lm_config({**COMMON, "architectures": ["LlamaForCausalLM"],
                               "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2"])
+def test_greedy_generation_equals_transformers_and_the_uncached_forward(name, tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from vlm_jax import generate
+    hf = _hf_model(name, tmp_path)
+    config, params = lm_interop.convert(str(tmp_path))
+    model = lm.LM(config)
+    ids, mask = _batch(1)                     # right-padded prompts of 12, 7 and 3 tokens
+    left = np.stack([np.roll(r, 12 - m.sum()) for r, m in zip(ids, mask)])
+    left_mask = np.stack([np.roll(m, 12 - m.sum()) for m in mask])
+    n = 32
+    got = generate.generate(model, params, left, left_mask, n)
+    with torch.no_grad():
+        want = hf.generate(input_ids=torch.from_numpy(left),
+                           attention_mask=torch.from_numpy(left_mask).long(), max_new_tokens=n,
+                           min_new_tokens=n, do_sample=False, pad_token_id=0).numpy()[:, 12:]
+    np.testing.assert_array_equal(got, want)
+    # Right-padded prompts give the same tokens.
+    np.testing.assert_array_equal(generate.generate(model, params, ids, mask, n), got)
+    # Each step's cached logits are the uncached forward pass's over prompt + generated tokens.
+    logits, cache = generate.prefill(model, params, jnp.asarray(left), jnp.asarray(left_mask),
+                                     12 + n)
+    steps = [logits]
+    for t in range(n - 1):
+        logits, cache = generate.extend(model, params, jnp.asarray(got[:, t]), cache)
+        steps.append(logits)
+    full = model.apply({"params": params}, jnp.asarray(np.concatenate([left, got], 1)),
+                       jnp.asarray(np.concatenate([left_mask, np.ones_like(got, bool)], 1)))
+    np.testing.assert_allclose(np.stack(steps, 1), np.asarray(full)[:, 11:11 + n], atol=1e-5)
+
+
+def test_sampling_keeps_only_the_allowed_tokens():
+    import jax
+    import jax.numpy as jnp
+
+    from vlm_jax.generate import Sampling, choose
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
+    keys = jax.random.key(0)
+    draw = lambda s: np.asarray(choose(logits, keys, s))
+    assert set(draw(Sampling(1.0, top_k=1))) == {0}
+    assert set(draw(Sampling(1.0, top_p=0.7))) == {0, 1}          # 0.5 + 0.3 reach 0.7
+    assert set(draw(Sampling(1.0, top_k=3))) == {0, 1, 2}
+    counts = np.bincount(draw(Sampling(1.0)), minlength=4) / 2000
+    np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.04)
+    assert set(draw(Sampling())) == {0}                            # greedy

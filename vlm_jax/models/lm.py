@@ -114,10 +114,12 @@ def default_positions(input_mask):
 
 
 class Attention(nn.Module):
+    """Self-attention over the new tokens, or (with `kv`, this layer's cache [B, S, G, D] twice)
+    over the cache after writing the new keys and values at slot `end`."""
     c: LMConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, local=False):
+    def __call__(self, x, positions, mask, local=False, kv=None, k_positions=None, end=0):
         c, dt = self.c, jnp.dtype(self.c.dtype)
         init = nn.initializers.normal(0.02)
 
@@ -129,10 +131,17 @@ class Attention(nn.Module):
         k, v = proj("k", c.kv_heads, "kv_heads"), proj("v", c.kv_heads, "kv_heads")
         inv = rope_frequencies(c)
         q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
-        y = attend(q, k, v, mask, c, local, positions, positions)
+        if kv is not None:
+            write = lambda cache, new: jax.lax.dynamic_update_slice(
+                cache, new.astype(cache.dtype), (0, end, 0, 0))
+            kv = (write(kv[0], k), write(kv[1], v))
+            k, v = kv
+        else:
+            k_positions = positions
+        y = attend(q, k, v, mask, c, local, positions, k_positions)
         y = constrain(y, ("batch", "seq", "heads", "kv"))
         return nn.DenseGeneral(c.width, axis=(-2, -1), name="out", dtype=dt, use_bias=False,
-                               kernel_init=logical(init, ("heads", "kv", "embed")))(y)
+                               kernel_init=logical(init, ("heads", "kv", "embed")))(y), kv
 
 
 def attend(q, k, v, mask, c: LMConfig, local, q_positions, k_positions):
@@ -174,23 +183,23 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm block (Gemma 2: post-norms too). `local` is a layer's sliding-window flag: a
-    Python bool looped, a scanned input under `nn.scan`."""
+    Python bool looped, a scanned input under `nn.scan`; `kv` its cache (see Attention).
+    Returns (x, the updated cache or None)."""
     c: LMConfig
-    scanned: bool = False
 
     @nn.compact
-    def __call__(self, x, positions, mask, local=False):
+    def __call__(self, x, positions, mask, local=False, kv=None, k_positions=None, end=0):
         c = self.c
 
         def norm(name):
             return RMSNorm(c.norm_eps, c.norm_offset, name=name)
         x = constrain(x, ("batch", "seq", "embed"))
-        y = Attention(c, name="attn")(norm("ln_attn")(x), positions, mask, local)
+        y, kv = Attention(c, name="attn")(norm("ln_attn")(x), positions, mask, local, kv,
+                                          k_positions, end)
         x = x + (norm("ln_attn_post")(y) if c.post_norms else y)
         y = Mlp(c, name="mlp")(norm("ln_mlp")(x))
         x = x + (norm("ln_mlp_post")(y) if c.post_norms else y)
-        x = constrain(x, ("batch", "seq", "embed"))
-        return (x, None) if self.scanned else x
+        return constrain(x, ("batch", "seq", "embed")), kv
 
 
 def local_layers(c: LMConfig) -> tuple[bool, ...]:
@@ -198,23 +207,50 @@ def local_layers(c: LMConfig) -> tuple[bool, ...]:
     return tuple(bool(c.sliding_window) and i % 2 == 0 for i in range(c.depth))
 
 
+def init_cache(c: LMConfig, batch: int, length: int, dtype=None) -> dict:
+    """An empty KV cache of `length` slots: keys and values [layers, B, S, kv_heads, head_dim]
+    and, per slot, whether it holds a real token, its position and its causal step."""
+    shape = (c.depth, batch, length, c.kv_heads, c.head_dim)
+    dtype = jnp.dtype(dtype or c.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "mask": jnp.zeros((batch, length), bool), "pos": jnp.zeros((batch, length), jnp.int32),
+            "step": jnp.zeros((batch, length), jnp.int32), "end": jnp.zeros((), jnp.int32),
+            "last_pos": jnp.full((batch,), -1, jnp.int32),
+            "last_step": jnp.zeros((batch,), jnp.int32)}
+
+
 class LM(nn.Module):
-    """Token ids [B, T] -> logits [B, T, vocab] (float32), under the mask contract above."""
+    """Token ids [B, T] -> logits [B, T, vocab] (float32), under the mask contract above.
+    With `cache` (init_cache), the tokens continue the cached ones (slots from `end`) and the
+    call returns (logits, the updated cache): one call prefills, then one per decoded token."""
     c: LMConfig
 
     @nn.compact
-    def __call__(self, ids, input_mask=None, mask_ar=None, segment_ids=None, positions=None):
+    def __call__(self, ids, input_mask=None, mask_ar=None, segment_ids=None, positions=None,
+                 cache=None):
         c, dt = self.c, jnp.dtype(self.c.dtype)
-        input_mask = jnp.ones(ids.shape, bool) if input_mask is None else input_mask
+        input_mask = jnp.ones(ids.shape, bool) if input_mask is None else input_mask.astype(bool)
         mask_ar = jnp.ones(ids.shape, jnp.int32) if mask_ar is None else mask_ar
-        positions = default_positions(input_mask) if positions is None else positions
-        mask = attention_mask(input_mask, mask_ar, segment_ids)
+        if cache is None:
+            positions = default_positions(input_mask) if positions is None else positions
+            mask, k_positions, kv = attention_mask(input_mask, mask_ar, segment_ids), None, None
+        else:
+            if positions is None:
+                positions = cache["last_pos"][:, None] + jnp.cumsum(input_mask, 1, jnp.int32)
+            step = cache["last_step"][:, None] + jnp.cumsum(mask_ar, 1, jnp.int32)
+            end = cache["end"]
+            put = lambda a, new: jax.lax.dynamic_update_slice(a, new.astype(a.dtype), (0, end))
+            kmask, k_positions, kstep = (put(cache[n], v) for n, v in (
+                ("mask", input_mask), ("pos", positions), ("step", step)))
+            mask = ((kstep[:, None, :] <= step[:, :, None]) & kmask[:, None, :])[:, None]
+            kv = (cache["k"], cache["v"])
         embed = nn.Embed(c.vocab_size, c.width, name="embed", dtype=dt,
                          embedding_init=logical(nn.initializers.normal(1.0), ("vocab", "embed")))
         x = embed(ids)
         if c.embed_scale:   # Gemma: the scale rounded to the compute dtype, as Hugging Face's
             x = x * jnp.asarray(math.sqrt(c.width), dt)
-        x = self.layers(x, positions, mask)
+        x, kv = self.layers(x, positions, mask, kv, k_positions,
+                            0 if cache is None else cache["end"])
         x = RMSNorm(c.norm_eps, c.norm_offset, name="ln_final")(x)
         if c.tie_embeddings:
             logits = embed.attend(x)
@@ -225,19 +261,33 @@ class LM(nn.Module):
         logits = logits.astype(jnp.float32)
         if c.final_softcap:
             logits = c.final_softcap * jnp.tanh(logits / c.final_softcap)
-        return constrain(logits, ("batch", "seq", "vocab"))
+        logits = constrain(logits, ("batch", "seq", "vocab"))
+        if cache is None:
+            return logits
+        real = jnp.any(input_mask, 1)
+        last = lambda a, old: jnp.where(real, jnp.max(jnp.where(input_mask, a, -1), 1), old)
+        return logits, {"k": kv[0], "v": kv[1], "mask": kmask, "pos": k_positions, "step": kstep,
+                        "end": cache["end"] + ids.shape[1],
+                        "last_pos": last(positions, cache["last_pos"]),
+                        "last_step": step[:, -1]}
 
-    def layers(self, x, positions, mask):
+    def layers(self, x, positions, mask, kv, k_positions, end):
         c = self.c
         block = rematerialised(Block, c.remat, c.scan)
         local = local_layers(c)
         if c.scan:
             layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                             in_axes=(nn.broadcast, nn.broadcast, 0), length=c.depth,
+                             in_axes=(nn.broadcast, nn.broadcast, 0, 0, nn.broadcast,
+                                      nn.broadcast), length=c.depth,
                              metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = layers(c, scanned=True, name="blocks")(x, positions, mask,
-                                                          jnp.asarray(local))
-            return x
+            return layers(c, name="blocks")(x, positions, mask, jnp.asarray(local), kv,
+                                            k_positions, end)
+        out_k, out_v = [], []
         for i in range(c.depth):
-            x = block(c, name=f"block{i}")(x, positions, mask, local[i])
-        return x
+            layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+            x, layer_kv = block(c, name=f"block{i}")(x, positions, mask, local[i], layer_kv,
+                                                     k_positions, end)
+            if layer_kv is not None:
+                out_k.append(layer_kv[0])
+                out_v.append(layer_kv[1])
+        return x, (jnp.stack(out_k), jnp.stack(out_v)) if out_k else None

@@ -1,0 +1,79 @@
+"""Decoding from `models.lm.LM` over a KV cache: one jitted prefill of the prompts, then one
+jitted extend step per token. Prompts of different lengths share a batch, left- or
+right-padded (`input_mask` marks the real tokens; each row's positions count only those). Greedy,
+temperature, top-k and top-p sampling; rows stop at EOS (then emit `pad_id`) or at the length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlm_jax.models import lm as lm_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0        # 0: greedy
+    top_k: int = 0                  # 0: every token
+    top_p: float = 1.0              # nucleus: the smallest set of tokens with this much mass
+
+
+def choose(logits, rng, s: Sampling):
+    """[B, V] logits -> [B] token ids."""
+    if s.temperature <= 0:
+        return jnp.argmax(logits, -1).astype(jnp.int32)
+    logits = logits / s.temperature
+    if s.top_k:
+        kth = jax.lax.top_k(logits, s.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if s.top_p < 1:
+        order = jnp.sort(logits, -1)[:, ::-1]
+        mass = jnp.cumsum(jax.nn.softmax(order, -1), -1)
+        # The lowest logit kept: the first at which the mass before it reaches top_p.
+        cut = jnp.take_along_axis(order, jnp.sum(mass - jax.nn.softmax(order, -1) < s.top_p, -1,
+                                                 keepdims=True) - 1, -1)
+        logits = jnp.where(logits < cut, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length"))
+def prefill(model, params, ids, input_mask, length: int):
+    """(the logits after each row's last real prompt token [B, V], the cache of `length`
+    slots holding the prompts)."""
+    cache = lm_lib.init_cache(model.c, ids.shape[0], length)
+    logits, cache = model.apply({"params": params}, ids, input_mask, cache=cache)
+    last = jnp.max(jnp.where(input_mask, jnp.arange(ids.shape[1]), -1), 1)
+    return jnp.take_along_axis(logits, last[:, None, None], 1)[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def extend(model, params, token, cache):
+    """One token per row [B] appended: (its next-token logits [B, V], the cache)."""
+    logits, cache = model.apply({"params": params}, token[:, None],
+                                jnp.ones((token.shape[0], 1), bool), cache=cache)
+    return logits[:, 0], cache
+
+
+def generate(model, params, ids, input_mask, max_new_tokens: int, *, eos_id: int | None = None,
+             pad_id: int = 0, sampling: Sampling = Sampling(), rng=None) -> np.ndarray:
+    """[B, max_new_tokens] generated ids after the prompts `ids` [B, T]."""
+    ids, input_mask = jnp.asarray(ids), jnp.asarray(input_mask, bool)
+    rng = jax.random.key(0) if rng is None else rng
+    logits, cache = prefill(model, params, ids, input_mask, ids.shape[1] + max_new_tokens)
+    done = jnp.zeros(ids.shape[0], bool)
+    out = []
+    for _ in range(max_new_tokens):
+        rng, key = jax.random.split(rng)
+        token = jnp.where(done, pad_id, choose(logits, key, sampling))
+        out.append(token)
+        if eos_id is not None:
+            done = done | (token == eos_id)
+            if bool(jnp.all(done)):
+                break
+        logits, cache = extend(model, params, token, cache)
+    out = np.asarray(jnp.stack(out, 1))
+    return np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad_id)
