@@ -77,3 +77,41 @@ def generate(model, params, ids, input_mask, max_new_tokens: int, *, eos_id: int
         logits, cache = extend(model, params, token, cache)
     out = np.asarray(jnp.stack(out, 1))
     return np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad_id)
+
+
+def _rows(cache: dict, rows) -> dict:
+    """The cache's batch rows `rows` (keys and values carry the batch on axis 1)."""
+    return {k: v if k == "end" else jnp.take(v, rows, axis=1 if k in ("k", "v") else 0)
+            for k, v in cache.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beams"))
+def _beam_step(model, params, tokens, scores, seqs, cache, beams: int):
+    logits, cache = extend(model, params, tokens, cache)
+    b = scores.shape[0]
+    total = scores[:, :, None] + jax.nn.log_softmax(logits, -1).reshape(b, beams, -1)
+    scores, flat = jax.lax.top_k(total.reshape(b, -1), beams)
+    vocab = logits.shape[-1]
+    parent, tokens = flat // vocab, (flat % vocab).astype(jnp.int32)
+    rows = (jnp.arange(b)[:, None] * beams + parent).reshape(-1)
+    seqs = jnp.concatenate([jnp.take_along_axis(seqs, parent[:, :, None], 1),
+                            tokens[:, :, None]], -1)
+    return tokens.reshape(-1), scores, seqs, _rows(cache, rows)
+
+
+def beam_search(model, params, ids, input_mask, max_new_tokens: int, beams: int) -> np.ndarray:
+    """[B, max_new_tokens] of each row's most probable continuation among `beams` kept at every
+    step (summed log-probabilities; every hypothesis runs to the length, so no length penalty
+    applies: Hugging Face's beam search where no beam ends early)."""
+    ids, input_mask = jnp.asarray(ids), jnp.asarray(input_mask, bool)
+    logits, cache = prefill(model, params, ids, input_mask, ids.shape[1] + max_new_tokens)
+    scores, tokens = jax.lax.top_k(jax.nn.log_softmax(logits, -1), beams)      # [B, K]
+    b = ids.shape[0]
+    cache = _rows(cache, jnp.repeat(jnp.arange(b), beams))
+    seqs = tokens[:, :, None].astype(jnp.int32)
+    tokens = tokens.reshape(-1).astype(jnp.int32)
+    for _ in range(max_new_tokens - 1):
+        tokens, scores, seqs, cache = _beam_step(model, params, tokens, scores, seqs, cache,
+                                                 beams)
+    best = jnp.argmax(scores, -1)
+    return np.asarray(jnp.take_along_axis(seqs, best[:, None, None], 1)[:, 0])
