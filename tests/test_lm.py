@@ -168,3 +168,51 @@ def test_beam_search_equals_transformers(tmp_path):
     np.testing.assert_array_equal(got, want)
     # Not the greedy answer everywhere: the beams matter on this case.
     assert not np.array_equal(got, generate.generate(lm.LM(config), params, left, left_mask, 8))
+
+
+def test_lora_trains_only_its_adapters_and_merges_into_the_base():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from vlm_jax import lora
+    config = lm.LMConfig(vocab_size=97, width=32, depth=2, heads=4, kv_heads=2, head_dim=8,
+                         mlp_dim=48)
+    model = lm.LM(config)
+    ids, mask = (jnp.asarray(x) for x in _batch(3))
+    base = model.init(jax.random.key(0), ids, mask)["params"]
+    rules = ((r"block\d+/attn/(q|v)", 4), (r"block1/mlp/down", 2))
+    adapters = lora.init(model, base, rules, jax.random.key(1), ids, mask)
+    assert sorted(adapters) == ["block0/attn/q", "block0/attn/v", "block1/attn/q",
+                                "block1/attn/v", "block1/mlp/down"]
+    assert adapters["block0/attn/q"]["a"].shape == (32, 4)
+    assert adapters["block1/mlp/down"]["b"].shape == (2, 32)
+
+    def loss(ad):
+        logits = lora.apply(model, base, ad, 8.0, ids, mask)[:, :-1]
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, 1:, None], -1)[..., 0]
+        return jnp.sum(nll * mask[:, 1:]) / jnp.sum(mask[:, 1:])
+    tx = optax.adam(5e-2)
+    state = tx.init(adapters)
+    # The optimizer holds moments for the adapters only: none for the frozen base.
+    shapes = lambda t: sorted(x.shape for x in jax.tree.leaves(t))
+    assert shapes(state[0].mu) == shapes(adapters) and shapes(state[0].nu) == shapes(adapters)
+
+    @jax.jit
+    def step(ad, state):
+        value, grad = jax.value_and_grad(loss)(ad)
+        updates, state = tx.update(grad, state)
+        return optax.apply_updates(ad, updates), state, value
+    before = jax.tree.map(np.array, base)
+    first = None
+    for _ in range(20):
+        adapters, state, value = step(adapters, state)
+        first = value if first is None else first
+    assert value < first - 0.1, (first, value)
+    for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)
+    merged = lora.merge(base, adapters, 8.0)
+    np.testing.assert_allclose(model.apply({"params": merged}, ids, mask),
+                               lora.apply(model, base, adapters, 8.0, ids, mask), atol=1e-5)
+    with pytest.raises(ValueError, match="choose no dense layer"):
+        lora.init(model, base, ((r"nothing", 4),), jax.random.key(1), ids, mask)
