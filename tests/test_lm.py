@@ -216,3 +216,26 @@ def test_lora_trains_only_its_adapters_and_merges_into_the_base():
                                lora.apply(model, base, adapters, 8.0, ids, mask), atol=1e-5)
     with pytest.raises(ValueError, match="choose no dense layer"):
         lora.init(model, base, ((r"nothing", 4),), jax.random.key(1), ids, mask)
+
+
+def test_generation_on_8_devices_gives_the_same_tokens():
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from vlm_jax import generate
+    config = lm.LMConfig(vocab_size=97, width=32, depth=2, heads=4, kv_heads=2, head_dim=8,
+                         mlp_dim=48, sliding_window=3)
+    model = lm.LM(config)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 97, (8, 6))
+    mask = np.arange(6)[None] < rng.integers(2, 7, (8, 1))
+    params = model.init(jax.random.key(0), ids, mask)["params"]
+    one = generate.generate(model, params, ids, mask, 12,
+                            sampling=generate.Sampling(temperature=1.0, top_k=20))
+    rows = NamedSharding(Mesh(np.array(jax.devices()[:8]), ("data",)), P("data"))
+    eight = generate.generate(model, params, ids, mask, 12, batch_sharding=rows,
+                              sampling=generate.Sampling(temperature=1.0, top_k=20))
+    np.testing.assert_array_equal(one, eight)
+    _, cache = generate.prefill(model, params, jax.device_put(ids, rows),
+                                jax.device_put(mask, rows), 18, rows)
+    assert cache["k"].sharding.spec[1] == "data" and len(cache["k"].sharding.device_set) == 8

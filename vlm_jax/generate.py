@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlm_jax.models import lm as lm_lib
 
@@ -40,12 +41,23 @@ def choose(logits, rng, s: Sampling):
     return jax.random.categorical(rng, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "length"))
-def prefill(model, params, ids, input_mask, length: int):
+def shard_cache(cache: dict, batch_sharding) -> dict:
+    """The cache split over the devices like the batch (rows; keys and values on axis 1)."""
+    if batch_sharding is None:
+        return cache
+    mesh, rows = batch_sharding.mesh, batch_sharding.spec[0]
+    spec = lambda name: P(None, rows) if name in ("k", "v") else P() if name == "end" else P(rows)
+    return {k: jax.lax.with_sharding_constraint(v, NamedSharding(mesh, spec(k)))
+            for k, v in cache.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length", "batch_sharding"))
+def prefill(model, params, ids, input_mask, length: int, batch_sharding=None):
     """(the logits after each row's last real prompt token [B, V], the cache of `length`
-    slots holding the prompts)."""
-    cache = lm_lib.init_cache(model.c, ids.shape[0], length)
+    slots holding the prompts), the cache rows split as `batch_sharding` splits the batch."""
+    cache = shard_cache(lm_lib.init_cache(model.c, ids.shape[0], length), batch_sharding)
     logits, cache = model.apply({"params": params}, ids, input_mask, cache=cache)
+    cache = shard_cache(cache, batch_sharding)
     last = jnp.max(jnp.where(input_mask, jnp.arange(ids.shape[1]), -1), 1)
     return jnp.take_along_axis(logits, last[:, None, None], 1)[:, 0], cache
 
@@ -59,11 +71,18 @@ def extend(model, params, token, cache):
 
 
 def generate(model, params, ids, input_mask, max_new_tokens: int, *, eos_id: int | None = None,
-             pad_id: int = 0, sampling: Sampling = Sampling(), rng=None) -> np.ndarray:
-    """[B, max_new_tokens] generated ids after the prompts `ids` [B, T]."""
+             pad_id: int = 0, sampling: Sampling = Sampling(), rng=None,
+             batch_sharding=None) -> np.ndarray:
+    """[B, max_new_tokens] generated ids after the prompts `ids` [B, T]. With
+    `batch_sharding` (a NamedSharding of the rows), prompts and cache are split over its
+    devices and the params replicated."""
     ids, input_mask = jnp.asarray(ids), jnp.asarray(input_mask, bool)
+    if batch_sharding is not None:
+        ids, input_mask = (jax.device_put(x, batch_sharding) for x in (ids, input_mask))
+        params = jax.device_put(params, NamedSharding(batch_sharding.mesh, P()))
     rng = jax.random.key(0) if rng is None else rng
-    logits, cache = prefill(model, params, ids, input_mask, ids.shape[1] + max_new_tokens)
+    logits, cache = prefill(model, params, ids, input_mask, ids.shape[1] + max_new_tokens,
+                            batch_sharding)
     done = jnp.zeros(ids.shape[0], bool)
     out = []
     for _ in range(max_new_tokens):
