@@ -134,3 +134,10 @@ def test_benchmark_overrides_with_spaces_go_to_launch_train(monkeypatch):
     args, extra = _benchmark("recipes").parse_with_overrides(p, "variants")
     assert args.variants == ["albef"] and args.root == "r"
     assert extra == ["--config.a=1", schedule]
+
+
+def test_generate_benchmark_decodes_the_same_tokens_as_transformers():
+    out = _benchmark("generate").main(["--width", "64", "--depth", "1", "--vocab", "128",
+                                       "--batch", "2", "--prompt", "4", "--new", "4",
+                                       "--repeats", "1", "--json"])
+    assert out["same_tokens"] and out["ours_tok_s"] > 0 and out["transformers_tok_s"] > 0
