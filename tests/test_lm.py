@@ -176,6 +176,7 @@ def test_lora_trains_only_its_adapters_and_merges_into_the_base():
     import optax
 
     from vlm_jax import lora
+    from vlm_jax.losses.next_token import next_token_loss
     config = lm.LMConfig(vocab_size=97, width=32, depth=2, heads=4, kv_heads=2, head_dim=8,
                          mlp_dim=48)
     model = lm.LM(config)
@@ -189,9 +190,7 @@ def test_lora_trains_only_its_adapters_and_merges_into_the_base():
     assert adapters["block1/mlp/down"]["b"].shape == (2, 32)
 
     def loss(ad):
-        logits = lora.apply(model, base, ad, 8.0, ids, mask)[:, :-1]
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, 1:, None], -1)[..., 0]
-        return jnp.sum(nll * mask[:, 1:]) / jnp.sum(mask[:, 1:])
+        return next_token_loss(lora.apply(model, base, ad, 8.0, ids, mask), ids, mask)[0]
     tx = optax.adam(5e-2)
     state = tx.init(adapters)
     # The optimizer holds moments for the adapters only: none for the frozen base.
@@ -239,3 +238,22 @@ def test_generation_on_8_devices_gives_the_same_tokens():
     _, cache = generate.prefill(model, params, jax.device_put(ids, rows),
                                 jax.device_put(mask, rows), 18, rows)
     assert cache["k"].sharding.spec[1] == "data" and len(cache["k"].sharding.device_set) == 8
+
+
+def test_next_token_loss_counts_the_chosen_tokens_per_token_or_per_example():
+    import jax
+
+    from vlm_jax.losses.next_token import next_token_loss
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 6, 11)).astype(np.float32)
+    tokens = rng.integers(0, 11, (3, 6))
+    mask = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0], [0] * 6], bool)   # row 3: none
+    logp = np.asarray(jax.nn.log_softmax(logits[:, :-1], -1))
+    nll = -np.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    w = mask[:, 1:]
+    loss, m = next_token_loss(logits, tokens, mask)
+    assert float(loss) == pytest.approx(nll[w].mean(), rel=1e-6) and float(m["tokens"]) == 7
+    loss, _ = next_token_loss(logits, tokens, mask, "example")
+    assert float(loss) == pytest.approx(np.mean([nll[0].mean(), nll[1][w[1]].mean()]), rel=1e-6)
+    with pytest.raises(ValueError, match="normalisation 'sum'"):
+        next_token_loss(logits, tokens, mask, "sum")
