@@ -257,3 +257,37 @@ def test_next_token_loss_counts_the_chosen_tokens_per_token_or_per_example():
     assert float(loss) == pytest.approx(np.mean([nll[0].mean(), nll[1][w[1]].mean()]), rel=1e-6)
     with pytest.raises(ValueError, match="normalisation 'sum'"):
         next_token_loss(logits, tokens, mask, "sum")
+
+
+def test_sharded_by_the_mesh_rules_the_lm_gives_the_single_device_loss_and_gradients():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from vlm_jax import config as config_lib
+    from vlm_jax.losses.next_token import next_token_loss
+    from vlm_jax.parallel import mesh as mesh_lib, sharding
+    c = lm.LMConfig(vocab_size=96, width=32, depth=2, heads=4, kv_heads=2, head_dim=8,
+                    mlp_dim=64, scan=True, remat="nothing_saveable")
+    model = lm.LM(c)
+    ids, mask = (jnp.asarray(x) for x in _batch(4))
+    ids, mask = jnp.tile(ids, (4, 1))[:8], jnp.tile(mask, (4, 1))[:8]
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, mask))["params"]
+    params = nn.unbox(model.init(jax.random.key(0), ids, mask)["params"])
+    loss = lambda p, i, m: next_token_loss(model.apply({"params": p}, i, m), i, m)[0]
+    want = jax.jit(jax.value_and_grad(loss))(params, ids, mask)
+    cfg = config_lib.defaults()
+    rules = sharding.logical_rules(cfg)
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices=jax.devices()[:8])
+    specs = sharding.param_specs(boxed, mesh, rules, cfg.mesh.param_rules)
+    placed = jax.tree.map(lambda x, s: jax.device_put(x, jax.NamedSharding(mesh, s)), params,
+                          specs)
+    assert specs["blocks"]["attn"]["q"]["kernel"] == jax.P(None, "fsdp", "tensor")
+    assert specs["embed"]["embedding"][0] == "tensor"          # the vocabulary split
+    rows = jax.NamedSharding(mesh, jax.P(("replica", "data", "fsdp")))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        got = jax.jit(jax.value_and_grad(loss))(placed, jax.device_put(ids, rows),
+                                                jax.device_put(mask, rows))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

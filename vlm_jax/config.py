@@ -109,6 +109,7 @@ def defaults() -> ml_collections.ConfigDict:
         ("embed", None),
         ("mlp", "tensor"),
         ("heads", "tensor"),
+        ("kv_heads", "tensor"),     # a language model's key/value heads (replicated when fewer)
         ("vocab", "tensor"),
         ("kv", None),
         ("seq", None),

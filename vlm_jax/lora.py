@@ -1,4 +1,4 @@
-"""LoRA adapters on any flax model's dense layers, chosen by `(regex, rank)` rules over module
+"""LoRA adapters on any flax model's dense layers (Dense, DenseGeneral, Einsum), chosen by `(regex, rank)` rules over module
 paths ('/'-joined, e.g. `block3/attn/q`): each chosen layer's output gains
 `(alpha / rank) * (x A) B`, A [in, rank] random and B [rank, out] zero at the start, so the
 adapted model starts as the base one. The adapters are a param tree of their own, beside the
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DENSE = (nn.Dense, nn.DenseGeneral)
+DENSE = (nn.Dense, nn.DenseGeneral, nn.Einsum)
 
 
 def _path(module) -> str:
@@ -24,6 +24,10 @@ def _path(module) -> str:
 
 
 def _n_inputs(module) -> int:
+    """How many trailing input dims the layer contracts."""
+    if isinstance(module, nn.Einsum):       # 'bthk,hkd->btd': h and k
+        lhs, rhs = module.einsum_str.replace(" ", "").split("->")[0].split(",")
+        return len(set(lhs) & set(rhs))
     axis = getattr(module, "axis", -1)
     return len(axis) if isinstance(axis, (tuple, list)) else 1
 

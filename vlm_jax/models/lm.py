@@ -123,10 +123,12 @@ class Attention(nn.Module):
         c, dt = self.c, jnp.dtype(self.c.dtype)
         init = nn.initializers.normal(0.02)
 
+        # Einsums, not DenseGeneral: its kernel init sees the flattened 2-D shape, which the
+        # 3-D logical names could not constrain under a mesh.
         def proj(name, heads, axis):
-            return nn.DenseGeneral((heads, c.head_dim), name=name, dtype=dt, use_bias=c.qkv_bias,
-                                   kernel_init=logical(init, ("embed", axis, "kv")),
-                                   bias_init=logical(nn.initializers.zeros, (axis, "kv")))(x)
+            return nn.Einsum((c.width, heads, c.head_dim), "btd,dhk->bthk", name=name, dtype=dt,
+                             use_bias=c.qkv_bias, kernel_init=logical(init, ("embed", axis, "kv")),
+                             bias_init=logical(nn.initializers.zeros, (axis, "kv")))(x)
         q = proj("q", c.heads, "heads")
         k, v = proj("k", c.kv_heads, "kv_heads"), proj("v", c.kv_heads, "kv_heads")
         inv = rope_frequencies(c)
@@ -140,8 +142,8 @@ class Attention(nn.Module):
             k_positions = positions
         y = attend(q, k, v, mask, c, local, positions, k_positions)
         y = constrain(y, ("batch", "seq", "heads", "kv"))
-        return nn.DenseGeneral(c.width, axis=(-2, -1), name="out", dtype=dt, use_bias=False,
-                               kernel_init=logical(init, ("heads", "kv", "embed")))(y), kv
+        return nn.Einsum((c.heads, c.head_dim, c.width), "bthk,hkd->btd", name="out", dtype=dt,
+                         use_bias=False, kernel_init=logical(init, ("heads", "kv", "embed")))(y), kv
 
 
 def attend(q, k, v, mask, c: LMConfig, local, q_positions, k_positions):
