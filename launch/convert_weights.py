@@ -20,6 +20,10 @@ installed open_clip ships. Evaluate it with
 and train from it with
 
   python -m launch.train --config configs/lit.py:OUTPUT --workdir DIR
+
+A Hugging Face decoder-only LM folder (LlamaForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM,
+Gemma2ForCausalLM; model.safetensors or a sharded index) converts to OUTPUT/checkpoints/0,
+OUTPUT/lm.json (the models.lm config) and its tokenizer.json; `interop.lm.load(OUTPUT)` reads it.
 """
 from __future__ import annotations
 
@@ -54,6 +58,16 @@ def main(argv):
     from vlm_jax import interop
     logging.set_verbosity(logging.INFO)
     runtime.quiet_libraries()
+    from vlm_jax.interop import lm as lm_interop
+    if os.path.isdir(INPUT.value) and lm_interop.is_lm_folder(INPUT.value):
+        c, params = lm_interop.convert(INPUT.value)
+        where = lm_interop.save(OUTPUT.value, c, params, INPUT.value)
+        n = sum(v.size for v in jax.tree.leaves(params))
+        print(f"{n / 1e6:.1f}M params -> {where} and {OUTPUT.value}/lm.json")
+        print(f"  LM: width {c.width}, depth {c.depth}, heads {c.heads} ({c.kv_heads} kv, "
+              f"head dim {c.head_dim}), mlp {c.mlp_dim} {c.act}, vocab {c.vocab_size}, "
+              f"tied {c.tie_embeddings}")
+        return
     try:
         config, params = interop.convert(INPUT.value, OUTPUT.value, ACT.value, HEAD_WIDTH.value,
                                          PREPROCESS.value, TOKENIZER.value)

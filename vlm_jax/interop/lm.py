@@ -126,3 +126,40 @@ def _as_float32(tree):
     if isinstance(tree, dict):
         return {k: _as_float32(v) for k, v in tree.items()}
     return np.ascontiguousarray(tree, np.float32)
+
+
+def is_lm_folder(path: str) -> bool:
+    """Whether `path` is a Hugging Face folder of a supported decoder-only LM."""
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        return False
+    with open(cfg) as f:
+        return (json.load(f).get("architectures") or [""])[0] in ARCHITECTURES
+
+
+def save(out: str, config: LMConfig, params: dict, source: str | None = None) -> str:
+    """OUT/checkpoints/0 (params only), OUT/lm.json (the LMConfig) and, from the `source`
+    folder, its tokenizer.json; returns the checkpoint folder."""
+    import dataclasses
+    import shutil
+
+    from vlm_jax.train import checkpoint
+    where = checkpoint.write_params(out, params)
+    with open(os.path.join(out, "lm.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=1)
+    if source and os.path.isfile(tok := os.path.join(source, "tokenizer.json")):
+        shutil.copy(tok, os.path.join(out, "tokenizer.json"))
+    return where
+
+
+def load(folder: str) -> tuple[LMConfig, dict]:
+    """(LMConfig, params) of a folder `save` wrote."""
+    from vlm_jax.train import checkpoint
+    path = os.path.join(folder, "lm.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder}: no lm.json (write one with launch.convert_weights)")
+    with open(path) as f:
+        raw = json.load(f)
+    raw["rope_llama3"] = tuple(raw.get("rope_llama3", ()))
+    params, _ = checkpoint.read_params(folder)
+    return LMConfig(**raw), params
