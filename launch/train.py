@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from launch import flags as launch_flags, runtime
 from vlm_jax.parallel import mesh as mesh_lib
