@@ -45,46 +45,44 @@ def load(path: str):
     return module.get_config()
 
 
+def _add(config, suite, where: str) -> dict:
+    """Adds the suite's eval sets and settings to config.eval; returns its evaluator lists."""
+    e, lists = config.eval, {}
+    for key, value in suite.items():
+        if key == "datasets":
+            for name, entry in value.items():
+                e.datasets[name] = entry
+        elif key in config_lib.EVALUATORS:
+            lists[key] = tuple(value)
+        elif key in e:
+            e[key] = value
+        else:
+            raise config_lib.ConfigError(f"suite key '{key}'{where} is not an eval config key")
+    return lists
+
+
 def apply(config, suite) -> None:
     """Replaces the config's evaluator lists with the suite's and adds its eval sets; every
     metric is named '<dataset>/<metric>'."""
     e = config.eval
     e.suite = ""
+    lists = _add(config, suite, "")
     for name in config_lib.EVALUATORS:
-        e[name] = ()
+        e[name] = lists.get(name, ())
         e[f"{name}_prefix"] = "{dataset}/"
-    for key, value in suite.items():
-        if key == "datasets":
-            for name, entry in value.items():
-                e.datasets[name] = entry
-        elif key in e:
-            e[key] = value
-        else:
-            raise config_lib.ConfigError(f"suite key '{key}' is not an eval config key")
     config_lib.validate(config)
 
 
 def merge(config):
     """A copy of the config whose evaluator lists and eval sets also hold eval.suite's; the
     suite's sets that cannot be read are left out, with a warning."""
-    suite = load(config.eval.suite)
     out = config.copy_and_resolve_references()
     out.eval.suite = ""
-    e, added = out.eval, {}
-    for key, value in suite.items():
-        if key == "datasets":
-            for name, entry in value.items():
-                e.datasets[name] = entry
-        elif key in config_lib.EVALUATORS:
-            added[key] = tuple(value)
-        elif key in e:
-            e[key] = value
-        else:
-            raise config_lib.ConfigError(f"suite key '{key}' in {config.eval.suite} is not an "
-                                         "eval config key")
+    added = _add(out, load(config.eval.suite), f" in {config.eval.suite}")
     readable, missing = present(_listing(out, added))
     for name, why in missing.items():
         logging.warning("eval.suite %s: %s left out: %s", config.eval.suite, name, why)
+    e = out.eval
     for key, names in added.items():
         e[key] = tuple(e[key]) + tuple(n for n in names if n in readable and n not in e[key])
     config_lib.validate(out)

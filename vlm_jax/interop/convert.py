@@ -3,7 +3,6 @@ writing it as an Orbax checkpoint with the config that rebuilds the architecture
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import time
@@ -33,7 +32,7 @@ def detect(path: str) -> tuple[str, str, dict]:
     """(format, weights file, Hugging Face config or {}) of a checkpoint folder or file."""
     if os.path.isdir(path):
         cfg_path = os.path.join(path, "config.json")
-        cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+        cfg = tensors.json_in(path, "config.json") or {}
         kind = cfg.get("model_type")
         if kind not in (None, "clip", "siglip"):
             raise ValueError(f"{cfg_path}: model_type {kind!r}; convertible: clip, siglip")
@@ -77,11 +76,6 @@ def _check(params: dict, config) -> None:
                          + "\n  ".join(problems[:20]))
 
 
-def _json_in(folder: str, name: str) -> dict | None:
-    f = os.path.join(folder, name)
-    return json.load(open(f)) if os.path.isfile(f) else None
-
-
 def view_keys(fmt: str, path: str, family: str | None, image_size: int) -> dict:
     """The source's own eval view and pixel statistics as config keys: `family` (open_clip's
     conventions) where named, else a Hugging Face folder's preprocessor_config.json or an
@@ -89,9 +83,9 @@ def view_keys(fmt: str, path: str, family: str | None, image_size: int) -> dict:
     folder = path if os.path.isdir(path) else ""
     if family:
         return preprocess.from_family(family)
-    if fmt.startswith("hf_") and (proc := _json_in(folder, "preprocessor_config.json")):
+    if fmt.startswith("hf_") and (proc := tensors.json_in(folder, "preprocessor_config.json")):
         return preprocess.from_hf(proc, image_size)
-    if fmt == "open_clip" and folder and (oc := _json_in(folder, "open_clip_config.json")):
+    if fmt == "open_clip" and folder and (oc := tensors.json_in(folder, "open_clip_config.json")):
         if "preprocess_cfg" in oc:
             return preprocess.from_open_clip(oc["preprocess_cfg"])
     default = {"hf_clip": "openai", "hf_siglip": "siglip", "open_clip": "openclip"}[fmt]

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from vlm_jax.interop.tensors import json_in
 from vlm_jax.models.lm import LMConfig
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM")
@@ -63,10 +64,8 @@ def lm_config(hf: dict) -> LMConfig:
 def _tensors(folder: str):
     """(name -> a function reading that tensor as float32 numpy) over the folder's files."""
     from safetensors import safe_open
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            where = {k: os.path.join(folder, v) for k, v in json.load(f)["weight_map"].items()}
+    if index := json_in(folder, "model.safetensors.index.json"):
+        where = {k: os.path.join(folder, v) for k, v in index["weight_map"].items()}
     elif os.path.isfile(single := os.path.join(folder, "model.safetensors")):
         with safe_open(single, "np") as f:
             where = dict.fromkeys(f.keys(), single)
@@ -83,11 +82,9 @@ def _tensors(folder: str):
 
 def convert(folder: str) -> tuple[LMConfig, dict]:
     """(LMConfig, params) of a Hugging Face LM folder (config.json + safetensors)."""
-    path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
+    hf = json_in(folder, "config.json")
+    if hf is None:
         raise FileNotFoundError(f"{folder}: no config.json")
-    with open(path) as f:
-        hf = json.load(f)
     c = lm_config(hf)
     names, read = _tensors(folder)
     gemma2 = c.post_norms
@@ -130,11 +127,8 @@ def _as_float32(tree):
 
 def is_lm_folder(path: str) -> bool:
     """Whether `path` is a Hugging Face folder of a supported decoder-only LM."""
-    cfg = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg):
-        return False
-    with open(cfg) as f:
-        return (json.load(f).get("architectures") or [""])[0] in ARCHITECTURES
+    hf = json_in(path, "config.json") or {}
+    return (hf.get("architectures") or [""])[0] in ARCHITECTURES
 
 
 def save(out: str, config: LMConfig, params: dict, source: str | None = None) -> str:
@@ -155,11 +149,9 @@ def save(out: str, config: LMConfig, params: dict, source: str | None = None) ->
 def load(folder: str) -> tuple[LMConfig, dict]:
     """(LMConfig, params) of a folder `save` wrote."""
     from vlm_jax.train import checkpoint
-    path = os.path.join(folder, "lm.json")
-    if not os.path.isfile(path):
+    raw = json_in(folder, "lm.json")
+    if raw is None:
         raise FileNotFoundError(f"{folder}: no lm.json (write one with launch.convert_weights)")
-    with open(path) as f:
-        raw = json.load(f)
     raw["rope_llama3"] = tuple(raw.get("rope_llama3", ()))
     params, _ = checkpoint.read_params(folder)
     return LMConfig(**raw), params

@@ -2,9 +2,19 @@
 changes between torch's Linear/Conv/attention weights and our Dense/Einsum/Conv kernels."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
+
+
+def json_in(folder: str, name: str) -> dict | None:
+    """FOLDER/NAME parsed, or None where there is no such file."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _torch():
